@@ -1,0 +1,43 @@
+"""`emo` command line: a thin shell over the library's public functions.
+
+Each module in `_COMMAND_MODULES` attaches its commands to the apps in `emo.cli._apps` on import.
+Heavy libraries are imported inside the commands so `emo --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from emo.cli._apps import app
+from emo.errors import EmoError
+
+_COMMAND_MODULES = (
+    "info",
+)
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(f"emo.cli.{_name}")
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        app(standalone_mode=False)
+    except EmoError as exc:
+        typer.echo(f"emo: error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("emo: interrupted; finished outputs are kept, re-run to resume", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:  # --help and friends
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,93 @@
+"""Atomic writes, content hashes and provenance shared by every stage.
+
+Every artifact is written to a temporary file beside its destination and renamed into place, so a
+killed run never leaves a half-written file that a re-run would mistake for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to `dest`; on success rename it onto `dest`, else delete it."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(dest: str | os.PathLike[str], text: str) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text)
+    return Path(dest)
+
+
+def write_json_atomic(dest: str | os.PathLike[str], obj: Any) -> Path:
+    return write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_table_atomic(dest: str | os.PathLike[str], frame: Any, index: bool = False) -> Path:
+    """Write a pandas DataFrame as CSV or Parquet (by suffix), atomically."""
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        if dest.suffix == ".parquet":
+            frame.to_parquet(tmp, index=index)
+        else:
+            frame.to_csv(tmp, index=index)
+    return dest
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> str:
+    """Cheap identity of a (possibly huge) input file: size + mtime + hash of its first and last MiB."""
+    p = Path(path)
+    st = p.stat()
+    h = hashlib.sha256(f"{st.st_size}:{int(st.st_mtime)}".encode())
+    with open(p, "rb") as fh:
+        h.update(fh.read(1 << 20))
+        if st.st_size > 2 << 20:
+            fh.seek(-(1 << 20), os.SEEK_END)
+            h.update(fh.read())
+    return h.hexdigest()
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def provenance(**params: Any) -> dict[str, Any]:
+    """Attributes every artifact carries: emo version, time, host and the parameters that made it."""
+    from emo import __version__
+
+    return {
+        "emo_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "params": params,
+        "params_hash": params_hash(params),
+    }
