@@ -23,21 +23,15 @@ for _name in _COMMAND_MODULES:
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit status 2."""
+    """Entry point: user errors become one line on stderr and exit status 2.
+
+    Usage errors (missing/invalid options) are reported by click itself in standalone mode.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except EmoError as exc:
         typer.echo(f"emo: error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("emo: interrupted; finished outputs are kept, re-run to resume", err=True)
         sys.exit(130)
-    except typer.Exit as exc:  # --help and friends
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
