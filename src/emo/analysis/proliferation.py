@@ -20,7 +20,11 @@ __all__ = ["proliferation_genes", "proliferation_score", "proliferation_map"]
 
 def proliferation_genes(available: list[str] | pd.Index) -> list[str]:
     """The proliferation genes found in `available` (old PAM50 names such as CDCA1 are accepted)."""
-    names = {GENE_RENAMES.get(g, g): g for g in map(str, available)}
+    names: dict[str, str] = {}
+    for g in map(str, available):
+        key = GENE_RENAMES.get(g, g)
+        if key not in names or g == key:  # the current symbol wins over an old alias
+            names[key] = g
     return [names[g] for g in get_panel("pam50_proliferation") if g in names]
 
 
