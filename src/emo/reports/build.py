@@ -31,7 +31,7 @@ TEMPLATE = """<!DOCTYPE html>
 <body><header><h1>{{ title }}</h1><p>{{ run_dir }} · generated {{ created }} · emo {{ version }} · Python {{ python }}</p></header>
 <nav>{% for s in blocks %}<a href="#{{ s.name }}">{{ s.title }}</a>{% endfor %}</nav>
 <main>{% for s in blocks %}<section id="{{ s.name }}"><h2>{{ s.title }}</h2>
-{% for item in s.items %}{% if s.items|length > 1 %}<h3>{{ item.label }}</h3>{% endif %}{{ item.html }}{% endfor %}
+{% for item in s.entries %}{% if s.entries|length > 1 %}<h3>{{ item.label }}</h3>{% endif %}{{ item.html }}{% endfor %}
 </section>{% endfor %}
 {% if not blocks %}<p>Nothing to report: no stage outputs were found.</p>{% endif %}</main></body></html>
 """
@@ -68,7 +68,7 @@ def build_report(run_dir: Path, out_html: Path | None = None, title: str | None 
                 label = str(path.relative_to(run_dir)) if path != run_dir else run_dir.name
                 items.append({"label": label, "html": Markup(body)})
         if items:
-            blocks.append({"name": section.name, "title": section.title, "items": items})
+            blocks.append({"name": section.name, "title": section.title, "entries": items})
     env = jinja2.Environment(autoescape=True)
     page = env.from_string(TEMPLATE).render(
         title=title or f"emo report — {run_dir.name}",
