@@ -255,8 +255,10 @@ def evaluate(
             "need at least 3 (check slide_id/sample_id names and the split)"
         )
     genes = [g for g in pred.columns if g in set(ad.var_names.astype(str))]
+    selected_missing: list[str] = []
     if cfg.selected is not None:
         wanted = read_gene_list(cfg.selected)
+        selected_missing = [g for g in wanted if g not in set(genes)]
         genes = [g for g in wanted if g in set(genes)]
     if not genes:
         raise EmoError(f"{predictions}: no predicted gene is in {targets} var (or in the selected list); check gene symbols")
@@ -288,6 +290,10 @@ def evaluate(
         "n_split_samples_without_prediction": int(in_split.sum() - len(samples)),
         "cohorts": obs.loc[samples, "cohort"].astype(str).value_counts().to_dict() if "cohort" in obs else {},
         "counts": _counts(table, cfg),
+        "selected_list": str(cfg.selected) if cfg.selected is not None else None,
+        "selected_missing": selected_missing,
+        "notes": (["test split without --selected: every gene tested, Bonferroni over all of them"]
+                  if is_test and cfg.selected is None else []),
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "targets_emo": dict(ad.uns.get("emo", {})) if isinstance(ad.uns.get("emo", {}), dict) else {},
         "provenance": provenance(predictions=str(predictions), targets=str(targets), split=split, **asdict(cfg)),

@@ -59,8 +59,9 @@ def _t_pvalue(r: np.ndarray, n: np.ndarray) -> np.ndarray:
 def spearman(measured: ArrayLike, predicted: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Spearman ρ and its two-sided P per gene (ties get average ranks)."""
     x, y, ok = _pair(measured, predicted)
-    rx = stats.rankdata(x, axis=0, nan_policy="omit")
-    ry = stats.rankdata(y, axis=0, nan_policy="omit")
+    policy = "propagate" if ok.all() else "omit"  # "omit" ranks around NaNs but is slower
+    rx = stats.rankdata(x, axis=0, nan_policy=policy)
+    ry = stats.rankdata(y, axis=0, nan_policy=policy)
     rho, n = _corr(rx, ry, ok)
     return rho, _t_pvalue(rho, n)
 
