@@ -130,6 +130,7 @@ def test_build_rois_from_geojson_and_spot_map(tmp_path):
                       normalise_geomx=True, out=tmp_path / "rois.csv")
     assert list(long.columns) == ROI_COLUMNS and len(long) == 4 * 3
     assert set(long["gene"]) == {"CD3E", "MKI67", "Multi KRT"}
+    assert long.attrs["unmatched_probes"] == ["NOT_PREDICTED"]
     ad = slides["B"]
     inside = (ad.obsm["spatial"][:, 0] < 300) & (ad.obsm["spatial"][:, 1] < 300)
     assert inside.sum() == 9
@@ -165,3 +166,27 @@ def test_cli_contract(tmp_path):
     res = subprocess.run([sys.executable, "-m", "emo", "analyze", "spatial-validation", "--table", str(tmp_path / "bad.csv"),
                           "--out", str(tmp_path / "sv2")], capture_output=True, text=True)
     assert res.returncode == 2 and "missing columns ['predicted']" in res.stderr
+
+
+def test_build_rois_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    import emo.cli  # noqa: F401 — registers the commands
+    from emo.cli._apps import app
+
+    rng = np.random.default_rng(4)
+    (tmp_path / "spatial").mkdir()
+    ad = _spatial_slide(tmp_path / "spatial", "S1", ["CD3E", "MS4A1"], rng)
+    mapping = pd.DataFrame({"slide_id": "S1", "spot_id": ad.obs_names[:40], "roi_id": np.repeat(["a", "b", "c", "d"], 10)})
+    mapping.to_csv(tmp_path / "map.csv", index=False)
+    pd.DataFrame({"slide_id": "S1", "roi_id": list("abcde"), "CD3E": rng.normal(size=5), "PTPRC": 1.0}).to_csv(
+        tmp_path / "measured.csv", index=False)
+    res = CliRunner().invoke(app, ["analyze", "build-rois", "--spatial", str(tmp_path / "spatial"), "--measured",
+                                   str(tmp_path / "measured.csv"), "--spot-map", str(tmp_path / "map.csv"),
+                                   "--out", str(tmp_path / "rois.csv")])
+    assert res.exit_code == 0, res.output
+    assert "left out: PTPRC" in res.output and "1 measured ROIs have no tile" in res.output
+    long = pd.read_csv(tmp_path / "rois.csv")
+    assert list(long.columns) == ROI_COLUMNS and sorted(long["roi_id"]) == list("abcd")
+    b = long[long["roi_id"] == "b"].iloc[0]
+    assert b["predicted"] == pytest.approx(float(ad.X[10:20, 0].mean()), rel=1e-6)

@@ -212,6 +212,8 @@ def build_rois(
     p = pred.loc[common, list(pairs.values())].rename(columns={v: k for k, v in pairs.items()}).stack().rename("predicted")
     long = pd.concat([m, p], axis=1, join="inner").reset_index()
     long.columns = ROI_COLUMNS
+    long.attrs["unmatched_probes"] = sorted(str(c) for c in meas.columns if c not in pairs)
+    long.attrs["rois_without_tiles"] = int(len(meas.index.difference(pred.index)))
     if out is not None:
         write_table_atomic(out, long)
     return long
@@ -257,13 +259,16 @@ def fit_lme(measured: np.ndarray, predicted: np.ndarray, slide: np.ndarray) -> d
     if np.ptp(x) == 0:
         out["note"] = "constant prediction"
         return out
+    if len(np.unique(groups)) < 2:
+        out["note"] = "one slide: the slide random effect is not identifiable"
+        return out
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             full = MixedLM(y, np.column_stack([ones, x]), groups).fit(reml=False)
             null = MixedLM(y, ones[:, None], groups).fit(reml=False)
-    except (np.linalg.LinAlgError, ValueError) as exc:
-        out["note"] = f"fit failed: {exc}"
+    except Exception as exc:  # noqa: BLE001 — one gene's failed fit is recorded, the others go on
+        out["note"] = f"fit failed: {type(exc).__name__}: {exc}"
         return out
     ci = np.asarray(full.conf_int(alpha=0.05))[1]
     stat = max(2.0 * (full.llf - null.llf), 0.0)

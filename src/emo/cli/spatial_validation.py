@@ -45,3 +45,7 @@ def build_rois(
     long = run(files, measured, rois=rois, spot_map=spot_map, normalise_geomx=normalise_geomx,
                negative_controls=controls, out=out)
     typer.echo(f"{long['gene'].nunique()} probes × {long.groupby(['slide_id', 'roi_id']).ngroups} ROIs written to {out}")
+    if long.attrs.get("unmatched_probes"):
+        typer.echo(f"not predicted, left out: {', '.join(long.attrs['unmatched_probes'])}")
+    if long.attrs.get("rois_without_tiles"):
+        typer.echo(f"{long.attrs['rois_without_tiles']} measured ROIs have no tile inside and were left out")
