@@ -11,7 +11,6 @@ from statsmodels.stats.multitest import multipletests
 
 from emo.analysis import proliferation_map, proliferation_score, stats
 from emo.errors import EmoError
-from emo.panels import get_panel
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ tested, with Bonferroni-adjusted P, and R² is skipped for external cohorts whos
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ class EvaluateConfig:
     subtype_column: str | None = None
     top: int = 25
     figures: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def read_gene_list(path: Path) -> list[str]:
@@ -224,11 +223,11 @@ def evaluate(
     """
     import anndata
 
-    cfg = config or EvaluateConfig()
-    for key, value in options.items():
-        if not hasattr(cfg, key):
-            raise EmoError(f"evaluate: unknown option {key!r}; options are {sorted(asdict(EvaluateConfig()))}")
-        setattr(cfg, key, value)
+    known = {f.name for f in fields(EvaluateConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise EmoError(f"evaluate: unknown option(s) {unknown}; options are {sorted(known)}")
+    cfg = replace(config or EvaluateConfig(), **options)
     out_dir = Path(out_dir)
     targets = Path(targets)
     if not targets.exists():
