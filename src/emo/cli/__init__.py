@@ -16,6 +16,9 @@ from emo.errors import EmoError
 
 _COMMAND_MODULES = (
     "info",
+    "evaluate",
+    "report",
+    "spatial_validation",
 )
 
 for _name in _COMMAND_MODULES:

@@ -1,0 +1,366 @@
+"""`emo evaluate`: EMO-average predictions against measured RNA-seq on one split (paper: "Model
+validation", "Model selection for testing", "Proliferation score analysis"; Figs. 1, 2, 5).
+
+Per gene: Spearman ρ and P, BH-FDR, Pearson r, R²pred. On a validation split the selection rule
+(R² > 0.2 and FDR < 0.001) picks the genes brought forward; on a test split only those genes are
+tested, with Bonferroni-adjusted P, and R² is skipped for external cohorts whose scale differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from emo.analysis import stats
+from emo.analysis.proliferation import proliferation_genes
+from emo.errors import EmoError
+from emo.io import provenance, write_json_atomic, write_table_atomic, write_text_atomic
+from emo.panels import get_panel
+
+__all__ = ["EvaluateConfig", "evaluate", "gene_table", "load_predictions", "match_samples", "read_gene_list"]
+
+GENE_COLUMNS = ["gene", "n", "spearman_rho", "spearman_p", "fdr_bh", "pearson_r", "r2", "selected"]
+TEST_COLUMNS = ["p_bonferroni", "validated"]
+PANELS = ("pam50", "oncotype_dx", "endopredict")
+SUBTYPE_COLUMNS = ("subtype", "pam50_subtype", "intrinsic_subtype", "pam50")
+
+
+@dataclass
+class EvaluateConfig:
+    """Thresholds and options of one evaluation (all recorded in summary.json)."""
+
+    r2_min: float = 0.2  # selection: R²pred above this ...
+    fdr_max: float = 0.001  # ... and BH-FDR below this (validation split)
+    alpha: float = 0.05  # test split: Bonferroni-adjusted P below this validates a gene
+    fdr_report: float = 0.05  # counts "significant at FDR < 0.05" like Fig. 1
+    r2_report: tuple[float, ...] = (0.2, 0.3, 0.4)
+    test: bool | None = None  # None: a split named test* is a test split
+    selected: Path | None = None  # gene list from the validation run (test splits)
+    external_cohorts: tuple[str, ...] = ()  # in addition to obs["external"]
+    cohorts: tuple[str, ...] = ()  # evaluate only these cohorts (default all in the split)
+    null_predictions: Path | None = None  # predictions of a model trained on permuted labels
+    validation_genes: Path | None = None  # genes.csv of the validation run, for ρ concordance
+    subtype_column: str | None = None
+    top: int = 25
+    figures: bool = True
+
+
+def read_gene_list(path: Path) -> list[str]:
+    """One gene per line (blank lines and `#` comments ignored), or a genes.csv with a `gene` column."""
+    path = Path(path)
+    if not path.exists():
+        raise EmoError(f"{path}: gene list not found; pass the selected_genes.txt written by the validation run")
+    if path.suffix == ".csv":
+        frame = pd.read_csv(path)
+        if "gene" not in frame:
+            raise EmoError(f"{path}: no 'gene' column; pass a one-gene-per-line file or an emo genes.csv")
+        if "selected" in frame:
+            frame = frame[frame["selected"].astype(bool)]
+        return frame["gene"].astype(str).tolist()
+    lines = (s.split("#", 1)[0].strip() for s in path.read_text().splitlines())
+    return [s for s in lines if s]
+
+
+def load_predictions(path: Path) -> pd.DataFrame:
+    """EMO-average predictions as a slides/samples × genes float64 frame (index = slide or sample id)."""
+    path = Path(path)
+    if not path.exists():
+        raise EmoError(f"{path}: predictions not found; pass EMO-average average.h5ad or average.csv from `emo predict`")
+    if path.suffix == ".h5ad":
+        import anndata
+
+        ad = anndata.read_h5ad(path)
+        x = ad.X.toarray() if hasattr(ad.X, "toarray") else np.asarray(ad.X)
+        frame = pd.DataFrame(x.astype(np.float64), index=ad.obs_names.astype(str), columns=ad.var_names.astype(str))
+        if "sample_id" in ad.obs:
+            frame.attrs["sample_id"] = ad.obs["sample_id"].astype(str).to_numpy()
+        return frame
+    sep = "\t" if path.suffix in {".tsv", ".txt"} or path.name.endswith(".tsv.gz") else ","
+    frame = pd.read_csv(path, sep=sep, index_col=0)
+    frame.index = frame.index.astype(str)
+    if "sample_id" in frame.columns:
+        frame.attrs["sample_id"] = frame.pop("sample_id").astype(str).to_numpy()
+    bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    if bad:
+        raise EmoError(f"{path}: non-numeric columns {bad[:3]}; expected samples × genes with the id in the first column")
+    return frame.astype(np.float64)
+
+
+def match_samples(pred: pd.DataFrame, obs: pd.DataFrame, what: str = "predictions") -> pd.DataFrame:
+    """Rows of `pred` re-indexed by targets `sample_id` (via a sample_id column, the index, or obs slide_id).
+
+    Several slides of one sample are averaged, as EMO-average averages tiles within a slide.
+    """
+    ids = pd.Index(pred.attrs.get("sample_id", pred.index), dtype=str)
+    samples = pd.Index(obs.index.astype(str))
+    sample_of = pd.Series(samples, index=samples)
+    if "slide_id" in obs:
+        slides = obs["slide_id"].astype(str)
+        by_slide = pd.Series(samples.to_numpy(), index=slides.to_numpy())
+        by_slide = by_slide[~by_slide.index.duplicated()]
+        sample_of = pd.concat([by_slide, sample_of[~sample_of.index.isin(by_slide.index)]])
+    mapped = ids.map(sample_of)
+    keep = ~pd.isna(mapped)
+    if not keep.any():
+        raise EmoError(
+            f"{what}: none of {len(ids)} rows (e.g. {ids[0]!r}) matches a targets sample_id or obs['slide_id']; "
+            "name prediction rows by slide_id and give targets an obs column slide_id"
+        )
+    out = pred.loc[np.asarray(keep)].copy()
+    out.index = pd.Index(np.asarray(mapped[keep]), name="sample_id")
+    out.attrs = {}
+    out = out.groupby(level=0, sort=False).mean()
+    out.attrs["n_unmatched"] = int((~keep).sum())
+    return out
+
+
+def gene_table(measured: pd.DataFrame, predicted: pd.DataFrame, *, r2_mask: np.ndarray | None = None) -> pd.DataFrame:
+    """Per-gene statistics of aligned samples × genes frames; `r2_mask` selects the samples R² uses."""
+    m, p = measured.to_numpy(np.float64), predicted.to_numpy(np.float64)
+    rho, rho_p = stats.spearman(m, p)
+    r, _ = stats.pearson(m, p)
+    if r2_mask is None:
+        r2 = stats.r2_score(m, p)
+    elif r2_mask.any():
+        r2 = stats.r2_score(m[r2_mask], p[r2_mask])
+    else:
+        r2 = np.full(m.shape[1], np.nan)
+    return pd.DataFrame(
+        {
+            "gene": measured.columns.astype(str),
+            "n": stats.pairwise_n(m, p),
+            "spearman_rho": rho,
+            "spearman_p": rho_p,
+            "fdr_bh": stats.adjust_pvalues(rho_p, "fdr_bh"),
+            "pearson_r": r,
+            "r2": r2,
+        }
+    )
+
+
+def _counts(table: pd.DataFrame, cfg: EvaluateConfig) -> dict[str, int]:
+    out = {"n_genes": int(len(table)), f"fdr_lt_{cfg.fdr_report:g}": int((table["fdr_bh"] < cfg.fdr_report).sum())}
+    for t in cfg.r2_report:
+        out[f"r2_gt_{t:g}"] = int((table["r2"] > t).sum())
+    out["selected"] = int(table["selected"].sum())
+    if "validated" in table:
+        out["validated"] = int(table["validated"].sum())
+    return out
+
+
+def _subtype_column(obs: pd.DataFrame, name: str | None) -> str | None:
+    if name:
+        if name not in obs:
+            raise EmoError(f"targets: no obs column {name!r} for subtypes; columns are {list(obs.columns)}")
+        return name
+    lower = {c.lower(): c for c in obs.columns}
+    return next((lower[c] for c in SUBTYPE_COLUMNS if c in lower), None)
+
+
+def _proliferation(measured: pd.DataFrame, predicted: pd.DataFrame, obs: pd.DataFrame, subtype: str | None) -> dict | None:
+    genes = proliferation_genes(measured.columns)
+    if not genes:
+        return None
+    score = pd.DataFrame(
+        {"measured": measured[genes].mean(axis=1), "predicted": predicted[genes].mean(axis=1)}, index=measured.index
+    )
+    rho, p = stats.spearman(score["measured"].to_numpy(), score["predicted"].to_numpy())
+    out: dict[str, Any] = {
+        "genes": genes,
+        "n_genes": len(genes),
+        "n_samples": int(len(score)),
+        "spearman_rho": float(rho[0]),
+        "spearman_p": float(p[0]),
+        "scores": score,
+    }
+    if subtype:
+        score["subtype"] = obs.loc[score.index, subtype].astype("string").fillna("NA").to_numpy()
+        out["subtype_column"] = subtype
+        out["by_subtype"] = {
+            str(k): {"n": int(len(g)), "median_measured": float(g["measured"].median()),
+                     "median_predicted": float(g["predicted"].median())}
+            for k, g in score.groupby("subtype")
+        }
+    return out
+
+
+def _panel_summary(table: pd.DataFrame, is_test: bool) -> pd.DataFrame:
+    rows = []
+    evaluated = set(table["gene"])
+    selected = set(table.loc[table["selected"], "gene"])
+    validated = set(table.loc[table["validated"], "gene"]) if is_test else set()
+    for name in PANELS:
+        genes = get_panel(name)
+        rows.append(
+            {
+                "panel": name,
+                "n_panel": len(genes),
+                "n_evaluated": len(evaluated.intersection(genes)),
+                "n_selected": len(selected.intersection(genes)),
+                "n_validated": len(validated.intersection(genes)) if is_test else np.nan,
+                "selected_genes": ",".join(g for g in genes if g in selected),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def evaluate(
+    predictions: Path,
+    targets: Path,
+    split: str,
+    out_dir: Path,
+    config: EvaluateConfig | None = None,
+    **options: Any,
+) -> pd.DataFrame:
+    """Evaluate EMO-average predictions on one split; writes genes.csv/.parquet, summary.json and figures.
+
+    Keyword options override fields of `EvaluateConfig` (e.g. `r2_min=0.3`, `selected=Path(...)`).
+    Returns the per-gene table.
+    """
+    import anndata
+
+    known = {f.name for f in fields(EvaluateConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise EmoError(f"evaluate: unknown option(s) {unknown}; options are {sorted(known)}")
+    cfg = replace(config or EvaluateConfig(), **options)
+    out_dir = Path(out_dir)
+    targets = Path(targets)
+    if not targets.exists():
+        raise EmoError(f"{targets}: targets not found; make it with `emo expression prepare`")
+    ad = anndata.read_h5ad(targets)
+    obs = ad.obs.copy()
+    obs.index = obs.index.astype(str)
+    if "split" not in obs:
+        raise EmoError(f"{targets}: no obs column 'split'; re-create it with `emo expression prepare`")
+    in_split = obs["split"].astype(str) == split
+    if not in_split.any():
+        raise EmoError(f"{targets}: no samples in split {split!r}; splits are {sorted(obs['split'].astype(str).unique())}")
+    if cfg.cohorts:
+        in_split &= obs["cohort"].astype(str).isin(cfg.cohorts) if "cohort" in obs else False
+        if not in_split.any():
+            raise EmoError(f"{targets}: no samples of cohorts {list(cfg.cohorts)} in split {split!r}")
+    is_test = split.startswith("test") if cfg.test is None else cfg.test
+
+    pred = match_samples(load_predictions(predictions), obs, what=str(predictions))
+    samples = [s for s in obs.index[in_split] if s in pred.index]
+    if len(samples) < 3:
+        raise EmoError(
+            f"{predictions}: only {len(samples)} prediction rows match samples of split {split!r} in {targets}; "
+            "need at least 3 (check slide_id/sample_id names and the split)"
+        )
+    genes = [g for g in pred.columns if g in set(ad.var_names.astype(str))]
+    selected_missing: list[str] = []
+    if cfg.selected is not None:
+        wanted = read_gene_list(cfg.selected)
+        selected_missing = [g for g in wanted if g not in set(genes)]
+        genes = [g for g in wanted if g in set(genes)]
+    if not genes:
+        raise EmoError(f"{predictions}: no predicted gene is in {targets} var (or in the selected list); check gene symbols")
+    x = ad[samples, genes].X
+    measured = pd.DataFrame(x.toarray() if hasattr(x, "toarray") else np.asarray(x), index=samples, columns=genes)
+    predicted = pred.loc[samples, genes]
+
+    external = pd.Series(False, index=samples)
+    if "external" in obs:
+        external |= obs.loc[samples, "external"].fillna(False).astype(bool)
+    if cfg.external_cohorts and "cohort" in obs:
+        external |= obs.loc[samples, "cohort"].astype(str).isin(cfg.external_cohorts)
+    table = gene_table(measured, predicted, r2_mask=~external.to_numpy())
+    if is_test:
+        table["selected"] = True
+        table["p_bonferroni"] = stats.adjust_pvalues(table["spearman_p"], "bonferroni")
+        table["validated"] = (table["p_bonferroni"] < cfg.alpha) & (table["spearman_rho"] > 0)
+        table = table[GENE_COLUMNS + TEST_COLUMNS]
+    else:
+        table["selected"] = (table["r2"] > cfg.r2_min) & (table["fdr_bh"] < cfg.fdr_max)
+        table = table[GENE_COLUMNS]
+
+    summary: dict[str, Any] = {
+        "split": split,
+        "test": bool(is_test),
+        "n_samples": len(samples),
+        "n_external_samples": int(external.sum()),
+        "n_prediction_rows_unmatched": pred.attrs.get("n_unmatched", 0),
+        "n_split_samples_without_prediction": int(in_split.sum() - len(samples)),
+        "cohorts": obs.loc[samples, "cohort"].astype(str).value_counts().to_dict() if "cohort" in obs else {},
+        "counts": _counts(table, cfg),
+        "selected_list": str(cfg.selected) if cfg.selected is not None else None,
+        "selected_missing": selected_missing,
+        "notes": (["test split without --selected: every gene tested, Bonferroni over all of them"]
+                  if is_test and cfg.selected is None else []),
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "targets_emo": dict(ad.uns.get("emo", {})) if isinstance(ad.uns.get("emo", {}), dict) else {},
+        "provenance": provenance(predictions=str(predictions), targets=str(targets), split=split, **asdict(cfg)),
+    }
+
+    null_table = None
+    if cfg.null_predictions is not None:
+        null_pred = match_samples(load_predictions(cfg.null_predictions), obs, what=str(cfg.null_predictions))
+        missing = [s for s in samples if s not in null_pred.index]
+        null_genes = [g for g in genes if g in null_pred.columns]
+        if missing or not null_genes:
+            raise EmoError(
+                f"{cfg.null_predictions}: null predictions lack {len(missing)} samples / all genes of the evaluated "
+                "split; predict the same slides with the permuted-label model"
+            )
+        null_table = gene_table(measured[null_genes], null_pred.loc[samples, null_genes], r2_mask=~external.to_numpy())
+        null_table["selected"] = (null_table["r2"] > cfg.r2_min) & (null_table["fdr_bh"] < cfg.fdr_max)
+        if is_test:
+            null_table["p_bonferroni"] = stats.adjust_pvalues(null_table["spearman_p"], "bonferroni")
+            null_table["validated"] = (null_table["p_bonferroni"] < cfg.alpha) & (null_table["spearman_rho"] > 0)
+        summary["null"] = {"predictions": str(cfg.null_predictions), "counts": _counts(null_table, cfg)}
+
+    concordance = None
+    if cfg.validation_genes is not None:
+        path = Path(cfg.validation_genes)
+        if not path.exists():
+            raise EmoError(f"{path}: validation genes.csv not found; pass DIR/genes.csv of the validation run")
+        val = pd.read_csv(path).set_index("gene")["spearman_rho"]
+        both = table.set_index("gene")["spearman_rho"].to_frame("test").join(val.rename("validation"), how="inner")
+        if len(both) >= 3:
+            c_rho, c_p = stats.spearman(both["validation"].to_numpy(), both["test"].to_numpy())
+            c_r, _ = stats.pearson(both["validation"].to_numpy(), both["test"].to_numpy())
+            concordance = both
+            summary["concordance"] = {"n_genes": int(len(both)), "spearman_rho": float(c_rho[0]),
+                                      "spearman_p": float(c_p[0]), "pearson_r": float(c_r[0])}
+
+    panels = _panel_summary(table, is_test)
+    summary["panels"] = panels.drop(columns="selected_genes").to_dict(orient="records")
+    prolif = _proliferation(measured, predicted, obs, _subtype_column(obs, cfg.subtype_column))
+    if prolif is not None:
+        summary["proliferation"] = {k: v for k, v in prolif.items() if k != "scores"}
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_table_atomic(out_dir / "genes.csv", table)
+    write_table_atomic(out_dir / "genes.parquet", table)
+    write_table_atomic(out_dir / "panels.csv", panels)
+    if null_table is not None:
+        write_table_atomic(out_dir / "genes_null.csv", null_table)
+    if prolif is not None:
+        write_table_atomic(out_dir / "proliferation.csv", prolif["scores"], index=True)
+    if not is_test:
+        write_text_atomic(out_dir / "selected_genes.txt", "".join(f"{g}\n" for g in table.loc[table["selected"], "gene"]))
+    if cfg.figures:
+        from emo.analysis import plots
+
+        figs = {
+            "histograms.png": lambda: plots.metric_histograms(table, null_table, cfg.fdr_report),
+            "top_genes.png": lambda: plots.top_gene_scatter(table, measured, predicted, cfg.top),
+        }
+        if prolif is not None:
+            figs["proliferation.png"] = lambda: plots.proliferation_scatter(prolif)
+            if "subtype" in prolif["scores"]:
+                figs["proliferation_subtypes.png"] = lambda: plots.proliferation_subtypes(prolif)
+        if concordance is not None:
+            figs["concordance.png"] = lambda: plots.concordance_scatter(concordance)
+        for name, make in figs.items():
+            plots.save(make(), out_dir / name)
+        summary["figures"] = sorted(figs)
+    write_json_atomic(out_dir / "summary.json", summary)
+    return table
+
