@@ -130,17 +130,24 @@ def _read_matrix(path: Path, orient: Orient) -> tuple[pd.DataFrame, pd.DataFrame
     return data, pd.DataFrame(index=data.index)
 
 
-def load_sheet(path: str | Path, samples: pd.Index, id_column: str | None = None) -> pd.DataFrame:
+def load_sheet(path: str | Path | pd.DataFrame, samples: pd.Index, id_column: str | None = None) -> pd.DataFrame:
     """Read a sample sheet and index it by the column whose values match `samples` best.
 
     Exact duplicate rows are dropped (TCGA clinical tables repeat patients); conflicting duplicates
-    are an error.
+    are an error. A DataFrame is used as it is when its index already holds the sample ids.
     """
-    path = Path(path)
-    if not path.exists():
-        raise EmoError(f"{path}: file not found; check the path")
-    sheet = _read_table(path)
     wanted = set(samples.astype(str))
+    if isinstance(path, pd.DataFrame):
+        if id_column is None and path.index.astype(str).isin(wanted).any():
+            sheet = path.copy()
+            sheet.index = sheet.index.astype(str)
+            return sheet
+        sheet, path = path.reset_index(), "<sample sheet>"
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise EmoError(f"{path}: file not found; check the path")
+        sheet = _read_table(path)
     if id_column is None:
         overlaps = {c: sheet[c].astype(str).isin(wanted).sum() for c in sheet.columns}
         id_column = max(overlaps, key=overlaps.get)
@@ -157,14 +164,15 @@ def load_sheet(path: str | Path, samples: pd.Index, id_column: str | None = None
     return sheet.set_index(id_column)
 
 
-def attach_sheet(expr: Expression, sheet: str | Path | None, id_column: str | None = None) -> Expression:
+def attach_sheet(expr: Expression, sheet: str | Path | pd.DataFrame | None, id_column: str | None = None) -> Expression:
     """Join a sample sheet onto the expression's obs (sheet columns win); keeps expression samples only."""
     if sheet is None:
         return expr
     table = load_sheet(sheet, expr.data.index, id_column)
     common = expr.data.index.intersection(table.index)
     if len(common) == 0:
-        raise EmoError(f"{sheet}: none of its sample ids match {expr.source}")
+        raise EmoError(f"{'sample sheet' if isinstance(sheet, pd.DataFrame) else sheet}: none of its sample ids "
+                       f"match {expr.source}")
     obs = expr.obs.drop(columns=[c for c in table.columns if c in expr.obs.columns])
     obs = obs.join(table, how="left")
     return Expression(data=expr.data, obs=obs, source=expr.source)

@@ -167,7 +167,7 @@ def clusters(
     predicted: str | Path | pd.DataFrame | None = None,
     out_dir: str | Path | None = None,
     *,
-    samples: str | Path | None = None,
+    samples: str | Path | pd.DataFrame | None = None,
     sample_column: str | None = None,
     genes: str | list[str] | None = "pam50",
     split: str | None = None,

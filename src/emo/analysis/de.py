@@ -195,7 +195,7 @@ def differential_expression(
     predicted: str | Path | pd.DataFrame | None = None,
     out_dir: str | Path | None = None,
     *,
-    samples: str | Path | None = None,
+    samples: str | Path | pd.DataFrame | None = None,
     sample_column: str | None = None,
     contrast: str = "er_status",
     covariates: list[str] | None = None,
