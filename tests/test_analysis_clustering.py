@@ -12,7 +12,7 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from emo.analysis.clustering import ari_test, clusters, consensus_clustering
+from emo.analysis.clustering import ari_test, clusters, consensus_clustering, report_section
 from emo.panels import get_panel
 
 EXPR = "bulk/scanb_gse96058/expression_log2fpkm.tsv.gz"
@@ -75,7 +75,8 @@ def test_measured_vs_predicted_patients_and_genes(shared_data, tmp_path):
     predicted.to_csv(tmp_path / "average.csv")
     out = subprocess.run([sys.executable, "-m", "emo", "analyze", "clusters", "--measured", str(shared_data(EXPR)),
                           "--predicted", str(tmp_path / "average.csv"), "--samples", str(shared_data(PHENO)),
-                          "--iterations", "30", "--n-boot", "100", "--n-perm", "100", "--out", str(tmp_path / "cl")],
+                          "--iterations", "30", "--n-boot", "100", "--n-perm", "100", "--choose-k", "--k-max", "5",
+                          "--out", str(tmp_path / "cl")],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     ari = pd.read_csv(tmp_path / "cl" / "ari.csv")
@@ -85,6 +86,13 @@ def test_measured_vs_predicted_patients_and_genes(shared_data, tmp_path):
     labels = pd.read_csv(tmp_path / "cl" / "clusters_samples.csv")
     assert pvm["ari"] == pytest.approx(adjusted_rand_score(labels["measured"], labels["predicted"]), abs=1e-12)
     assert "ARI samples: measured vs predicted" in out.stdout
+    cdf = pd.read_csv(tmp_path / "cl" / "consensus_cdf.csv")
+    assert len(cdf) == 2 * 2 * 4 and (cdf.groupby(["items", "data"])["chosen"].sum() == 1).all()
+    chosen = cdf[cdf["chosen"] & (cdf["items"] == "samples") & (cdf["data"] == "measured")]["k"].item()
+    assert labels["measured"].nunique() == chosen
+    html = report_section(tmp_path / "cl")
+    assert html.count("data:image/png;base64,") == 3 and "predicted" in html
+    assert report_section(tmp_path) == ""
 
 
 def test_too_few_panel_genes_is_one_line_error(shared_data, tmp_path):

@@ -115,3 +115,39 @@ def test_cli_bad_covariate_exits_2_with_one_line(shared_data, tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
     assert "covariate 'batch' has one level" in out.stderr
+
+
+def test_targets_h5ad_split_and_predictions_by_slide_id(shared_data, tmp_path):
+    """The pipeline's contract: targets.h5ad (obs sample_id, split, clinical) vs average.h5ad (obs slide_id)."""
+    import anndata
+
+    expr = pd.read_csv(shared_data("bulk/scanb_gse96058/expression_log2fpkm.tsv.gz"), sep="\t", index_col=0)
+    expr = expr.iloc[:1500].T
+    pheno = pd.read_csv(shared_data("bulk/scanb_gse96058/phenotypes.tsv"), sep="\t").set_index("title").loc[expr.index]
+    rng = np.random.default_rng(0)
+    obs = pheno[["er_status", "age_at_diagnosis", "her2_status"]].assign(
+        split=rng.choice(["train", "test"], len(pheno)), slide_id=[f"slide_{s}" for s in pheno.index])
+    obs.index.name = "sample_id"
+    anndata.AnnData(expr.to_numpy(np.float32), obs=obs, var=pd.DataFrame(index=expr.columns)).write_h5ad(
+        tmp_path / "targets.h5ad")
+    test = obs[obs["split"] == "test"]
+    pred = expr.loc[test.index] + rng.normal(0, 0.5, (len(test), expr.shape[1]))
+    anndata.AnnData(pred.to_numpy(np.float32), obs=pd.DataFrame(index=pd.Index(test["slide_id"], name="slide_id")),
+                    var=pd.DataFrame(index=expr.columns)).write_h5ad(tmp_path / "average.h5ad")
+    selected = pd.DataFrame({"gene": expr.columns, "selected": np.arange(expr.shape[1]) % 3 == 0})
+    selected.to_csv(tmp_path / "genes.csv", index=False)
+    table = differential_expression(tmp_path / "targets.h5ad", tmp_path / "average.h5ad", tmp_path / "de",
+                                    split="test", genes=str(tmp_path / "genes.csv"))
+    summary = table.attrs["summary"]
+    assert summary["measured"]["n_samples"] == summary["predicted"]["n_samples"] == len(test)
+    assert summary["measured"]["covariates"] == ["age_at_diagnosis", "her2_status"]
+    assert set(table["gene"]) == set(selected.loc[selected["selected"], "gene"])
+    assert summary["n_concordant"] == int((table["significant_measured"] & table["significant_predicted"]
+                                           & (table["beta_measured"] * table["beta_predicted"] > 0)).sum()) > 0
+    assert {"de_measured.csv", "de_predicted.parquet", "de_concordance.csv", "de_summary.json"} <= {
+        p.name for p in (tmp_path / "de").iterdir()}
+    from emo.analysis.de import report_section
+
+    html = report_section(tmp_path / "de")
+    assert "concordant" in html and "data:image/png;base64," in html
+    assert report_section(tmp_path) == ""

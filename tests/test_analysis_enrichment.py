@@ -13,7 +13,8 @@ from scipy.stats import hypergeom, spearmanr
 from statsmodels.stats.multitest import multipletests
 
 from emo.analysis.de import differential_expression
-from emo.analysis.enrichment import enrich, over_representation, read_gmt, unpredictable_variable_genes
+from emo.analysis.enrichment import (enrich, over_representation, read_gmt, report_section,
+                                     unpredictable_variable_genes)
 from emo.errors import EmoError
 
 EXPR = "bulk/scanb_gse96058/expression_log2fpkm.tsv.gz"
@@ -91,6 +92,9 @@ def test_cli_enrich_from_performance_table(shared_data, tmp_path):
     assert first["p"] == pytest.approx(hypergeom(3000, first["n_in_universe"], n_query).sf(first["overlap"] - 1), rel=1e-12)
     pre = pd.read_csv(tmp_path / "en" / "enrich_prerank.csv")
     assert {"set", "nes", "fdr", "collection"} <= set(pre.columns) and len(pre) > 10
+    html = report_section(tmp_path / "en")
+    assert "Over-representation" in html and "data:image/png;base64," in html
+    assert report_section(tmp_path) == ""
     bad = tmp_path / "mouse.gmt"
     bad.write_text("SET\tdesc\tEsr1\tPgr\tGata3\n")
     out = subprocess.run([sys.executable, "-m", "emo", "analyze", "enrich", "--ranking", str(tmp_path / "genes.csv"),

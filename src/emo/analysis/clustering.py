@@ -261,6 +261,7 @@ def _write(out: Path, frames, sample_table, gene_table, ari, cdf, sample_res, no
         write_table_atomic(out / f"{name}.parquet", table.astype({c: str for c in ("subtype",) if c in table}))
     if cdf is not None:
         write_table_atomic(out / "consensus_cdf.csv", cdf[["items", "data", "k", "area", "delta_area", "chosen"]])
+        _plot_cdf(out / "consensus_cdf.png", cdf)
     write_json_atomic(out / "clusters.json", {**notes, "provenance": provenance(**params)})
     _plot_heatmaps(out / "heatmap.png", frames, sample_table)
     _plot_consensus(out / "consensus.png", sample_res)
@@ -326,6 +327,27 @@ def _plot_consensus(png: Path, results: dict[str, ConsensusResult]) -> None:
     plt.close(fig)
 
 
+def _plot_cdf(png: Path, cdf: pd.DataFrame) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from emo.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for (items, data), block in cdf.groupby(["items", "data"], sort=False):
+        line, = ax.plot(block["k"], block["delta_area"], marker="o", label=f"{items}, {data}")
+        chosen = block[block["chosen"]]
+        ax.scatter(chosen["k"], chosen["delta_area"], s=120, facecolors="none", edgecolors=line.get_color())
+    ax.set(xlabel="k", ylabel="relative increase of CDF area (Δ)", title="consensus CDF Δ-area (circle: chosen k)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
 def report_section(directory: str | Path) -> str:
     """HTML for `emo report`: ARI table and the heatmaps ('' when clustering was not run)."""
     from emo.analysis._html import figure, table
@@ -335,4 +357,5 @@ def report_section(directory: str | Path) -> str:
         return ""
     return "\n".join(["<h2>Clustering of the gene panel</h2>",
                       "<p>Adjusted Rand index between consensus clusterings (bootstrap 95 % CI, permutation P).</p>",
-                      table(pd.read_csv(d / "ari.csv")), figure(d / "heatmap.png"), figure(d / "consensus.png")])
+                      table(pd.read_csv(d / "ari.csv")), figure(d / "heatmap.png"), figure(d / "consensus.png"),
+                      figure(d / "consensus_cdf.png")])
