@@ -49,10 +49,7 @@ def _binary(values: pd.Series, name: str) -> pd.Series:
     text = clean_labels(values).astype("string").str.strip().str.lower()
     coded = pd.Series(np.nan, index=values.index)
     coded[text.isin(POSITIVE)] = 1.0
-    coded[text.isin(NEGATIVE)] = 0.0
-    other = text.notna() & coded.isna()
-    if other.any():  # e.g. 'equivocal': neither positive nor negative
-        coded[other] = np.nan
+    coded[text.isin(NEGATIVE)] = 0.0  # anything else (e.g. 'equivocal') stays missing
     if coded.nunique() < 2:
         raise EmoError(f"contrast column {name!r}: need both positive and negative samples, "
                        f"found values {sorted(text.dropna().unique())[:6]}; choose another --contrast")
@@ -147,11 +144,14 @@ def ols_contrast(data: pd.DataFrame, design: pd.DataFrame) -> tuple[pd.DataFrame
     fit = ~(all_nan | too_few | constant)
     beta = np.full(y_all.shape[1], np.nan)
     se = np.full(y_all.shape[1], np.nan)
-    # one solve per distinct missing-value pattern (usually one: no NaN)
-    patterns, inverse = np.unique(finite[:, fit].T, axis=0, return_inverse=True)
+    # one solve per distinct missing-value pattern (usually one: no NaN); patterns keyed as packed bytes
     fit_idx = np.flatnonzero(fit)
-    for k, rows in enumerate(patterns):
-        cols = fit_idx[inverse.ravel() == k]
+    packed = np.ascontiguousarray(np.packbits(finite[:, fit], axis=0).T)
+    keys, first, inverse = np.unique(packed.view(np.dtype((np.void, packed.shape[1]))).ravel(),
+                                     return_index=True, return_inverse=True)
+    for k in range(len(keys)):
+        cols = fit_idx[inverse == k]
+        rows = finite[:, fit_idx[first[k]]]
         x = x_all[rows]
         if np.linalg.matrix_rank(x) < n_par:  # missing samples made the design singular
             continue

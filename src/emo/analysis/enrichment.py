@@ -212,7 +212,7 @@ def enrich(
         pre.append(prerank(scores, sets, permutations=permutations, seed=seed, min_size=min_size,
                            max_size=max_size, threads=threads).assign(collection=name))
         if query is not None:
-            o = over_representation(query, scores.index, sets, min_size=min(min_size, 5))
+            o = over_representation(query, scores.index, sets, min_size=min_size)
             notes[f"ora_{name}"] = dict(o.attrs)
             ora.append(o.assign(collection=name))
     result = EnrichmentResult(prerank=pd.concat(pre, ignore_index=True),
