@@ -151,3 +151,26 @@ def test_targets_h5ad_split_and_predictions_by_slide_id(shared_data, tmp_path):
     html = report_section(tmp_path / "de")
     assert "concordant" in html and "data:image/png;base64," in html
     assert report_section(tmp_path) == ""
+
+
+def test_three_level_covariate_and_missing_values_equal_statsmodels(shared_data):
+    """SCAN-B: grade (G1/G2/G3, some missing) as a categorical covariate, age numeric, HER2 with gaps."""
+    import statsmodels.formula.api as smf
+
+    expr = pd.read_csv(shared_data("bulk/scanb_gse96058/expression_log2fpkm.tsv.gz"), sep="\t", index_col=0)
+    genes = ["ESR1", "FOXA1", "MKI67", "ERBB2", "CD8A"]
+    expr = expr.loc[[g for g in genes if g in expr.index]].T
+    pheno = pd.read_csv(shared_data("bulk/scanb_gse96058/phenotypes.tsv"), sep="\t").set_index("title")
+    table = differential_expression(expr, samples=pheno, covariates=["age_at_diagnosis", "nhg", "her2_status"])
+    summary = table.attrs["summary"]["measured"]
+    complete = pheno[["er_status", "age_at_diagnosis", "nhg", "her2_status"]].notna().all(axis=1)
+    assert summary["dropped_missing_clinical"] == int((~complete).sum()) > 0
+    assert summary["design_terms"] == ["intercept", "er_status", "age_at_diagnosis", "nhg_G2", "nhg_G3", "her2_status"]
+    data = pheno.loc[expr.index]
+    for row in table.itertuples():
+        fit = smf.ols("y ~ er_status + age_at_diagnosis + C(nhg) + her2_status",
+                      data=data.assign(y=expr[row.gene]), missing="drop").fit()
+        assert row.n == fit.nobs == complete.sum()
+        np.testing.assert_allclose([row.beta, row.se, row.p],
+                                   [fit.params["er_status"], fit.bse["er_status"], fit.pvalues["er_status"]],
+                                   rtol=1e-8, atol=0)
