@@ -91,6 +91,9 @@ def consensus_clustering(
     x = np.asarray(data, dtype=np.float64)
     ks = [int(k)] if np.isscalar(k) else sorted(int(v) for v in k)
     n, m = x.shape
+    if n > 5000:
+        raise EmoError(f"consensus clustering of {n} items needs {n}×{n} matrices per k; cluster a gene panel "
+                       "(--genes) or fewer samples")
     if not np.isfinite(x).all():
         raise EmoError("consensus clustering: data contain NaN or infinite values; drop those items first")
     if ks[0] < 2 or ks[-1] >= n * item_fraction:
