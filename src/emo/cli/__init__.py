@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "evaluate",
     "report",
     "spatial_validation",
+    "analyze_bulk",
 )
 
 for _name in _COMMAND_MODULES:

@@ -1,0 +1,230 @@
+"""Loading measured and predicted expression plus the sample sheet for the downstream analyses.
+
+Every analysis works on pandas frames `samples × genes` (float64) and a sample sheet indexed by the
+same sample ids. Inputs may be `targets.h5ad` / EMO-average `average.h5ad` (obs = samples), or plain
+tables (CSV/TSV/Parquet, optionally gzipped). A table's orientation is read from the header of its
+first column: `gene`/`symbol`-like → genes in rows (the usual RNA-seq matrix), `sample_id`/`slide_id`-
+like → samples in rows; anything else must be stated with `orient`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from emo.errors import EmoError
+
+GENE_HEADERS = {"gene", "genes", "symbol", "gene_symbol", "hgnc_symbol", "gene_name", "gene_id"}
+SAMPLE_HEADERS = {"sample_id", "slide_id", "sample", "patient_id", "barcode", "title", ""}
+#: Sheet values that mean "not known" (TCGA writes them in brackets).
+MISSING_TOKENS = {"", "na", "nan", "none", "null", "unknown", "not evaluated", "not available",
+                  "indeterminate", "not applicable", "not reported", "missing", "?"}
+
+Orient = Literal["auto", "genes", "samples"]
+
+
+@dataclass
+class Expression:
+    """Expression `data` [samples × genes] with the sample sheet `obs` (may have no columns)."""
+
+    data: pd.DataFrame
+    obs: pd.DataFrame
+    source: str
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    name = path.name.lower()
+    try:
+        if name.endswith(".parquet"):
+            return pd.read_parquet(path)
+        sep = "," if name.endswith((".csv", ".csv.gz")) else "\t"
+        return pd.read_csv(path, sep=sep)
+    except FileNotFoundError:
+        raise EmoError(f"{path}: file not found; check the path") from None
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise EmoError(f"{path}: cannot read as a table ({exc}); give a CSV, TSV or Parquet file") from None
+
+
+def load_expression(
+    path: str | Path | pd.DataFrame,
+    *,
+    orient: Orient = "auto",
+    split: str | None = None,
+    log_cpm: bool = False,
+) -> Expression:
+    """Read an expression matrix as `samples × genes`; `log_cpm` turns raw counts into log2(CPM + 1)."""
+    if isinstance(path, pd.DataFrame):
+        data, obs, source = path.copy(), pd.DataFrame(index=path.index), "<table>"
+    else:
+        path = Path(path)
+        source = str(path)
+        if not path.exists():
+            raise EmoError(f"{path}: file not found; check the path")
+        if path.suffix == ".h5ad":
+            data, obs = _read_h5ad(path)
+        else:
+            data, obs = _read_matrix(path, orient)
+    data.index = data.index.astype(str)
+    data.columns = data.columns.astype(str)
+    obs.index = obs.index.astype(str)
+    if data.columns.duplicated().any():
+        dup = data.columns[data.columns.duplicated()][0]
+        raise EmoError(f"{source}: gene {dup!r} appears more than once; de-duplicate the matrix")
+    if data.index.duplicated().any():
+        dup = data.index[data.index.duplicated()][0]
+        raise EmoError(f"{source}: sample {dup!r} appears more than once; de-duplicate the matrix")
+    try:
+        data = data.astype(np.float64)
+    except ValueError:
+        raise EmoError(f"{source}: expression values are not all numeric; check the orientation "
+                       "(--orient) and that only the first column holds labels") from None
+    if split is not None:
+        if "split" not in obs.columns:
+            raise EmoError(f"{source}: no 'split' column to select split {split!r}; use targets.h5ad or drop --split")
+        keep = obs["split"].astype(str) == split
+        if not keep.any():
+            raise EmoError(f"{source}: no sample in split {split!r} (have {sorted(obs['split'].astype(str).unique())})")
+        data, obs = data.loc[keep.to_numpy()], obs.loc[keep.to_numpy()]
+    if log_cpm:
+        values = data.to_numpy()
+        if np.nanmin(values) < 0:
+            raise EmoError(f"{source}: --log-cpm needs raw counts but found negative values; drop --log-cpm")
+        libsize = np.nansum(values, axis=1, keepdims=True)
+        if (libsize <= 0).any():
+            bad = data.index[(libsize[:, 0] <= 0)][0]
+            raise EmoError(f"{source}: sample {bad!r} has no counts; remove it")
+        data = pd.DataFrame(np.log2(values / libsize * 1e6 + 1.0), index=data.index, columns=data.columns)
+    return Expression(data=data, obs=obs, source=source)
+
+
+def _read_h5ad(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    import anndata
+
+    try:
+        adata = anndata.read_h5ad(path)
+    except Exception as exc:  # h5py/anndata raise many kinds
+        raise EmoError(f"{path}: cannot read as AnnData ({exc.__class__.__name__}: {exc})") from None
+    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    data = pd.DataFrame(x, index=adata.obs_names, columns=adata.var_names)
+    return data, adata.obs.copy()
+
+
+def _read_matrix(path: Path, orient: Orient) -> tuple[pd.DataFrame, pd.DataFrame]:
+    table = _read_table(path)
+    head = str(table.columns[0])
+    if orient == "auto":
+        key = head.strip().lower()
+        if key in GENE_HEADERS:
+            orient = "genes"
+        elif key in SAMPLE_HEADERS or key.startswith("unnamed"):
+            orient = "samples"
+        else:
+            raise EmoError(f"{path}: cannot tell whether rows are genes or samples from the first column "
+                           f"header {head!r}; pass --orient genes or --orient samples")
+    table = table.set_index(head)
+    data = table.T if orient == "genes" else table
+    return data, pd.DataFrame(index=data.index)
+
+
+def load_sheet(path: str | Path | pd.DataFrame, samples: pd.Index, id_column: str | None = None) -> pd.DataFrame:
+    """Read a sample sheet and index it by the column whose values match `samples` best.
+
+    Exact duplicate rows are dropped (TCGA clinical tables repeat patients); conflicting duplicates
+    are an error. A DataFrame is used as it is when its index already holds the sample ids.
+    """
+    wanted = set(samples.astype(str))
+    if isinstance(path, pd.DataFrame):
+        if id_column is None and path.index.astype(str).isin(wanted).any():
+            sheet = path.copy()
+            sheet.index = sheet.index.astype(str)
+            return sheet
+        sheet, path = path.reset_index(), "<sample sheet>"
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise EmoError(f"{path}: file not found; check the path")
+        sheet = _read_table(path)
+    if id_column is None:
+        overlaps = {c: sheet[c].astype(str).isin(wanted).sum() for c in sheet.columns}
+        id_column = max(overlaps, key=overlaps.get)
+        if overlaps[id_column] == 0:
+            raise EmoError(f"{path}: no column matches the expression sample ids (e.g. {sorted(wanted)[:3]}); "
+                           "give --sample-column or fix the ids")
+    elif id_column not in sheet.columns:
+        raise EmoError(f"{path}: no column {id_column!r}; columns are {list(sheet.columns)}")
+    sheet[id_column] = sheet[id_column].astype(str)
+    sheet = sheet.drop_duplicates()
+    dup = sheet[id_column].duplicated()
+    if dup.any():
+        raise EmoError(f"{path}: sample {sheet.loc[dup, id_column].iloc[0]!r} has conflicting rows; keep one")
+    return sheet.set_index(id_column)
+
+
+def attach_sheet(expr: Expression, sheet: str | Path | pd.DataFrame | None, id_column: str | None = None) -> Expression:
+    """Join a sample sheet onto the expression's obs (sheet columns win); keeps expression samples only."""
+    if sheet is None:
+        return expr
+    table = load_sheet(sheet, expr.data.index, id_column)
+    common = expr.data.index.intersection(table.index)
+    if len(common) == 0:
+        raise EmoError(f"{'sample sheet' if isinstance(sheet, pd.DataFrame) else sheet}: none of its sample ids "
+                       f"match {expr.source}")
+    obs = expr.obs.drop(columns=[c for c in table.columns if c in expr.obs.columns])
+    obs = obs.join(table, how="left")
+    return Expression(data=expr.data, obs=obs, source=expr.source)
+
+
+def align(measured: Expression, predicted: Expression) -> tuple[Expression, Expression]:
+    """Restrict both to the shared samples (mapping predicted slide ids via obs `slide_id`), same order."""
+    pred = predicted.data
+    common = measured.data.index.intersection(pred.index)
+    if len(common) == 0 and "slide_id" in measured.obs.columns:
+        to_sample = pd.Series(measured.obs.index, index=measured.obs["slide_id"].astype(str))
+        to_sample = to_sample[~to_sample.index.duplicated()]
+        pred = pred.loc[pred.index.isin(to_sample.index)]
+        pred.index = to_sample.loc[pred.index].to_numpy()
+        common = measured.data.index.intersection(pred.index)
+    if len(common) == 0:
+        raise EmoError(f"{predicted.source}: no sample or slide id matches {measured.source}; "
+                       "predictions must be for the measured samples")
+    obs = measured.obs.loc[common]
+    return (Expression(measured.data.loc[common], obs, measured.source),
+            Expression(pred.loc[common], obs, predicted.source))
+
+
+def select_genes(data: pd.DataFrame, genes: str | list[str] | None, *, source: str) -> pd.DataFrame:
+    """Columns for a panel/gene list (`"pam50"`, `"ESR1,PGR"`) or a genes.csv with a `selected` column."""
+    if genes is None:
+        return data
+    from emo.panels import resolve_genes
+
+    if isinstance(genes, str) and Path(genes).suffix in {".csv", ".tsv", ".parquet", ".txt"}:
+        path = Path(genes)
+        if path.suffix == ".txt":
+            wanted = [g.strip() for g in path.read_text().split() if g.strip()]
+        else:
+            table = _read_table(path)
+            if "gene" not in table.columns:
+                raise EmoError(f"{path}: needs a 'gene' column")
+            if "selected" in table.columns:
+                table = table[table["selected"].astype(str).str.lower().isin({"true", "1"})]
+            wanted = table["gene"].astype(str).tolist()
+    else:
+        wanted = resolve_genes(genes)
+    present = [g for g in wanted if g in data.columns]
+    if not present:
+        raise EmoError(f"{source}: none of the requested genes ({', '.join(wanted[:5])}…) is in the matrix")
+    return data[present]
+
+
+def clean_labels(values: pd.Series) -> pd.Series:
+    """Strings with missing-value tokens (`[Not Evaluated]`, `NA`, …) become NaN."""
+    if pd.api.types.is_numeric_dtype(values):
+        return values
+    text = values.astype("string").str.strip()
+    token = text.str.strip("[]").str.lower()
+    return text.mask(token.isin(MISSING_TOKENS) | text.isna()).astype(object)
