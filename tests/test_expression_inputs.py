@@ -166,3 +166,27 @@ def test_split_sequence_stays_within_one_patient():
     for n in range(1, 300):
         counts = np.bincount(split_sequence(n), minlength=4)
         assert np.abs(counts - n * f).max() < 1
+
+
+def test_slides_matching(cohorts):
+    tmp, _, _ = cohorts
+    sheet = pd.read_csv(tmp / "sheet.csv")
+    sheet["slide_id"] = [f"S_{s}" for s in sheet["sample_id"]]
+    sheet.loc[sheet["sample_id"] == "a1", "slide_id"] = None
+    second = sheet[sheet["sample_id"] == "a0"].assign(slide_id="S_a0_second")  # one sample, two slides
+    pd.concat([sheet, second]).to_csv(tmp / "sheet.csv", index=False)
+    (tmp / "slides").mkdir()
+    for name in ("S_a0.svs", "S_a0_second.svs", "S_orphan.svs", *(f"S_b{i}.ndpi" for i in range(10))):
+        (tmp / "slides" / name).write_bytes(b"")
+    res = _cli(tmp, "--slides", str(tmp / "slides"))
+    assert res.returncode == 0, res.stderr
+    out = ad.read_h5ad(tmp / "out" / "t.h5ad")
+    assert out.n_obs == 22 and out.obs.loc["a0", "slide_id"] == "S_a0;S_a0_second"
+    report = pd.read_csv(tmp / "out" / "t.mismatches.csv")
+    kinds = report.groupby("kind").size().to_dict()
+    assert kinds == {"sample_without_slide": 1, "slide_not_found": 10, "slide_without_sample": 1}
+    assert report.loc[report["kind"] == "slide_without_sample", "slide_id"].str.endswith("S_orphan.svs").all()
+    # One slide claimed by two samples is ambiguous.
+    sheet.loc[sheet["sample_id"] == "a3", "slide_id"] = "S_a2"
+    sheet.to_csv(tmp / "sheet.csv", index=False)
+    _assert_one_line_error(_cli(tmp), "S_a2", "a2", "a3", "--on-duplicate")

@@ -49,6 +49,10 @@ def prepare(
     )
     summary = adata.uns["emo_summary"]
     typer.echo(f"wrote {out}: {adata.n_obs} samples × {adata.n_vars} genes, {summary['genes_kept']} kept as targets")
+    for item in summary["matrices"]:
+        if item["genes_missing_elsewhere"]:
+            typer.echo(f"  {len(item['genes_missing_elsewhere'])} genes of {item['file']} are missing from another "
+                       "matrix and were left out (listed in the summary JSON)")
     for kind, n in summary["mismatches"].items():
         typer.echo(f"  mismatch {kind}: {n} (see {summary_paths(out)['mismatches.csv']})")
     typer.echo(f"summary: {summary_paths(out)['summary.md']}")

@@ -84,7 +84,42 @@ def _clean_for_h5ad(frame: pd.DataFrame) -> pd.DataFrame:
 
 def summary_paths(out: Path) -> dict[str, Path]:
     stem = out.with_suffix("")
-    return {k: stem.with_name(f"{stem.name}.{k}") for k in ("summary.md", "summary.json", "mismatches.csv")}
+    names = ("summary.md", "summary.json", "summary.png", "mismatches.csv")
+    return {k: stem.with_name(f"{stem.name}.{k}") for k in names}
+
+
+def _panel_coverage(kept: pd.Index) -> dict[str, list[str]]:
+    """Genes of each shipped panel that are not among the kept targets (the paper reports panel coverage)."""
+    from emo.panels import get_panel, panel_names
+
+    return {name: [g for g in get_panel(name) if g not in kept] for name in panel_names()}
+
+
+def _figure(path: Path, x: pd.DataFrame, corrected: pd.DataFrame, obs: pd.DataFrame, variance: pd.Series,
+            min_variance: float) -> None:
+    """Per-gene cohort medians before/after the offsets, and the training variance with its threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fit = obs["split"].isin(["train", "tune", "validation"]).to_numpy()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, frame, title in ((axes[0], x, "before offsets"), (axes[1], corrected, "after offsets")):
+        for cohort in pd.unique(obs["cohort"]):
+            rows = (obs["cohort"] == cohort).to_numpy() & fit
+            if rows.any():
+                ax.hist(np.median(frame.to_numpy()[rows], axis=0), bins=60, histtype="step", label=cohort)
+        ax.set(title=f"per-gene median, train+tune+val, {title}", xlabel="expression (log scale)", ylabel="genes")
+        ax.legend(fontsize=8)
+    axes[2].hist(np.log10(variance.to_numpy() + 1e-6), bins=60, color="0.4")
+    axes[2].axvline(np.log10(min_variance), color="C3", label=f"min variance {min_variance:g}")
+    axes[2].set(title="gene variance on the training split", xlabel="log10 variance", ylabel="genes")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
 
 
 def _markdown(summary: dict) -> str:
@@ -108,6 +143,9 @@ def _markdown(summary: dict) -> str:
     lines += ["", "## Cohort offsets (reference median − cohort median, train+tune+validation)", ""]
     for cohort, stats in summary["offsets"].items():
         lines.append(f"- {cohort}: median {stats['median']:+.3f}, mean |offset| {stats['mean_abs']:.3f}")
+    lines += ["", "## Gene panels: genes not among the kept targets", ""]
+    lines += [f"- {name}: {', '.join(missing) if missing else 'none'}" for name, missing in summary["panels_missing"].items()]
+    lines += ["", f"![summary]({Path(summary['out']).with_suffix('').name}.summary.png)"]
     lines += ["", "## Mismatches", ""]
     kinds = summary["mismatches"]
     lines += [f"- {k}: {v}" for k, v in kinds.items()] or ["none"]
@@ -192,6 +230,7 @@ def prepare_targets(matrices: Sequence[str | Path], samples: str | Path, referen
         "offsets": {c: {"median": float(np.median(offsets[c])), "mean_abs": float(np.abs(offsets[c]).mean())}
                     for c in offsets.columns},
         "mismatches": {k: int(v) for k, v in mismatches["kind"].value_counts().items()},
+        "panels_missing": _panel_coverage(var.index[var["kept"]]),
     }
     paths = summary_paths(out)
     with atomic_path(out) as tmp:
@@ -199,5 +238,6 @@ def prepare_targets(matrices: Sequence[str | Path], samples: str | Path, referen
     write_json_atomic(paths["summary.json"], summary)
     write_text_atomic(paths["summary.md"], _markdown(summary))
     write_table_atomic(paths["mismatches.csv"], mismatches)
+    _figure(paths["summary.png"], x, corrected, obs, variance, min_variance)
     adata.uns["emo_summary"] = summary
     return adata
