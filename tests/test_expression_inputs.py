@@ -190,3 +190,10 @@ def test_slides_matching(cohorts):
     sheet.loc[sheet["sample_id"] == "a3", "slide_id"] = "S_a2"
     sheet.to_csv(tmp / "sheet.csv", index=False)
     _assert_one_line_error(_cli(tmp), "S_a2", "a2", "a3", "--on-duplicate")
+
+
+def test_parquet_with_label_column(tmp_path):
+    frame = pd.DataFrame({"gene": ["TP53", "ESR1", "ERBB2"], "s1": [1.0, 2.0, 3.0], "s2": [4.0, 5.0, 6.0]})
+    frame.to_parquet(tmp_path / "m.parquet")  # labels as a column, RangeIndex
+    got = read_matrix(tmp_path / "m.parquet", sample_ids=["s1", "s2"])
+    assert list(got.index) == ["TP53", "ESR1", "ERBB2"] and got.loc["ESR1", "s2"] == 5.0

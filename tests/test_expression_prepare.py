@@ -32,7 +32,7 @@ def data(tmp_path_factory):
     sheet = pd.DataFrame(rows)
     sheet.to_csv(tmp / "sheet.csv", index=False)
     adata = prepare_targets([scanb], tmp / "sheet.csv", "TCGA", tmp / "t64.h5ad", counts_matrices=[tcga],
-                            stratify="er", seed=3, dtype="float64")
+                            stratify="er", seed=3, dtype="float64", figure=False)
     return {"tmp": tmp, "scanb": scanb, "tcga": tcga, "sheet": sheet, "adata": adata}
 
 
@@ -80,7 +80,8 @@ def test_test_samples_do_not_influence_offsets(data):
         changed[sample] = changed[sample] + 50.0  # far outside the data: moves any median it enters
         changed.to_parquet(tmp / f"scanb_{name}.parquet")
         out = prepare_targets([tmp / f"scanb_{name}.parquet"], tmp / "sheet.csv", "TCGA", tmp / f"{name}.h5ad",
-                              counts_matrices=[data["tcga"]], stratify="er", seed=3, dtype="float64")
+                              counts_matrices=[data["tcga"]], stratify="er", seed=3, dtype="float64",
+                              figure=False)
         assert (out.obs["split"] == obs["split"]).all()
         offsets[name] = out.var["offset_SCANB"].to_numpy()
     np.testing.assert_array_equal(offsets["test"], adata.var["offset_SCANB"].to_numpy())
@@ -94,9 +95,10 @@ def test_splits_by_patient_fractions_and_seed(data, tmp_path):
     sheet.loc[scanb[1::2], "patient_id"] = sheet.loc[scanb[0::2], "patient_id"].to_numpy()
     sheet.to_csv(tmp_path / "sheet.csv", index=False)
     args = ([data["scanb"]], tmp_path / "sheet.csv", "TCGA")
-    a = prepare_targets(*args, tmp_path / "a.h5ad", counts_matrices=[data["tcga"]], seed=7, on_duplicate="all")
-    b = prepare_targets(*args, tmp_path / "b.h5ad", counts_matrices=[data["tcga"]], seed=7, on_duplicate="all")
-    c = prepare_targets(*args, tmp_path / "c.h5ad", counts_matrices=[data["tcga"]], seed=8, on_duplicate="all")
+    kw = {"counts_matrices": [data["tcga"]], "on_duplicate": "all", "figure": False}
+    a = prepare_targets(*args, tmp_path / "a.h5ad", seed=7, **kw)
+    b = prepare_targets(*args, tmp_path / "b.h5ad", seed=7, **kw)
+    c = prepare_targets(*args, tmp_path / "c.h5ad", seed=8, **kw)
     assert (a.obs.groupby("patient_id", observed=True)["split"].nunique() == 1).all()
     patients = a.obs.groupby("patient_id", observed=True)["split"].first()
     n = len(patients)
@@ -106,7 +108,7 @@ def test_splits_by_patient_fractions_and_seed(data, tmp_path):
     assert (a.obs["split"] == b.obs["split"]).all()
     assert (a.obs["split"] != c.obs["split"]).any()
     with pytest.raises(Exception, match="several RNA samples"):
-        prepare_targets(*args, tmp_path / "d.h5ad", counts_matrices=[data["tcga"]])
+        prepare_targets(*args, tmp_path / "d.h5ad", counts_matrices=[data["tcga"]], figure=False)
 
 
 def test_stratified_split_balances_each_stratum(data):
@@ -132,11 +134,12 @@ def test_variance_on_training_split_and_float32_contract(data, tmp_path):
     np.testing.assert_allclose(back.X, adata.X, atol=1e-5)
     assert (tmp_path / "t.summary.md").read_text().count("SCANB") >= 2
     assert (tmp_path / "t.summary.json").exists() and (tmp_path / "t.mismatches.csv").exists()
+    assert (tmp_path / "t.summary.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_external_cohort_is_test_only_and_align_new_cohort(data, tmp_path):
     ext = prepare_targets([data["scanb"]], data["tmp"] / "sheet.csv", "TCGA", tmp_path / "e.h5ad",
-                          counts_matrices=[data["tcga"]], external_cohorts=["SCANB"], dtype="float64")
+                          counts_matrices=[data["tcga"]], external_cohorts=["SCANB"], dtype="float64", figure=False)
     scanb = ext.obs["cohort"] == "SCANB"
     assert (ext.obs.loc[scanb, "split"] == "test").all() and ext.obs.loc[scanb, "external"].all()
     assert set(ext.obs.loc[~scanb, "split"]) == set(SPLITS)
@@ -156,7 +159,7 @@ def test_user_split_column_wins(data, tmp_path):
     sheet["split"] = rng.choice(SPLITS, size=len(sheet))
     sheet.to_csv(tmp_path / "sheet.csv", index=False)
     out = prepare_targets([data["scanb"]], tmp_path / "sheet.csv", "TCGA", tmp_path / "u.h5ad",
-                          counts_matrices=[data["tcga"]], seed=1)
+                          counts_matrices=[data["tcga"]], seed=1, figure=False)
     assert (out.obs["split"].astype(str) == sheet.set_index("sample_id").loc[out.obs_names, "split"]).all()
 
 

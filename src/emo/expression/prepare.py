@@ -156,10 +156,11 @@ def prepare_targets(matrices: Sequence[str | Path], samples: str | Path, referen
                     counts_matrices: Sequence[str | Path] = (), min_variance: float = 0.01, seed: int = 0,
                     stratify: str | None = None, external_cohorts: Sequence[str] = (), orientation: str = "auto",
                     fractions: Sequence[float] = PAPER_FRACTIONS, on_duplicate: str = "error",
-                    slides: str | Path | None = None, dtype: str = "float32"):
+                    slides: str | Path | None = None, dtype: str = "float32", figure: bool = True):
     """Build `targets.h5ad` (see docs/architecture.md "Targets") plus its summary; return the AnnData.
 
     `dtype` is float32 by default (the contract); float64 keeps the correction exact for audits.
+    `figure=False` skips the summary PNG.
     """
     import anndata as ad
 
@@ -238,6 +239,7 @@ def prepare_targets(matrices: Sequence[str | Path], samples: str | Path, referen
     write_json_atomic(paths["summary.json"], summary)
     write_text_atomic(paths["summary.md"], _markdown(summary))
     write_table_atomic(paths["mismatches.csv"], mismatches)
-    _figure(paths["summary.png"], x, corrected, obs, variance, min_variance)
+    if figure:
+        _figure(paths["summary.png"], x, corrected, obs, variance, min_variance)
     adata.uns["emo_summary"] = summary
     return adata

@@ -42,7 +42,8 @@ def _read_raw(path: Path) -> pd.DataFrame:
     name = _suffixes(path)
     if name.endswith(".parquet") or name.endswith(".pq"):
         frame = pd.read_parquet(path)
-        if isinstance(frame.index, pd.RangeIndex) and frame.shape[1] and frame.dtypes.iloc[0] == object:
+        if (isinstance(frame.index, pd.RangeIndex) and frame.shape[1]
+                and not pd.api.types.is_numeric_dtype(frame.dtypes.iloc[0])):
             frame = frame.set_index(frame.columns[0])
         frame.index = frame.index.astype(str)
         frame.columns = frame.columns.astype(str)
