@@ -193,3 +193,15 @@ def test_squidpy_h5ad_round_trip(tmp_path):
     sq.write_h5ad(tmp_path / "bad.h5ad")
     with pytest.raises(EmoError, match="bad.h5ad"):
         read_spatial_h5ad(tmp_path / "bad.h5ad")
+
+
+def test_cli_spatial_writes_representation(tmp_path):
+    from typer.testing import CliRunner
+
+    from emo.cli import app
+
+    counts, pos, _ = _write_visium(tmp_path / "outs", header=False)
+    res = CliRunner().invoke(app, ["expression", "spatial", str(tmp_path / "outs"), "--out", str(tmp_path / "v.h5ad")])
+    assert res.exit_code == 0, res.output
+    back = read_spatial(tmp_path / "v.h5ad")  # emo's own form reads back unchanged
+    assert (back.X.toarray() == counts).all() and back.uns[SPATIAL_KEY]["mpp"] == pytest.approx(5.0)

@@ -56,3 +56,26 @@ def prepare(
     for kind, n in summary["mismatches"].items():
         typer.echo(f"  mismatch {kind}: {n} (see {summary_paths(out)['mismatches.csv']})")
     typer.echo(f"summary: {summary_paths(out)['summary.md']}")
+
+
+@expression_app.command()
+def spatial(
+    path: Path = typer.Argument(..., help="A .h5ad (squidpy convention), a Visium Space Ranger outs/ folder, or a legacy ST folder (counts/, spots/, images/)."),
+    out: Path = typer.Option(..., "--out", help="Output .h5ad in emo's spatial representation (docs/architecture.md)."),
+    section: str | None = typer.Option(None, "--section", help="Section of a legacy ST folder (e.g. B4)."),
+    image: Path | None = typer.Option(None, "--image", help="Full-resolution image of a Visium or .h5ad section (else the hires PNG / none)."),
+    labels: bool = typer.Option(False, "--labels", help="Join her2st pathologist labels (labels/<S>_labeled_coordinates.tsv) into obs['label']."),
+) -> None:
+    """Read spatial transcriptomics into one representation: raw counts, spot centres in image pixels, µm/px."""
+    from emo.expression import add_her2st_labels, read_spatial
+    from emo.io import atomic_path
+
+    kwargs = {"image_path": image} if image is not None else {}
+    adata = read_spatial(path, section, **kwargs)
+    if labels:
+        add_her2st_labels(adata, path)
+    with atomic_path(out) as tmp:
+        adata.write_h5ad(tmp)
+    meta = adata.uns["emo_spatial"]
+    typer.echo(f"wrote {out}: {adata.n_obs} spots × {adata.n_vars} genes, section {meta['section_id']}, "
+               f"{meta['mpp']:.3f} µm/px, image {meta['image_path'] or 'none'}")
