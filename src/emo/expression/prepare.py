@@ -214,10 +214,10 @@ def prepare_targets(matrices: Sequence[str | Path], samples: str | Path, referen
               "orientation": orientation, "fractions": [float(f) for f in fractions], "on_duplicate": on_duplicate,
               "split_source": split_source, "counts_normalisation": "log2(CPM + 1)",
               "offset_samples": "train+tune+validation"}
-    obs = obs[["patient_id", "cohort", "split", *[c for c in obs.columns if c not in ("patient_id", "cohort", "split")]]]
-    obs["split"] = pd.Categorical(obs["split"], categories=list(SPLITS))
-    adata = ad.AnnData(X=corrected.to_numpy(dtype=np.dtype(dtype)), obs=_clean_for_h5ad(obs), var=var)
-    adata.obs["split"] = pd.Categorical(obs["split"].astype(str), categories=list(SPLITS))
+    first = ["patient_id", "cohort", "split"]
+    obs = obs[first + [c for c in obs.columns if c not in first]].copy()
+    obs = _clean_for_h5ad(obs).assign(split=pd.Categorical(obs["split"], categories=list(SPLITS)))
+    adata = ad.AnnData(X=corrected.to_numpy(dtype=np.dtype(dtype)), obs=obs, var=var)
     adata.uns["emo"] = json.loads(json.dumps(provenance(**params)))
 
     counts = obs.groupby(["cohort", "split"], observed=True).size()
