@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "report",
     "spatial_validation",
     "analyze_bulk",
+    "expression",
 )
 
 for _name in _COMMAND_MODULES:
