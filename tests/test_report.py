@@ -43,10 +43,10 @@ def run_dir(tmp_path_factory):
     table = pd.DataFrame({"slide_id": slide.astype(str), "roi_id": np.tile(np.arange(8), 6).astype(str), "gene": "CD3E",
                           "measured": pred + rng.normal(size=6)[slide] + 0.5 * rng.normal(size=slide.size), "predicted": pred})
     spatial_validation(table, run / "analyze" / "spatial-validation")
-    clusters = run / "analyze" / "clusters"
-    _png(clusters / "heatmap.png", (30, 30, 200))
-    pd.DataFrame({"k": [4], "ari": [0.42]}).to_csv(clusters / "ari.csv", index=False)
-    (clusters / "params.json").write_text(json.dumps({"k": 4, "seed": 0}))
+    custom = run / "analyze" / "custom"  # an analysis without a section of its own: the generic one shows it
+    _png(custom / "heatmap.png", (30, 30, 200))
+    pd.DataFrame({"k": [4], "score": [0.42]}).to_csv(custom / "scores.csv", index=False)
+    (custom / "params.json").write_text(json.dumps({"k": 4, "seed": 0}))
     return run
 
 
@@ -62,7 +62,7 @@ def test_report_is_self_contained_with_every_section(run_dir, tmp_path):
     assert all(base64.b64decode(s.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for s in srcs)
     for title in ("Tiling QC", "Training targets", "Model", "Validation and test", "Spatial validation", "Analyses"):
         assert f"<h2>{title}" in page, title
-    assert "efficientnet_lite0" in page and "ari.csv" in page and "null (permuted labels)" in page
+    assert "efficientnet_lite0" in page and "scores.csv" in page and "null (permuted labels)" in page
     # The spatial-validation folder sits under analyze/ but is reported once, by its own section.
     assert page.count("analyze/spatial-validation</h3>") + page.count("<code>analyze/spatial-validation</code>") == 1
 

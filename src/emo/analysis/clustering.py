@@ -353,7 +353,7 @@ def _plot_cdf(png: Path, cdf: pd.DataFrame) -> None:
 
 def report_section(directory: str | Path) -> str:
     """HTML for `emo report`: ARI table and the heatmaps ('' when clustering was not run)."""
-    from emo.analysis._html import figure, table
+    from emo.reports.html import figure, table
 
     d = Path(directory)
     if not (d / "ari.csv").exists():

@@ -282,7 +282,7 @@ def _plot(png: Path, results: dict[str, pd.DataFrame]) -> None:
 
 def report_section(directory: str | Path) -> str:
     """HTML for `emo report`: DE counts, top genes and the figure ('' when DE was not run)."""
-    from emo.analysis._html import figure, table
+    from emo.reports.html import figure, table
 
     d = Path(directory)
     if not (d / "de_measured.csv").exists():

@@ -279,7 +279,7 @@ def _plot(png: Path, block: pd.DataFrame, sets: dict[str, list[str]], values: pd
 
 def report_section(directory: str | Path) -> str:
     """HTML for `emo report`: enriched sets and Fig. 3-style plots ('' when enrichment was not run)."""
-    from emo.analysis._html import figure, table
+    from emo.reports.html import figure, table
 
     d = Path(directory)
     if not (d / "enrich_prerank.csv").exists():

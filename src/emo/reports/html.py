@@ -38,6 +38,12 @@ def image(path: Path, caption: str | None = None, max_width: int = MAX_IMAGE_WID
     return f'<figure><img alt="{esc(path.name)}" src="data:{mime};base64,{b64}">{cap}</figure>'
 
 
+def figure(path: str | Path, caption: str | None = None) -> str:
+    """`image` for a figure that may not have been made: '' when the file is missing."""
+    path = Path(path)
+    return image(path, caption) if path.exists() else ""
+
+
 def images(paths: list[Path], limit: int = 24) -> str:
     shown = "".join(image(p) for p in paths[:limit])
     more = f"<p class=note>{len(paths) - limit} more figures in the run folder.</p>" if len(paths) > limit else ""
