@@ -1,0 +1,161 @@
+"""Executors: the same function over the same items gives identical, order-preserving results through
+the local process pool, a local Ray cluster and a real single-node SLURM (brought up by
+.ci/slurm-up.sh); a flaky item is retried, a broken one is reported while the others' results are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emo.errors import EmoError
+from emo.executors import ExecutorError, get_executor
+
+
+def work(seed: int) -> tuple[float, int]:
+    """Deterministic numeric work per item, plus the pid that ran it."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((64, 64))
+    return float(np.abs(np.linalg.eigvalsh(a @ a.T)).sum()), os.getpid()
+
+
+def flaky(item: tuple[int, str]) -> int:
+    """Fails the first time it sees an item (leaving a marker file), succeeds on the retry; 13 always fails."""
+    x, marker_dir = item
+    if x == 13:
+        raise ValueError(f"item {x} is broken")
+    marker = Path(marker_dir) / f"{x}.seen"
+    if not marker.exists():
+        marker.touch()
+        raise RuntimeError(f"transient failure on {x}")
+    return x * 10
+
+
+def read_staged(path: str) -> tuple[str, str]:
+    return Path(path).read_text(), str(Path(path).parent.parent)
+
+
+ITEMS = list(range(7))
+EXPECTED = [work(i)[0] for i in ITEMS]
+
+
+def check_identical(executor) -> None:
+    out = executor.map(work, ITEMS, desc="work")
+    assert [v for v, _ in out] == EXPECTED  # bit-identical, item order kept
+    return {pid for _, pid in out}
+
+
+def check_retry_and_report(executor, tmp_path: Path) -> None:
+    items = [(x, str(tmp_path)) for x in (1, 2, 13, 4)]
+    with pytest.raises(ExecutorError) as info:
+        executor.map(flaky, items, desc="flaky")
+    err = info.value
+    assert set(err.failures) == {2}
+    assert "item 2" in str(err) and "item 13 is broken" in str(err)
+    assert err.results == [10, 20, None, 40]  # transient failures were retried, others kept
+    assert len(str(err).splitlines()) == 1
+
+
+# ---------------------------------------------------------------- local
+
+
+def test_local_in_process_and_pool_identical():
+    assert check_identical(get_executor("local", workers=1, progress=False)) == {os.getpid()}
+    pids = check_identical(get_executor("local", workers=2, progress=False))
+    assert os.getpid() not in pids
+
+
+def test_local_retries_and_reports(tmp_path):
+    check_retry_and_report(get_executor("local", workers=2, retries=1, progress=False), tmp_path)
+
+
+def test_without_retries_a_transient_failure_is_reported(tmp_path):
+    with pytest.raises(ExecutorError) as info:
+        get_executor("local", retries=0, progress=False).map(flaky, [(5, str(tmp_path))], desc="once")
+    assert "transient failure on 5" in str(info.value)
+
+
+def test_registry_rejects_unknown_names_and_options():
+    with pytest.raises(EmoError, match="unknown; choose one of local, ray, slurm"):
+        get_executor("dask")
+    with pytest.raises(EmoError, match="bad option"):
+        get_executor("local", nodes=3)
+    with pytest.raises(EmoError, match="workers=0"):
+        get_executor("local", workers=0)
+
+
+# ---------------------------------------------------------------- ray
+
+
+@pytest.fixture(scope="module")
+def ray_executor():
+    pytest.importorskip("ray")
+    executor = get_executor("ray", cluster_cpus=2, progress=False)
+    yield executor
+    executor.close()
+
+
+def test_ray_identical_to_local(ray_executor):
+    import ray
+
+    assert ray.cluster_resources().get("CPU") == 2
+    assert os.getpid() not in check_identical(ray_executor)
+
+
+def test_ray_retries_and_reports(ray_executor, tmp_path):
+    check_retry_and_report(ray_executor, tmp_path)
+
+
+# ---------------------------------------------------------------- slurm
+
+
+def slurm_up() -> str | None:
+    """None when a SLURM node is idle, else why not."""
+    if os.environ.get("EMO_SLURM_UNAVAILABLE"):
+        return f".ci/slurm-up.sh failed: {os.environ['EMO_SLURM_UNAVAILABLE']}"
+    if shutil.which("sinfo") is None:
+        return "sinfo not on PATH; run .ci/slurm-up.sh (as root) to start a single-node SLURM"
+    run = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
+    states = run.stdout.split()
+    if run.returncode or not any(s in ("idle", "mix", "alloc") for s in states):
+        return f"no usable SLURM node (sinfo: {run.stdout.strip() or run.stderr.strip()}); run .ci/slurm-up.sh"
+    return None
+
+
+@pytest.fixture
+def slurm_folder(tmp_path):
+    why = slurm_up()
+    if why:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"SLURM must be up under CI: {why}")
+        pytest.skip(why)
+    return tmp_path / "submitit"
+
+
+def test_slurm_identical_to_local_in_chunks(slurm_folder):
+    executor = get_executor("slurm", folder=slurm_folder, chunk_size=3, poll_s=0.3, progress=False)
+    pids = check_identical(executor)
+    assert os.getpid() not in pids and len(pids) == 3  # 7 items in 3 array tasks
+    assert len(list(slurm_folder.glob("*_submission.sh"))) == 1  # one job array
+
+
+def test_slurm_retries_and_reports(slurm_folder, tmp_path):
+    check_retry_and_report(get_executor("slurm", folder=slurm_folder, poll_s=0.3, progress=False), tmp_path)
+
+
+def test_slurm_stages_inputs_to_node_local_scratch(slurm_folder, tmp_path):
+    inputs = []
+    for k in range(2):
+        inputs.append(tmp_path / f"slide{k}.txt")
+        inputs[-1].write_text(f"pixels {k}")
+    scratch = tmp_path / "scratch"
+    executor = get_executor("slurm", folder=slurm_folder, stage=True, scratch_dir=str(scratch), poll_s=0.3, progress=False)
+    out = executor.map(read_staged, [str(p) for p in inputs], desc="staged")
+    assert [text for text, _ in out] == ["pixels 0", "pixels 1"]
+    assert all(root == str(scratch) for _, root in out)  # fn saw the copy on scratch
+    assert list(scratch.iterdir()) == []  # and the copy was removed
