@@ -16,7 +16,9 @@ from emo.errors import EmoError
 
 _COMMAND_MODULES = (
     "info",
+    "features",
     "run",
+    "tile",
 )
 
 for _name in _COMMAND_MODULES:
