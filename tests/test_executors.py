@@ -36,6 +36,16 @@ def flaky(item: tuple[int, str]) -> int:
     return x * 10
 
 
+def die_once(item: tuple[int, str]) -> int:
+    """Kills its worker process the first time it sees item 1 (a segfault or OOM kill, say)."""
+    x, marker_dir = item
+    marker = Path(marker_dir) / f"{x}.died"
+    if x == 1 and not marker.exists():
+        marker.touch()
+        os._exit(1)
+    return x + 100
+
+
 def read_staged(path: str) -> tuple[str, str]:
     return Path(path).read_text(), str(Path(path).parent.parent)
 
@@ -66,12 +76,20 @@ def check_retry_and_report(executor, tmp_path: Path) -> None:
 
 def test_local_in_process_and_pool_identical():
     assert check_identical(get_executor("local", workers=1, progress=False)) == {os.getpid()}
-    pids = check_identical(get_executor("local", workers=2, progress=False))
+    with get_executor("local", workers=2, progress=False) as executor:
+        pids = check_identical(executor)
+        assert len(pids | check_identical(executor)) <= 2  # the next map reuses the 2 workers
     assert os.getpid() not in pids
 
 
 def test_local_retries_and_reports(tmp_path):
-    check_retry_and_report(get_executor("local", workers=2, retries=1, progress=False), tmp_path)
+    with get_executor("local", workers=2, retries=1, progress=False) as executor:
+        check_retry_and_report(executor, tmp_path)
+
+
+def test_local_worker_killed_mid_item_is_retried_on_a_fresh_pool(tmp_path):
+    with get_executor("local", workers=2, retries=1, progress=False) as executor:
+        assert executor.map(die_once, [(x, str(tmp_path)) for x in range(4)], desc="dies") == [100, 101, 102, 103]
 
 
 def test_without_retries_a_transient_failure_is_reported(tmp_path):
