@@ -175,6 +175,23 @@ def test_from_forces_that_stage_and_every_later_one(toy):
         toy.run(from_stage="tiles")
 
 
+def test_from_deletes_the_forced_stages_outputs_inside_the_run_folder(tmp_path):
+    out = tmp_path / "out"
+    outside = tmp_path / "given.txt"
+    outside.write_text("user data")
+
+    def cached_stage(ctx):  # like a stage API that skips items it finds finished
+        (out / "cache").mkdir(parents=True, exist_ok=True)
+        if not (out / "cache" / "item.txt").exists():
+            (out / "cache" / "item.txt").write_text(f"computed {ctx.config['version']}")
+
+    stages = [Stage("cache", cached_stage, outputs=lambda ctx: [out / "cache", outside])]
+    run_stages(stages, StudyContext(config={"version": 1}, out_dir=out), log=lambda m: None)
+    run_stages(stages, StudyContext(config={"version": 2}, out_dir=out), from_stage="cache", log=lambda m: None)
+    assert (out / "cache" / "item.txt").read_text() == "computed 2"
+    assert outside.read_text() == "user data"
+
+
 def test_a_failed_stage_leaves_no_record_and_a_rerun_resumes_there(toy):
     toy.fail = "lengths"
     with pytest.raises(RuntimeError, match="lengths broke"):

@@ -70,7 +70,9 @@ def tile_inputs(ctx: StudyContext) -> list[Path]:
 
 
 def feature_dir(ctx: StudyContext) -> Path:
-    return ctx.out_dir / "features" / _cfg(ctx).features.backbone
+    from emo.features.extract import backbone_dir_name
+
+    return ctx.out_dir / "features" / backbone_dir_name(_cfg(ctx).features.backbone)
 
 
 def run_features(ctx: StudyContext) -> None:
@@ -187,13 +189,13 @@ def _has_expression(ctx: StudyContext) -> bool:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("tile", run_tile, tile_inputs, _dump("slides"), lambda ctx: [ctx.out_dir / "tiles" / "summary.csv"]),
+    Stage("tile", run_tile, tile_inputs, _dump("slides"), lambda ctx: [ctx.out_dir / "tiles"]),
     Stage("features", run_features, lambda ctx: [ctx.out_dir / "tiles"], _dump("features"), lambda ctx: [feature_dir(ctx)], ("tile",)),
     Stage("expression", run_expression, expression_inputs, _dump("expression"), lambda ctx: [targets_path(ctx)], enabled=_has_expression),
-    Stage("train", run_train, train_inputs, _dump("training"), lambda ctx: [model_dir(ctx) / "manifest.json"], ("features", "expression")),
+    Stage("train", run_train, train_inputs, _dump("training"), lambda ctx: [model_dir(ctx)], ("features", "expression")),
     Stage(
         "predict", run_predict, lambda ctx: [model_dir(ctx), feature_dir(ctx)], _dump("prediction"),
-        lambda ctx: [ctx.out_dir / "predictions" / "average.h5ad"], ("train",),
+        lambda ctx: [ctx.out_dir / "predictions"], ("train",),
     ),
     Stage(
         "evaluate", run_evaluate, lambda ctx: [ctx.out_dir / "predictions" / "average.h5ad", targets_path(ctx)],

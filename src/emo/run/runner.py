@@ -3,7 +3,8 @@
 Each stage that finishes writes `<out>/.emo/stages/<stage>.json` (atomically) with its parameters and
 its inputs' fingerprints. A re-run skips a stage whose record matches and whose outputs exist, redoes
 one whose record differs, and then everything that depends on it; `from_stage` forces a stage and
-every stage after it. A killed run leaves no record for the stage in flight, so it is redone — and
+every stage after it, deleting their outputs first (only those inside the output folder) so that the
+stage APIs' own per-slide caches cannot hand back the old results. A killed run leaves no record for the stage in flight, so it is redone — and
 the stage APIs themselves resume per slide or gene, so only the item in flight is lost.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -152,6 +154,8 @@ def run_stages(
                 status[stage.name] = "skipped"
                 continue
             log(f"[bold]stage {stage.name}[/bold]: running ({why})")
+            if position >= forced_from:
+                _remove_outputs(stage, ctx)
             stage.run(ctx)
             write_json_atomic(
                 record_path(ctx.out_dir, stage.name),
@@ -168,6 +172,17 @@ def run_stages(
     finally:
         ctx.close()
     return status
+
+
+def _remove_outputs(stage: Stage, ctx: StudyContext) -> None:
+    out_dir = Path(ctx.out_dir).resolve()
+    for path in (Path(p) for p in stage.outputs(ctx)):
+        if not path.resolve().is_relative_to(out_dir):
+            continue  # never delete what lives outside the run's folder (e.g. a given targets file)
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _version() -> str:
