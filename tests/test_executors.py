@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,19 @@ def die_once(item: tuple[int, str]) -> int:
         marker.touch()
         os._exit(1)
     return x + 100
+
+
+def killed_once(item: tuple[int, str]) -> int:
+    """On its first run the SLURM job running item 0 is cancelled by the scheduler (scancel)."""
+    x, marker_dir = item
+    marker = Path(marker_dir) / f"{x}.killed"
+    if x == 0 and not marker.exists():
+        marker.touch()
+        job = os.environ.get("SLURM_ARRAY_JOB_ID")
+        job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ["SLURM_JOB_ID"]
+        subprocess.run(["scancel", job], check=True)
+        time.sleep(60)
+    return x - 1
 
 
 def read_staged(path: str) -> tuple[str, str]:
@@ -164,6 +178,12 @@ def test_slurm_identical_to_local_in_chunks(slurm_folder):
 
 def test_slurm_retries_and_reports(slurm_folder, tmp_path):
     check_retry_and_report(get_executor("slurm", folder=slurm_folder, poll_s=0.3, progress=False), tmp_path)
+
+
+def test_slurm_job_killed_by_the_scheduler_is_retried(slurm_folder, tmp_path):
+    executor = get_executor("slurm", folder=slurm_folder, poll_s=0.3, queue_check_s=1, progress=False)
+    assert executor.map(killed_once, [(x, str(tmp_path)) for x in range(3)], desc="killed") == [-1, 0, 1]
+    assert (tmp_path / "0.killed").exists()
 
 
 def test_slurm_stages_inputs_to_node_local_scratch(slurm_folder, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -94,6 +95,7 @@ class SlurmExecutor(Executor):
         setup: list[str] | tuple[str, ...] = (),
         additional_parameters: dict[str, Any] | None = None,
         poll_s: float = 1.0,
+        queue_check_s: float = 10.0,
         retries: int = 1,
         progress: bool | None = None,
     ):
@@ -111,6 +113,7 @@ class SlurmExecutor(Executor):
         self.stage = stage
         self.scratch_dir = scratch_dir
         self.poll_s = poll_s
+        self.queue_check_s = queue_check_s
         self.parameters: dict[str, Any] = {
             "time": int(time_min),
             "cpus_per_task": int(cpus_per_task),
@@ -138,19 +141,45 @@ class SlurmExecutor(Executor):
         jobs = executor.map_array(run_chunk, [work] * len(chunks), [[item for _, item in c] for c in chunks])
         outcomes: dict[int, Outcome] = {}
         waiting = dict(zip(range(len(jobs)), jobs))
-        while waiting:
-            for k, job in list(waiting.items()):
-                if not job.done():
-                    continue
-                del waiting[k]
-                try:
-                    chunk_outcomes = job.result()
-                except Exception as exc:  # the job itself failed: timeout, OOM, node failure
-                    reason = f"SLURM job {job.job_id} failed: {describe_exception(exc)}"
-                    chunk_outcomes = [(False, reason)] * len(chunks[k])
-                for (i, _), outcome in zip(chunks[k], chunk_outcomes):
-                    outcomes[i] = outcome
-                    done(outcome[0])
-            if waiting:
-                time.sleep(self.poll_s)
+        missing: dict[int, int] = {}  # job → consecutive queue checks it was absent from
+        last_check = time.monotonic()
+        try:
+            while waiting:
+                gone: set[int] = set()
+                if time.monotonic() - last_check >= self.queue_check_s:
+                    last_check = time.monotonic()
+                    gone = self._left_queue(waiting, missing)
+                for k, job in list(waiting.items()):
+                    if job.done():
+                        try:
+                            chunk_outcomes = job.result()
+                        except Exception as exc:  # the job itself failed: timeout, OOM, node failure
+                            chunk_outcomes = [(False, f"SLURM job {job.job_id} failed: {describe_exception(exc)}")] * len(chunks[k])
+                    elif k in gone:
+                        reason = f"SLURM job {job.job_id} left the queue without a result (cancelled, or out of time/memory; log: {job.paths.stderr})"
+                        chunk_outcomes = [(False, reason)] * len(chunks[k])
+                    else:
+                        continue
+                    del waiting[k]
+                    for (i, _), outcome in zip(chunks[k], chunk_outcomes):
+                        outcomes[i] = outcome
+                        done(outcome[0])
+                if waiting:
+                    time.sleep(self.poll_s)
+        except BaseException:  # Ctrl-C or an error here: leave nothing running on the cluster
+            for job in waiting.values():
+                job.cancel(check=False)
+            raise
         return outcomes
+
+    @staticmethod
+    def _left_queue(waiting: dict[int, Any], missing: dict[int, int]) -> set[int]:
+        """Jobs absent from `squeue` twice in a row with no result file: killed, where accounting
+        (sacct, which submitit asks) is not there to say so."""
+        run = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True)
+        if run.returncode:
+            return set()
+        queued = set(run.stdout.split())
+        for k, job in waiting.items():
+            missing[k] = 0 if job.job_id in queued or job.paths.result_pickle.exists() else missing.get(k, 0) + 1
+        return {k for k in waiting if missing[k] >= 2}
