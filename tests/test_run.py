@@ -208,3 +208,12 @@ def test_missing_input_is_a_one_line_error_naming_stage_and_path(toy):
     ctx = StudyContext(config=toy.config, out_dir=toy.root / "out")
     with pytest.raises(EmoError, match=rf"stage lengths: input {toy.out('words')} does not exist"):
         run_stages(stages, ctx, log=lambda m: None)
+
+
+def test_a_stage_api_missing_from_the_install_is_a_one_line_error(tmp_path):
+    def needs_missing(ctx):
+        from emo.no_such_stage import run  # noqa: F401
+
+    with pytest.raises(EmoError, match="stage predict: emo.no_such_stage is missing from this emo install"):
+        run_stages([Stage("predict", needs_missing)], StudyContext(config={}, out_dir=tmp_path), log=lambda m: None)
+    assert not record_path(tmp_path, "predict").exists()

@@ -156,7 +156,12 @@ def run_stages(
             log(f"[bold]stage {stage.name}[/bold]: running ({why})")
             if position >= forced_from:
                 _remove_outputs(stage, ctx)
-            stage.run(ctx)
+            try:
+                stage.run(ctx)
+            except ImportError as exc:
+                if not (exc.name or "").startswith("emo"):
+                    raise
+                raise EmoError(f"stage {stage.name}: {exc.name} is missing from this emo install ({exc}); reinstall emo") from None
             write_json_atomic(
                 record_path(ctx.out_dir, stage.name),
                 {
