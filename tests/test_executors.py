@@ -119,6 +119,17 @@ def test_registry_rejects_unknown_names_and_options():
         get_executor("local", nodes=3)
     with pytest.raises(EmoError, match="workers=0"):
         get_executor("local", workers=0)
+    executor = get_executor("local")
+    assert get_executor(executor) is executor
+
+
+def test_failures_of_big_items_are_reported_in_one_short_line():
+    items = [np.zeros((50, 50)), 4 * np.eye(50)]
+    with pytest.raises(ExecutorError) as info:
+        get_executor("local", retries=0, progress=False).map(np.linalg.cholesky, items, desc="cholesky")
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 400 and set(info.value.failures) == {0}
+    assert "LinAlgError" in message and np.array_equal(info.value.results[1], 2 * np.eye(50))
 
 
 # ---------------------------------------------------------------- ray

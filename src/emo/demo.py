@@ -277,7 +277,7 @@ def write_demo_study(out_dir: str | Path) -> Path:
         "out": "run",
         "slides": {"paths": ["slides/*.tiff"], "tile_size_um": 128, "target_mpp": 0.5, "min_tissue": 0.5},
         "expression": {"matrices": ["expression/expression.csv"], "samples": "expression/samples.csv", "reference_cohort": "demo"},
-        "features": {"batch_size": 64, "workers": 2},
+        "features": {"batch_size": 64, "workers": 0},  # tile reading in-process: safe after tiling in the same process
         "training": {"protocol": "features", "head": "ridge"},
         "evaluation": {"split": "test"},
     }

@@ -23,8 +23,9 @@ def executor_names() -> list[str]:
     return list(_EXECUTORS)
 
 
-def get_executor(name: str = "local", **opts: Any) -> Executor:
-    """Build the executor registered as `name` (`local`, `ray`, `slurm`) with its options."""
+def get_executor(name: str | Executor = "local", **opts: Any) -> Executor:
+    """Build the executor registered as `name` (`local`, `ray`, `slurm`) with its options; an
+    Executor passed in is returned as is (so stage APIs can take either)."""
     import importlib
 
     if isinstance(name, Executor):

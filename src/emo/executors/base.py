@@ -18,12 +18,18 @@ class ExecutorError(EmoError):
     def __init__(self, desc: str, items: Sequence[Any], failures: dict[int, str], results: list[Any], attempts: int):
         self.failures = failures
         self.results = results
-        shown = "; ".join(f"item {i} ({items[i]!r}): {failures[i]}" for i in sorted(failures)[:5])
+        shown = "; ".join(f"item {i} ({_short(items[i])}): {failures[i]}" for i in sorted(failures)[:5])
         more = f"; … {len(failures) - 5} more" if len(failures) > 5 else ""
         super().__init__(
             f"{desc}: {len(failures)} of {len(items)} items failed after {attempts} attempt(s): {shown}{more}; "
             "fix the input named and re-run (finished items are kept)"
         )
+
+
+def _short(item: Any, width: int = 80) -> str:
+    """An item as it appears in a one-line report (paths and gene names whole, arrays abridged)."""
+    text = " ".join(repr(item).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from emo.errors import EmoError
 from emo.run.config import StudyConfig
 from emo.run.runner import Stage, StudyContext
 
@@ -213,9 +214,12 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 
 def run_study(config: StudyConfig, from_stage: str | None = None, executor: str | None = None) -> dict[str, str]:
     """Run (or resume) a whole study; returns each stage's status. `executor` overrides the config's."""
+    from emo.executors import executor_names
     from emo.run.runner import run_stages
 
     name = executor or config.executor.name
+    if name not in executor_names():
+        raise EmoError(f"--executor {name}: unknown; choose one of {', '.join(executor_names())}")
     options = config.executor.options if name == config.executor.name else {}
     ctx = StudyContext(config=config, out_dir=config.out_dir, executor_name=name, executor_options=options)
     return run_stages(STAGES, ctx, from_stage=from_stage)
