@@ -181,10 +181,15 @@ def slurm_folder(tmp_path):
 
 
 def test_slurm_identical_to_local_in_chunks(slurm_folder):
-    executor = get_executor("slurm", folder=slurm_folder, chunk_size=3, poll_s=0.3, progress=False)
+    partition = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout.split()[0].rstrip("*")
+    executor = get_executor(
+        "slurm", folder=slurm_folder, chunk_size=3, partition=partition, time_min=5, mem_gb=0.5, poll_s=0.3, progress=False
+    )
     pids = check_identical(executor)
     assert os.getpid() not in pids and len(pids) == 3  # 7 items in 3 array tasks
-    assert len(list(slurm_folder.glob("*_submission.sh"))) == 1  # one job array
+    (script,) = slurm_folder.glob("*_submission.sh")  # one job array, with the requested resources
+    text = script.read_text()
+    assert f"--partition={partition}" in text and "--time=5" in text and "--mem=512MB" in text and "--array=0-2" in text
 
 
 def test_slurm_retries_and_reports(slurm_folder, tmp_path):
