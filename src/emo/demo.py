@@ -274,7 +274,7 @@ def write_demo_study(out_dir: str | Path) -> Path:
     from emo.run.config import parse_study
 
     study = {
-        "out": "run",
+        "out": ".",  # report at <demo>/report.html
         "slides": {"paths": ["slides/*.tiff"], "tile_size_um": 128, "target_mpp": 0.5, "min_tissue": 0.5},
         "expression": {"matrices": ["expression/expression.csv"], "samples": "expression/samples.csv", "reference_cohort": "demo"},
         "features": {"batch_size": 64, "workers": 0},  # tile reading in-process: safe after tiling in the same process
