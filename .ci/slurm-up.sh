@@ -92,7 +92,7 @@ running /run/slurm/slurmd.pid || { log "starting slurmd"; slurmd; }
 for _ in $(seq 120); do
   state=$(sinfo -h -n "$NODE" -o %t 2>/dev/null | head -1 || true)
   case "$state" in
-    idle|mix|alloc) log "node $NODE $state in partition $PARTITION"; exit 0 ;;
+    idle|mix|alloc|plnd|comp) log "node $NODE $state in partition $PARTITION"; exit 0 ;;
     down*|drain*) scontrol update NodeName="$NODE" State=RESUME 2>/dev/null || true ;;
   esac
   sleep 0.5

@@ -165,7 +165,7 @@ def slurm_up() -> str | None:
         return "sinfo not on PATH; run .ci/slurm-up.sh (as root) to start a single-node SLURM"
     run = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
     states = run.stdout.split()
-    if run.returncode or not any(s in ("idle", "mix", "alloc") for s in states):
+    if run.returncode or not any(s in ("idle", "mix", "alloc", "plnd", "comp") for s in states):
         return f"no usable SLURM node (sinfo: {run.stdout.strip() or run.stderr.strip()}); run .ci/slurm-up.sh"
     return None
 
