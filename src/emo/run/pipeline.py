@@ -40,17 +40,24 @@ def _paths(ctx: StudyContext, names: list[str]) -> list[Path]:
 # ---------------------------------------------------------------- tile
 
 
+def _stain_reference_file(ctx: StudyContext) -> Path | None:
+    """The stain reference when it names an image file (relative to the study), not a built-in name."""
+    ref = _cfg(ctx).slides.stain_reference
+    return _cfg(ctx).path(ref) if ref and _cfg(ctx).path(ref).is_file() else None
+
+
 def tiling_config(ctx: StudyContext):
     from emo.slides import TilingConfig
 
     s = _cfg(ctx).slides
+    reference = _stain_reference_file(ctx)
     return TilingConfig(
         tile_size_um=s.tile_size_um,
         target_mpp=s.target_mpp,
         mpp=s.mpp,
         min_tissue=s.min_tissue,
         normalize=s.normalize,
-        stain_reference=s.stain_reference,
+        stain_reference=str(reference) if reference else s.stain_reference,
         roi=_cfg(ctx).path(s.roi) if s.roi else None,
     )
 
@@ -64,7 +71,8 @@ def run_tile(ctx: StudyContext) -> None:
 
 def tile_inputs(ctx: StudyContext) -> list[Path]:
     s = _cfg(ctx).slides
-    return _cfg(ctx).slide_paths() + ([_cfg(ctx).path(s.roi)] if s.roi else [])
+    reference = _stain_reference_file(ctx)
+    return _cfg(ctx).slide_paths() + ([_cfg(ctx).path(s.roi)] if s.roi else []) + ([reference] if reference else [])
 
 
 # ---------------------------------------------------------------- features
