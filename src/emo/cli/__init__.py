@@ -21,6 +21,10 @@ _COMMAND_MODULES = (
     "spatial_validation",
     "analyze_bulk",
     "expression",
+    "demo",
+    "features",
+    "run",
+    "tile",
 )
 
 for _name in _COMMAND_MODULES:

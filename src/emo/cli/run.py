@@ -1,0 +1,44 @@
+"""`emo run` and `emo init`: a whole study from one YAML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from emo.cli._apps import app
+
+
+@app.command()
+def run(
+    study: Path = typer.Argument(..., help="study YAML (write one with `emo init`)"),
+    from_stage: Optional[str] = typer.Option(
+        None, "--from", help="redo this stage and every later one: tile, features, expression, train, predict, evaluate, analyze, report"
+    ),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local | ray | slurm (overrides the study file)"),
+) -> None:
+    """Run a study: tile → features → expression → train → predict → evaluate → analyze → report.
+
+    Stages whose inputs and parameters did not change since their last finished run are skipped.
+    """
+    from emo.run import load_study, run_study
+
+    config = load_study(study)
+    status = run_study(config, from_stage=from_stage, executor=executor)
+    ran = [s for s, v in status.items() if v == "ran"]
+    typer.echo(f"{config.out_dir}: {len(ran)} stage(s) ran ({', '.join(ran) or 'none'}), others up to date")
+    report = config.out_dir / "report.html"
+    if report.exists():
+        typer.echo(f"report: {report}")
+
+
+@app.command()
+def init(
+    path: Path = typer.Argument(Path("study.yaml"), help="where to write the template"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
+) -> None:
+    """Write a commented study template to edit and pass to `emo run`."""
+    from emo.run import write_template
+
+    typer.echo(f"wrote {write_template(path, force=force)}")

@@ -1,0 +1,153 @@
+"""`study.yaml`: one validated description of a whole study, from slides to report.
+
+Every section is a pydantic model with `extra="forbid"`, so a typo is a one-line error naming the key
+instead of a silently ignored option. Units are in the names (`tile_size_um`, `target_mpp`).
+Relative paths are resolved against the folder of the YAML file.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from emo.errors import EmoError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SlidesConfig(Section):
+    paths: list[str] = Field(default_factory=list, description="slide files or globs")
+    mpp: float | None = Field(None, gt=0, description="level-0 µm/px for slides without scale metadata")
+    roi: str | None = Field(None, description="folder of GeoJSON regions of interest, one per slide_id")
+    tile_size_um: float = Field(271.0, gt=0)
+    target_mpp: float = Field(0.453, gt=0)
+    min_tissue: float = Field(0.5, ge=0, le=1)
+    normalize: bool = True
+    stain_reference: str | None = None
+    workers: int = Field(1, ge=1)
+
+
+class ExpressionConfig(Section):
+    matrices: list[str] = Field(default_factory=list, description="expression matrices (genes × samples)")
+    counts_matrices: list[str] = Field(default_factory=list, description="raw-count matrices (to be normalised)")
+    samples: str | None = Field(None, description="sample sheet: sample_id, patient_id, cohort, slide_id, …")
+    targets: str | None = Field(None, description="a ready targets.h5ad instead of preparing one")
+    reference_cohort: str | None = None
+    external_cohorts: list[str] = Field(default_factory=list)
+    min_variance: float = Field(0.01, ge=0)
+    seed: int = 0
+    stratify: str | None = None
+
+
+class FeaturesConfig(Section):
+    backbone: str = "efficientnet_lite0"
+    weights: str = "default"
+    batch_size: int = Field(64, ge=1)
+    device: str | None = None
+    workers: int = Field(2, ge=0)
+
+
+class TrainingConfig(Section):
+    head: str = "ridge"
+    protocol: Literal["features", "paper"] = Field("features", description="'paper' = per-gene CNN protocol")
+    genes: str | list[str] | None = Field(None, description="panel name(s)/genes, e.g. 'pam50,ESR1'; all when empty")
+    seed: int = 0
+
+
+class PredictionConfig(Section):
+    genes: str | list[str] | None = None
+    panel: str | None = None
+
+
+class EvaluationConfig(Section):
+    split: str = "test"
+    thresholds: dict[str, float] = Field(default_factory=dict)
+
+
+class AnalysesConfig(Section):
+    clusters: dict[str, Any] | None = None
+    differential_expression: dict[str, Any] | None = None
+    enrich: dict[str, Any] | None = None
+    gmt: list[str] = Field(default_factory=list, description="gene-set files (GMT)")
+
+
+class ExecutorConfig(Section):
+    name: Literal["local", "ray", "slurm"] = "local"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class StudyConfig(Section):
+    out: str = "emo-study"
+    slides: SlidesConfig = Field(default_factory=SlidesConfig)
+    expression: ExpressionConfig = Field(default_factory=ExpressionConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    prediction: PredictionConfig = Field(default_factory=PredictionConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    analyses: AnalysesConfig = Field(default_factory=AnalysesConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    #: folder relative paths are resolved against (the YAML file's folder); not a YAML key
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @field_validator("base_dir", mode="before")
+    @classmethod
+    def _absolute(cls, v: Any) -> Path:
+        return Path(v).absolute()
+
+    def path(self, p: str | Path) -> Path:
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def out_dir(self) -> Path:
+        return self.path(self.out)
+
+    def slide_paths(self) -> list[Path]:
+        """Slides named by paths or globs, sorted, each found on disk."""
+        found: list[Path] = []
+        for pattern in self.slides.paths:
+            full = str(self.path(pattern))
+            if glob.has_magic(full):
+                hits = sorted(Path(h) for h in glob.glob(full, recursive=True))
+                if not hits:
+                    raise EmoError(f"slides.paths: {pattern!r} matches no file; fix the glob")
+                found.extend(hits)
+            elif Path(full).exists():
+                found.append(Path(full))
+            else:
+                raise EmoError(f"slides.paths: {full} does not exist; fix the path")
+        return found
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read and validate a study YAML; any problem is one EmoError naming the file and the key."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise EmoError(f"{path}: study file not found; create one with `emo init {path}`")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise EmoError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise EmoError(f"{path}: expected a mapping of sections (slides:, expression:, …) at the top level")
+    if "base_dir" in data:
+        raise EmoError(f"{path}: base_dir: not allowed (paths are relative to the study file)")
+    return parse_study(data, base_dir=path.parent, source=str(path))
+
+
+def parse_study(data: dict[str, Any], base_dir: str | Path = ".", source: str = "study") -> StudyConfig:
+    try:
+        return StudyConfig(**data, base_dir=base_dir)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise EmoError(f"{source}: unknown key '{where}'; check its spelling against `emo init`") from None
+        raise EmoError(f"{source}: {where}: {err['msg']}") from None

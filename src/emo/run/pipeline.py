@@ -1,0 +1,233 @@
+"""The stages of `emo run`, in order: tile → features → expression → train → predict → evaluate →
+analyze → report. Each calls one public stage API (imported inside, so this module imports on its own).
+
+Paths inside `<out>`: tiles/, features/<backbone>/, targets.h5ad, model/, predictions/, evaluate/,
+analyze/, report.html.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from emo.errors import EmoError
+from emo.run.config import StudyConfig
+from emo.run.runner import Stage, StudyContext
+
+
+def _cfg(ctx: StudyContext) -> StudyConfig:
+    return ctx.config
+
+
+def _with_executor(fn: Any, ctx: StudyContext, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Hand the study's executor to stage APIs that fan out through one (`executor=` keyword)."""
+    if "executor" in inspect.signature(fn).parameters:
+        kwargs["executor"] = ctx.executor()
+    return kwargs
+
+
+def _genes(spec: str | list[str] | None) -> list[str] | None:
+    from emo.panels import resolve_genes
+
+    return resolve_genes(spec) if spec else None
+
+
+def _paths(ctx: StudyContext, names: list[str]) -> list[Path]:
+    return [_cfg(ctx).path(n) for n in names]
+
+
+# ---------------------------------------------------------------- tile
+
+
+def _stain_reference_file(ctx: StudyContext) -> Path | None:
+    """The stain reference when it names an image file (relative to the study), not a built-in name."""
+    ref = _cfg(ctx).slides.stain_reference
+    return _cfg(ctx).path(ref) if ref and _cfg(ctx).path(ref).is_file() else None
+
+
+def tiling_config(ctx: StudyContext):
+    from emo.slides import TilingConfig
+
+    s = _cfg(ctx).slides
+    reference = _stain_reference_file(ctx)
+    return TilingConfig(
+        tile_size_um=s.tile_size_um,
+        target_mpp=s.target_mpp,
+        mpp=s.mpp,
+        min_tissue=s.min_tissue,
+        normalize=s.normalize,
+        stain_reference=str(reference) if reference else s.stain_reference,
+        roi=_cfg(ctx).path(s.roi) if s.roi else None,
+    )
+
+
+def run_tile(ctx: StudyContext) -> None:
+    from emo.slides import tile_slides
+
+    kwargs = _with_executor(tile_slides, ctx, {"workers": _cfg(ctx).slides.workers})
+    tile_slides(_cfg(ctx).slide_paths(), ctx.out_dir, tiling_config(ctx), **kwargs)
+
+
+def tile_inputs(ctx: StudyContext) -> list[Path]:
+    s = _cfg(ctx).slides
+    reference = _stain_reference_file(ctx)
+    return _cfg(ctx).slide_paths() + ([_cfg(ctx).path(s.roi)] if s.roi else []) + ([reference] if reference else [])
+
+
+# ---------------------------------------------------------------- features
+
+
+def feature_dir(ctx: StudyContext) -> Path:
+    from emo.features.extract import backbone_dir_name
+
+    return ctx.out_dir / "features" / backbone_dir_name(_cfg(ctx).features.backbone)
+
+
+def run_features(ctx: StudyContext) -> None:
+    from emo.features import extract_features
+
+    f = _cfg(ctx).features
+    kwargs = {"backbone": f.backbone, "weights": f.weights, "batch_size": f.batch_size, "device": f.device, "workers": f.workers}
+    extract_features(ctx.out_dir / "tiles", ctx.out_dir, **_with_executor(extract_features, ctx, kwargs))
+
+
+# ---------------------------------------------------------------- expression
+
+
+def targets_path(ctx: StudyContext) -> Path:
+    e = _cfg(ctx).expression
+    return _cfg(ctx).path(e.targets) if e.targets else ctx.out_dir / "targets.h5ad"
+
+
+def run_expression(ctx: StudyContext) -> None:
+    from emo.expression import prepare_targets
+
+    e = _cfg(ctx).expression
+    prepare_targets(
+        _paths(ctx, e.matrices),
+        _cfg(ctx).path(e.samples),
+        e.reference_cohort,
+        targets_path(ctx),
+        counts_matrices=_paths(ctx, e.counts_matrices),
+        min_variance=e.min_variance,
+        seed=e.seed,
+        stratify=e.stratify,
+        external_cohorts=tuple(e.external_cohorts),
+    )
+
+
+def expression_inputs(ctx: StudyContext) -> list[Path]:
+    e = _cfg(ctx).expression
+    return _paths(ctx, e.matrices) + _paths(ctx, e.counts_matrices) + ([_cfg(ctx).path(e.samples)] if e.samples else [])
+
+
+# ---------------------------------------------------------------- train
+
+
+def model_dir(ctx: StudyContext) -> Path:
+    return ctx.out_dir / "model"
+
+
+def run_train(ctx: StudyContext) -> None:
+    t = _cfg(ctx).training
+    if t.protocol == "paper":
+        from emo.training import PaperProtocolConfig, train_paper_protocol
+
+        train_paper_protocol(
+            ctx.out_dir / "tiles", targets_path(ctx), model_dir(ctx), _genes(t.genes), PaperProtocolConfig(seed=t.seed),
+            executor=ctx.executor(),
+        )
+    else:
+        from emo.training import train_model
+
+        train_model(feature_dir(ctx), targets_path(ctx), model_dir(ctx), head=t.head, genes=_genes(t.genes), seed=t.seed)
+
+
+def train_inputs(ctx: StudyContext) -> list[Path]:
+    upstream = ctx.out_dir / "tiles" if _cfg(ctx).training.protocol == "paper" else feature_dir(ctx)
+    return [upstream, targets_path(ctx)]
+
+
+# ---------------------------------------------------------------- predict → evaluate → analyze → report
+
+
+def run_predict(ctx: StudyContext) -> None:
+    from emo.prediction import predict
+
+    p = _cfg(ctx).prediction
+    predict(model_dir(ctx), feature_dir(ctx), ctx.out_dir / "predictions", genes=_genes(p.genes), panel=p.panel)
+
+
+def run_evaluate(ctx: StudyContext) -> None:
+    from emo.analysis import evaluate
+
+    v = _cfg(ctx).evaluation
+    evaluate(ctx.out_dir / "predictions", targets_path(ctx), v.split, ctx.out_dir / "evaluate", **v.thresholds)
+
+
+def run_analyze(ctx: StudyContext) -> None:
+    from emo import analysis
+
+    a = _cfg(ctx).analyses
+    common = {"predictions": ctx.out_dir / "predictions", "targets": targets_path(ctx)}
+    gmt = _paths(ctx, a.gmt)
+    for name, options in (("clusters", a.clusters), ("differential_expression", a.differential_expression), ("enrich", a.enrich)):
+        if options is not None:
+            extra = {"gene_sets": gmt} if name == "enrich" else {}
+            getattr(analysis, name)(**common, out_dir=ctx.out_dir / "analyze" / name, **extra, **options)
+
+
+def run_report(ctx: StudyContext) -> None:
+    from emo.reports import build_report
+
+    build_report(ctx.out_dir, ctx.out_dir / "report.html")
+
+
+def _dump(section: str):
+    return lambda ctx: getattr(_cfg(ctx), section).model_dump(mode="json")
+
+
+def _has_analyses(ctx: StudyContext) -> bool:
+    a = _cfg(ctx).analyses
+    return any(x is not None for x in (a.clusters, a.differential_expression, a.enrich))
+
+
+def _has_expression(ctx: StudyContext) -> bool:
+    return not _cfg(ctx).expression.targets
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("tile", run_tile, tile_inputs, _dump("slides"), lambda ctx: [ctx.out_dir / "tiles"]),
+    Stage("features", run_features, lambda ctx: [ctx.out_dir / "tiles"], _dump("features"), lambda ctx: [feature_dir(ctx)], ("tile",)),
+    Stage("expression", run_expression, expression_inputs, _dump("expression"), lambda ctx: [targets_path(ctx)], enabled=_has_expression),
+    Stage("train", run_train, train_inputs, _dump("training"), lambda ctx: [model_dir(ctx)], ("features", "expression")),
+    Stage(
+        "predict", run_predict, lambda ctx: [model_dir(ctx), feature_dir(ctx)], _dump("prediction"),
+        lambda ctx: [ctx.out_dir / "predictions"], ("train",),
+    ),
+    Stage(
+        "evaluate", run_evaluate, lambda ctx: [ctx.out_dir / "predictions" / "average.h5ad", targets_path(ctx)],
+        _dump("evaluation"), lambda ctx: [ctx.out_dir / "evaluate"], ("predict",),
+    ),
+    Stage(
+        "analyze", run_analyze, lambda ctx: [ctx.out_dir / "predictions" / "average.h5ad", *_paths(ctx, _cfg(ctx).analyses.gmt)],
+        _dump("analyses"), lambda ctx: [ctx.out_dir / "analyze"], ("predict",), enabled=_has_analyses,
+    ),
+    Stage("report", run_report, lambda ctx: [], lambda ctx: {}, lambda ctx: [ctx.out_dir / "report.html"], ("evaluate", "analyze")),
+)
+
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def run_study(config: StudyConfig, from_stage: str | None = None, executor: str | None = None) -> dict[str, str]:
+    """Run (or resume) a whole study; returns each stage's status. `executor` overrides the config's."""
+    from emo.executors import executor_names
+    from emo.run.runner import run_stages
+
+    name = executor or config.executor.name
+    if name not in executor_names():
+        raise EmoError(f"--executor {name}: unknown; choose one of {', '.join(executor_names())}")
+    options = config.executor.options if name == config.executor.name else {}
+    ctx = StudyContext(config=config, out_dir=config.out_dir, executor_name=name, executor_options=options)
+    return run_stages(STAGES, ctx, from_stage=from_stage)

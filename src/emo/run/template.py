@@ -1,0 +1,79 @@
+"""`emo init`: a commented study template that parses as written (tested), for users to edit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from emo.errors import EmoError
+from emo.io import write_text_atomic
+
+STUDY_TEMPLATE = """\
+# emo study: run it with `emo run study.yaml`; re-running skips stages whose inputs did not change,
+# `emo run study.yaml --from train` redoes train and every stage after it.
+# Relative paths are relative to this file. Unknown keys are errors (check the spelling).
+
+out: emo-study                  # everything the run writes goes here
+
+slides:
+  paths:                        # slide files or globs (.svs .ndpi .mrxs .tif; plain .jpg/.png need mpp)
+    - slides/*.svs
+  mpp: null                     # level-0 µm/px, only for slides without scale metadata
+  roi: null                     # folder of <slide_id>.geojson regions to keep (null: whole tissue)
+  tile_size_um: 271             # tile edge in µm (the paper: 598 px at 0.453 µm/px)
+  target_mpp: 0.453             # tiles are resampled to this µm/px
+  min_tissue: 0.5               # drop tiles with less tissue than this fraction
+  normalize: true               # Macenko stain normalisation
+  stain_reference: null         # reference image or name; null: emo's default
+  workers: 1                    # slides tiled in parallel
+
+expression:
+  matrices:                     # normalised expression (genes × samples, log scale), one per cohort
+    - expression/cohort_log2fpkm.tsv.gz
+  counts_matrices: []           # raw read counts, normalised by emo
+  samples: expression/samples.tsv   # sample_id, patient_id, cohort, slide_id (+ clinical columns)
+  targets: null                 # an already prepared targets.h5ad instead of the above
+  reference_cohort: null        # cohort other cohorts' batch offsets are removed against
+  external_cohorts: []          # cohorts kept out of training, for external validation
+  min_variance: 0.01            # drop genes varying less than this
+  seed: 0                       # patient-level train/tune/test split
+  stratify: null                # sample-sheet column the split is balanced on (e.g. er_status)
+
+features:
+  backbone: efficientnet_lite0  # `emo models` lists the registry
+  weights: default
+  batch_size: 64
+  device: null                  # null: cuda when available, else cpu
+  workers: 2                    # tile-reading processes
+
+training:
+  protocol: features            # features: one shared backbone pass + multi-output head; paper: per-gene CNNs
+  head: ridge                   # head for protocol: features
+  genes: null                   # panel names and/or genes, e.g. "pam50,ESR1"; null: all kept genes
+  seed: 0
+
+prediction:
+  genes: null                   # genes written to the per-tile maps (null: all)
+  panel: null                   # panel whose heatmaps are drawn, e.g. pam50
+
+evaluation:
+  split: test                   # which split the correlations are reported on
+  thresholds: {}                # e.g. {fdr: 0.05}
+
+analyses:                       # each analysis runs when its options are given ({} = defaults)
+  clusters: null
+  differential_expression: null
+  enrich: null
+  gmt: []                       # gene-set files for enrichment, e.g. hallmark.gmt
+
+executor:
+  name: local                   # local | ray | slurm
+  options: {}                   # local: {workers: 2}; ray: {address: auto}; slurm: {partition: gpu,
+                                #   gpus_per_node: 1, time_min: 120, mem_gb: 16, chunk_size: 10, stage: true}
+"""
+
+
+def write_template(path: str | Path = "study.yaml", force: bool = False) -> Path:
+    path = Path(path)
+    if path.exists() and not force:
+        raise EmoError(f"{path}: already exists; pass --force to overwrite it")
+    return write_text_atomic(path, STUDY_TEMPLATE)
