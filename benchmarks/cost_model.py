@@ -3,11 +3,13 @@
 Throughputs are measured in this run: EfficientNet-Lite0 inference (default path), Inception V3
 inference and one Inception V3 training step at batch 32, 299 px (paper protocol), and a closed-form
 ridge over all genes. The paper protocol is costed at its upper bound per gene: 500 epochs × 150
-steps × 32 tiles of training plus 500 tuning passes of 313 batches × 32 tiles. CPU numbers are turned
-into GPU-hours by a stated factor (`--gpu-factor`, V100-equivalent); with `--device cuda` the GPU is
-measured directly (factor 1). The speedup does not depend on the factor, only the GPU-hours do.
+steps × 32 tiles of training plus 500 tuning passes of 313 batches × 32 tiles. On CPU, GPU-hours are
+V100-equivalents: every CPU throughput is scaled by one factor that maps the measured Inception V3
+training throughput onto an assumed V100 figure (`--v100-train-tiles-per-s`, default 250 tiles/s:
+fp32, batch 32, 299 px), so a busy or slow CPU changes neither the speedup nor the GPU-hours much.
+With `--device cuda` the lent GPU is measured directly (factor 1).
 
-    python benchmarks/cost_model.py [--device cpu|cuda] [--gpu-factor 100]
+    python benchmarks/cost_model.py [--device cpu|cuda] [--v100-train-tiles-per-s 250]
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def inference_tiles_per_s(name: str, device: str, batch: int, repeats: int) -> f
     x = torch.randn(batch, 3, model.input_size, model.input_size, device=device)
     amp = torch.autocast("cuda", dtype=torch.float16, enabled=device == "cuda")
     with torch.inference_mode(), amp:
-        model(x)
+        model(x[: 4 if device == "cpu" else batch])  # warm-up
         _sync(device)
         start = time.perf_counter()
         for _ in range(repeats):
@@ -53,14 +55,14 @@ def train_step_seconds(device: str, repeats: int) -> float:
     opt = torch.optim.Adam(model.parameters(), lr=1e-6)
     x, y = torch.randn(BATCH, 3, 299, 299, device=device), torch.randn(BATCH, 1, device=device)
 
-    def step() -> None:
+    def step(n: int = BATCH) -> None:
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.float16, enabled=device == "cuda"):
-            loss = torch.nn.functional.mse_loss(model(x).float(), y)
+            loss = torch.nn.functional.mse_loss(model(x[:n]).float(), y[:n])
         loss.backward()
         opt.step()
 
-    step()
+    step(4 if device == "cpu" else BATCH)  # warm-up (allocations, autotuning)
     _sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
@@ -82,21 +84,23 @@ def ridge_all_genes_seconds() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--gpu-factor", type=float, default=100.0,
-                        help="assumed speed of one V100 relative to this CPU (ignored with --device cuda)")
+    parser.add_argument("--v100-train-tiles-per-s", type=float, default=250.0,
+                        help="assumed V100 Inception V3 training throughput that CPU numbers are scaled to")
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args()
     cuda = args.device == "cuda"
-    factor = 1.0 if cuda else args.gpu_factor
-    reps = args.repeats or (20 if cuda else 2)
-    gpu = torch.cuda.get_device_name(0) if cuda else f"V100-equivalent = {factor:g}× this CPU ({torch.get_num_threads()} threads)"
+    reps = args.repeats or (20 if cuda else 1)
 
     lite0 = inference_tiles_per_s("efficientnet_lite0", args.device, 64 if cuda else 32, reps)
     incv3_inf = inference_tiles_per_s("inception_v3", args.device, 64 if cuda else 16, reps)
     step_s = train_step_seconds(args.device, reps)
     ridge_s = ridge_all_genes_seconds()
+    factor = 1.0 if cuda else args.v100_train_tiles_per_s / (BATCH / step_s)
+    gpu = (torch.cuda.get_device_name(0) if cuda else
+           f"V100 = {factor:.0f}× this CPU ({torch.get_num_threads()} threads), from an assumed "
+           f"{args.v100_train_tiles_per_s:g} tiles/s Inception V3 training on a V100")
 
-    default_h = (N_TILES / lite0 + ridge_s) / factor / 3600
+    default_h = (N_TILES / lite0 / factor + ridge_s) / 3600  # ridge: CPU seconds, counted unscaled
     per_gene_train = EPOCHS * STEPS * step_s
     per_gene_tune = EPOCHS * TUNE_BATCHES * BATCH / incv3_inf
     paper_h = N_GENES * (per_gene_train + per_gene_tune) / factor / 3600
