@@ -70,10 +70,14 @@ def test_roi_mask_image(monkeypatch, capfd, pyramid, tmp_path):
     mask = np.zeros((160, 240), np.uint8)
     mask[:, :120] = 255  # left half of the slide
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    code, _, err = run_cli(monkeypatch, capfd, pyramid, "--out", tmp_path / "o", "--roi", tmp_path / "mask.png", *GRID)
+    args = ("--out", tmp_path / "o", "--roi", tmp_path / "mask.png", "--save-tiles", *GRID)
+    code, _, err = run_cli(monkeypatch, capfd, pyramid, *args)
     assert code == 0, err
     store = TileStore(tmp_path / "o" / "tiles" / "synthetic.h5")
     assert len(store) == 12 and (store.coords_px[:, 0] + 200 < 1200).all()
+    saved = np.asarray(Image.open(tmp_path / "o" / "tiles" / "synthetic" / f"{store.tile_ids[3]}.jpg"))
+    assert saved.shape == (200, 200, 3)
+    assert np.abs(saved.astype(int) - store.read_tiles([3])[0]).mean() < 6  # JPEG of the same tile
 
 
 def test_batch_continues_past_a_corrupt_slide(monkeypatch, capfd, pyramid, tmp_path):

@@ -53,3 +53,17 @@ def test_box_fraction_matches_direct_mean():
     frac = box_fraction(mask, 0.1, coords, 100.0)
     expected = [mask[0:10, 0:10].mean(), mask[5:15, 10:20].mean(), mask[20:30, 40:50].mean()]
     np.testing.assert_allclose(frac, expected, rtol=1e-6)
+
+
+def test_sharpness_separates_blurred_tiles(shared_data):
+    from PIL import ImageFilter
+
+    from emo.slides.quality import DEFAULT_MIN_SHARPNESS, sharpness
+
+    img = Image.open(shared_data("tiles/tcga-lung-rgb.png")).convert("RGB")
+    blurred = [np.asarray(img.filter(ImageFilter.GaussianBlur(r))) for r in (0, 1, 3)]
+    values = sharpness(np.stack(blurred))
+    assert values[0] > values[1] > values[2]
+    assert values[0] > DEFAULT_MIN_SHARPNESS > values[2]  # in focus kept, out of focus dropped
+    # the Laplacian variance on a sparse grid tracks the dense one
+    assert sharpness(np.stack(blurred), step=1)[0] == pytest.approx(values[0], rel=0.1)
