@@ -85,7 +85,7 @@ def test_batch_continues_past_a_corrupt_slide(monkeypatch, capfd, pyramid, tmp_p
     folder.mkdir()
     (folder / "good.tif").write_bytes(pyramid.read_bytes())
     (folder / "broken.svs").write_bytes(b"II*\x00" + np.random.default_rng(0).bytes(5000))
-    code, out, err = run_cli(monkeypatch, capfd, folder, "--out", tmp_path / "o", *GRID)
+    code, out, err = run_cli(monkeypatch, capfd, folder, "--out", tmp_path / "o", "--workers", 2, *GRID)
     assert_one_line_error(code, err, "broken.svs", "corrupt")
     summary = (tmp_path / "o" / "tiles" / "summary.csv").read_text()
     assert "good,ok," in summary and "broken,failed," in summary

@@ -86,8 +86,12 @@ class SlideReader:
 
 def _tiff_levels(path: Path) -> tuple[list[tuple[int, int]], list[int | tuple[int, ...]], float | None]:
     """Level sizes, their TIFF page index and the µm/px of the main series, via tifffile."""
+    import logging
+
     import tifffile
 
+    # tifffile logs parse problems of corrupt files itself; they become one EmoError line instead
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         key = series.levels[0].keyframe
