@@ -134,3 +134,20 @@ def test_her2st_photograph_with_user_mpp(shared_data, tmp_path):
     assert np.median(store.coords_px[:, 1]) > 0.4 * 9923
     tile = store.read_tiles([0])[0]
     assert tile.shape == (299, 299, 3)
+
+
+@pytest.mark.parametrize("name", ["tifffile", "openslide"])
+def test_fallback_readers_give_the_same_tiles(pyramid, name):
+    from emo.slides.geometry import read_tiles_at
+
+    path, _, markers = pyramid
+    geom = plan_geometry(open_slide(path), 100.0, 0.453)
+    corners = np.array(markers) - geom.tile_size_level0 / 2  # tiles centred on the markers
+    fast = read_tiles_at(open_slide(path, readers=["pyvips"]), geom, corners)
+    other = read_tiles_at(open_slide(path, readers=[name]), geom, corners)
+    assert other.shape == fast.shape
+    for a, b in zip(fast, other):  # same place (marker centroid), same colours (tile mean)
+        ca = np.argwhere(a.astype(int).sum(axis=2) < 300).mean(axis=0)
+        cb = np.argwhere(b.astype(int).sum(axis=2) < 300).mean(axis=0)
+        np.testing.assert_allclose(ca, cb, atol=1.0)
+        np.testing.assert_allclose(a.mean(axis=(0, 1)), b.mean(axis=(0, 1)), atol=2.0)
