@@ -151,3 +151,19 @@ def test_fallback_readers_give_the_same_tiles(pyramid, name):
         cb = np.argwhere(b.astype(int).sum(axis=2) < 300).mean(axis=0)
         np.testing.assert_allclose(ca, cb, atol=1.0)
         np.testing.assert_allclose(a.mean(axis=(0, 1)), b.mean(axis=(0, 1)), atol=2.0)
+
+
+def test_svs_levels_map_to_the_right_pages(tmp_path):
+    from slides_synthetic import write_svs_like
+
+    rgb, _ = synthetic_rgb(1536, 2048, tissue_until=1536)
+    path = write_svs_like(tmp_path / "aperio.svs", rgb)
+    regions = {}
+    for name in ("pyvips", "tifffile", "openslide"):
+        reader = READERS[name](path)
+        assert reader.mpp == pytest.approx(0.499)
+        assert reader.level_dimensions == [(1536, 2048), (384, 512)]  # thumbnail, label, macro are not levels
+        regions[name] = reader.read_region(1, 10, 20, 50, 40)
+    np.testing.assert_array_equal(regions["pyvips"], regions["openslide"])
+    np.testing.assert_array_equal(regions["tifffile"], regions["openslide"])
+    assert plan_geometry(open_slide(path), 271, 2.0).level == 1  # 4 × 0.499 ≤ 2.0
