@@ -20,7 +20,8 @@ from emo.errors import EmoError
 TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".ptif", ".btf", ".qptiff", ".ome.tif", ".ome.tiff"}
 OPENSLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
-MPP_RANGE = (0.05, 20.0)  # plausible µm/px for microscopy; anything else is a screen dpi, not a scale
+MPP_RANGE = (0.05, 20.0)
+SMALL_LEVEL_PX = 32_000_000  # levels up to this size (~100 MB RGB) are decoded whole, once  # plausible µm/px for microscopy; anything else is a screen dpi, not a scale
 
 
 def _suffix(path: Path) -> str:
@@ -162,6 +163,8 @@ class PyvipsReader(SlideReader):
                 img = img.bandjoin([img, img])
             if img.format != "uchar":
                 img = img.cast("uchar")
+            if img.width * img.height <= SMALL_LEVEL_PX:  # decode once: thumbnail and tiles share it
+                img = img.copy_memory()
             self._images[level] = img
         return img
 
