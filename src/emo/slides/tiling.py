@@ -7,7 +7,6 @@ worker processes, skips finished slides, records failures per slide and writes `
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import traceback
@@ -23,7 +22,7 @@ from emo.errors import EmoError
 from emo.slides.geometry import TileGeometry, iter_tile_runs, plan_geometry
 from emo.slides.quality import DEFAULT_MIN_SHARPNESS, sharpness
 from emo.slides.readers import SUPPORTED_SUFFIXES, SlideReader, _suffix, open_slide
-from emo.slides.stain import REFERENCE, estimate_stains, load_reference
+from emo.slides.stain import estimate_stains, load_reference
 from emo.slides.store import write_store
 from emo.slides.thumbnails import save_thumbnail
 from emo.slides.tissue import pen_mask, tissue_mask
@@ -113,7 +112,7 @@ def box_fraction(mask: np.ndarray, scale: float, coords_level0: np.ndarray, size
 # --- one slide -----------------------------------------------------------------------------------
 
 
-def _read_qc(reader, geom, coords, sample: set[int], max_tiles: int | None = None):
+def _read_qc(reader, geom, coords, sample: set[int]):
     """Read tiles, return sharpness per tile and the pixels of the sampled tiles (for stain estimation)."""
     sharp = np.zeros(len(coords), np.float32)
     pixels = []
@@ -223,7 +222,7 @@ def tile_slide(slide: str | Path, out_path: str | Path, config: TilingConfig | N
             from emo.slides.roi import find_roi_file, load_roi
 
             roi_file = find_roi_file(Path(config.roi), slide_id_of(slide))
-            roi = load_roi(roi_file, (w0, h0), geom.mpp, mask)
+            roi = load_roi(roi_file, (w0, h0), mask)
             roi_source = roi.source
             c = coords[keep]
             if config.min_roi is None:
@@ -240,9 +239,7 @@ def tile_slide(slide: str | Path, out_path: str | Path, config: TilingConfig | N
         sample = set(rng.choice(len(cand), min(len(cand), config.stain_sample_tiles), replace=False).tolist()) if config.normalize else set()
         try:
             sharp, pixels = _read_qc(reader, geom, coords[cand], sample)
-        except EmoError:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # the file opened but its pixel data does not decode
             raise EmoError(f"{slide}: corrupt or unreadable pixel data ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); re-export the slide") from None
         sharp_ok = sharp >= config.min_sharpness
         n_dropped["sharpness"] = int((~sharp_ok).sum())
