@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -167,3 +169,16 @@ def test_svs_levels_map_to_the_right_pages(tmp_path):
     np.testing.assert_array_equal(regions["pyvips"], regions["openslide"])
     np.testing.assert_array_equal(regions["tifffile"], regions["openslide"])
     assert plan_geometry(open_slide(path), 271, 2.0).level == 1  # 4 × 0.499 ≤ 2.0
+
+
+def _exit_on_two(x: int) -> int:
+    if x == 2:
+        os._exit(1)  # a library crashing the worker process (segfault on a corrupt file)
+    return x
+
+
+def test_crashed_worker_does_not_abort_the_batch():
+    from emo.slides.tiling import map_slides
+
+    results = map_slides(_exit_on_two, [1, 2], workers=2, on_error=lambda item, exc: f"failed {item}")
+    assert results[1] == "failed 2" and results[0] in (1, "failed 1")  # 1 may share the broken pool

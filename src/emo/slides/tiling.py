@@ -330,10 +330,12 @@ def _worker_init(threads: int) -> None:
     os.environ["VIPS_CONCURRENCY"] = str(threads)
 
 
-def map_slides(fn: Callable, items: list, workers: int = 1, desc: str = "slides") -> list:
+def map_slides(fn: Callable, items: list, workers: int = 1, desc: str = "slides", on_error: Callable | None = None) -> list:
     """Order-preserving map over slides in `workers` processes with a progress bar.
 
-    The one place batch parallelism lives for slides; swap for `emo.executors` when it exists.
+    `on_error(item, exc)` turns a crashed worker (e.g. a library segfault on a corrupt file) into a
+    result instead of aborting the batch. The one place batch parallelism lives for slides; swap
+    for `emo.executors` when it exists.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -354,7 +356,13 @@ def map_slides(fn: Callable, items: list, workers: int = 1, desc: str = "slides"
             from concurrent.futures import as_completed
 
             for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
+                i = futures[fut]
+                try:
+                    results[i] = fut.result()
+                except Exception as exc:
+                    if on_error is None:
+                        raise
+                    results[i] = on_error(items[i], exc)
                 progress.advance(task)
     return results
 
@@ -376,6 +384,14 @@ def _tile_one(job: tuple[Path, Path, TilingConfig]) -> dict[str, Any]:
         if os.environ.get("EMO_DEBUG"):
             traceback.print_exc()
         return row | {"status": "failed", "error": f"{slide}: corrupt or unreadable slide ({msg})", "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _crashed(job: tuple[Path, Path, TilingConfig], exc: BaseException) -> dict[str, Any]:
+    slide = job[0]
+    return {c: None for c in SUMMARY_COLUMNS} | {
+        "slide_id": slide_id_of(slide), "slide_path": str(slide.absolute()), "status": "failed",
+        "error": f"{slide}: worker process crashed ({type(exc).__name__}); corrupt slide? re-run to retry the others",
+    }  # fmt: skip
 
 
 def _finished(out_path: Path, config: TilingConfig) -> dict[str, Any] | None:
@@ -417,7 +433,7 @@ def tile_slides(slides: list[Path], out_dir: Path, config: TilingConfig | None =
     tile_dir = Path(out_dir) / "tiles"
     tile_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(s, tile_dir / f"{i}.h5", config) for s, i in zip(slides, ids)]
-    rows = map_slides(_tile_one, jobs, workers=min(workers, max(1, len(jobs))), desc="tiling slides")
+    rows = map_slides(_tile_one, jobs, workers=min(workers, max(1, len(jobs))), desc="tiling slides", on_error=_crashed)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     write_table_atomic(tile_dir / "summary.csv", summary)
     return summary
