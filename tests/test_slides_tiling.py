@@ -182,3 +182,15 @@ def test_crashed_worker_does_not_abort_the_batch():
 
     results = map_slides(_exit_on_two, [1, 2], workers=2, on_error=lambda item, exc: f"failed {item}")
     assert results[1] == "failed 2" and results[0] in (1, "failed 1")  # 1 may share the broken pool
+
+
+def test_read_tiles_do_not_depend_on_batch(shared_data, tmp_path):
+    """A tile's pixels are the same whether read alone or together with its neighbours."""
+    slide = shared_data("slides/CMU-1-Small-Region.svs")
+    config = TilingConfig(tile_size_um=64, target_mpp=1.0, normalize=True)
+    tile_slide(slide, tmp_path / "cmu.h5", config)
+    store = TileStore(tmp_path / "cmu.h5")
+    assert len(store) >= 4
+    together = store.read_tiles(np.arange(len(store)))
+    for i in (0, len(store) // 2, len(store) - 1):
+        assert np.array_equal(store.read_tiles([i])[0], together[i])

@@ -75,8 +75,14 @@ def _runs(coords: np.ndarray, step: float) -> tuple[list[np.ndarray], int]:
     return (by_x, 0) if len(by_x) <= len(by_y) else (by_y, 1)
 
 
-def iter_tile_runs(reader: SlideReader, geom: TileGeometry, coords_level0: np.ndarray, prefetch: bool = True):
+def iter_tile_runs(
+    reader: SlideReader, geom: TileGeometry, coords_level0: np.ndarray, prefetch: bool = True, strips: bool = True
+):
     """Yield (indices, tiles uint8 [k, s, s, 3]) for top-left level-0 coords, a strip at a time.
+
+    A strip is resampled as one image, so a tile's edge pixels depend on its strip neighbours; with
+    `strips=False` every tile is read and resampled alone, so its pixels never depend on which other
+    tiles are read with it (what feature caches and training need).
 
     With `prefetch`, strips are decoded ahead in `READ_THREADS` background threads while the
     caller works on the current one; order is preserved.
@@ -97,7 +103,7 @@ def iter_tile_runs(reader: SlideReader, geom: TileGeometry, coords_level0: np.nd
         strip = reader.read_scaled(geom.level, lx, ly, lw, lh, s, n * s)
         return run, strip.reshape(n, s, s, 3)
 
-    runs, axis = _runs(coords_level0, step)
+    runs, axis = _runs(coords_level0, step) if strips else ([np.array([i]) for i in range(len(coords_level0))], 0)
     threads = READ_THREADS if prefetch else 0
     if threads < 1 or len(runs) < 2:
         yield from map(read, runs)
@@ -115,10 +121,12 @@ def iter_tile_runs(reader: SlideReader, geom: TileGeometry, coords_level0: np.nd
             yield pending.popleft().result()
 
 
-def read_tiles_at(reader: SlideReader, geom: TileGeometry, coords_level0: np.ndarray) -> np.ndarray:
+def read_tiles_at(
+    reader: SlideReader, geom: TileGeometry, coords_level0: np.ndarray, strips: bool = True
+) -> np.ndarray:
     """Tiles for the given top-left level-0 coords, in the given order."""
     coords_level0 = np.asarray(coords_level0).reshape(-1, 2)
     out = np.empty((len(coords_level0), geom.tile_size_px, geom.tile_size_px, 3), np.uint8)
-    for idx, tiles in iter_tile_runs(reader, geom, coords_level0):
+    for idx, tiles in iter_tile_runs(reader, geom, coords_level0, strips=strips):
         out[idx] = tiles
     return out

@@ -113,10 +113,13 @@ class TileStore:
         return self._reader
 
     def read_tiles(self, indices: Sequence[int] | np.ndarray, normalize: bool | None = None) -> np.ndarray:
-        """uint8 [k, tile_size_px, tile_size_px, 3] at target µm/px, stain-normalised when the store says so."""
+        """uint8 [k, tile_size_px, tile_size_px, 3] at target µm/px, stain-normalised when the store says so.
+
+        Each tile is resampled alone, so its pixels do not depend on which tiles are read with it.
+        """
         reader = self._open()
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        tiles = read_tiles_at(reader, self._geometry, self.coords_px[idx].astype(np.float64))
+        tiles = read_tiles_at(reader, self._geometry, self.coords_px[idx].astype(np.float64), strips=False)
         if (self.normalize if normalize is None else normalize) and self._matrix is not None:
             tiles = apply_normalization(tiles, self._matrix)
         return tiles
