@@ -16,6 +16,7 @@ from emo.errors import EmoError
 
 _COMMAND_MODULES = (
     "info",
+    "train",
 )
 
 for _name in _COMMAND_MODULES:
