@@ -1,0 +1,189 @@
+"""`predict`: a trained model + cached features → EMO-spatial per slide and EMO-average per cohort.
+
+Slides stream one at a time and tiles in chunks: predictions are written float32 chunk by chunk
+into the slide's `.h5ad`, so memory is bounded by `chunk_tiles × genes` whatever the slide size.
+A slide's `.h5ad` is renamed into place last, so a restarted run skips finished slides and redoes
+the interrupted one from scratch, giving the same files as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from emo.errors import EmoError
+from emo.io import atomic_path, write_table_atomic
+from emo.prediction.render import heatmap_png, qupath_geojson, slide_extent
+from emo.training.data import SlideFeatures, _attr, open_feature_stores
+
+log = logging.getLogger(__name__)
+
+
+def _chosen_genes(model_genes: list[str], genes, panel) -> list[str]:
+    from emo.panels import get_panel, resolve_genes
+
+    chosen: list[str] = []
+    if genes:
+        wanted = resolve_genes(genes)
+        missing = [g for g in wanted if g not in model_genes]
+        if missing:
+            raise EmoError(f"gene(s) {', '.join(missing[:10])} not predicted by this model; choose from its manifest genes")
+        chosen += wanted
+    if panel:
+        members = [g for g in resolve_genes(get_panel(panel)) if g in model_genes]
+        if not members:
+            raise EmoError(f"panel {panel!r}: none of its genes is predicted by this model; train it with --genes {panel}")
+        chosen += [g for g in members if g not in chosen]
+    return chosen
+
+
+def _tile_store_info(tiles: Path | None, slide_id: str) -> tuple[dict, np.ndarray | None]:
+    if tiles is None:
+        return {}, None
+    path = Path(tiles) / f"{slide_id}.h5"
+    if not path.exists():
+        raise EmoError(f"{path}: no tile store for slide {slide_id}; pass the --tiles folder used by `emo features`")
+    with h5py.File(path, "r") as f:
+        attrs = {k: _attr(v) for k, v in f.attrs.items()}
+        attrs["_coords_px"] = f["coords_px"][...]
+    thumb_path = path.with_suffix(".png")
+    thumb = None
+    if thumb_path.exists():
+        from PIL import Image
+
+        thumb = np.asarray(Image.open(thumb_path).convert("RGB"))
+    return attrs, thumb
+
+
+def _tile_level0(model, store: SlideFeatures, coords_px, coords_um, tile_attrs: dict) -> float:
+    if "tile_size_level0" in tile_attrs:
+        return float(tile_attrs["tile_size_level0"])
+    size_um = model.manifest.get("tile_geometry", {}).get("tile_size_um")
+    if size_um and len(coords_px):
+        nz = coords_px != 0
+        if nz.any():
+            mpp = float(np.median(coords_um[nz] / coords_px[nz]))
+            return float(size_um) / mpp
+    raise EmoError(f"{store.path}: tile size unknown (model has no tile geometry); pass --tiles TILE_DIR")
+
+
+def _write_spatial(dest: Path, model, store: SlideFeatures, obs: pd.DataFrame, centres: np.ndarray, uns: dict,
+                   chunk_tiles: int, chosen: list[str]) -> np.ndarray:
+    """Write the slide's AnnData skeleton with anndata, then fill X in float32 chunks with h5py."""
+    import anndata
+
+    genes = model.genes
+    var = pd.DataFrame({"mean": np.zeros(len(genes))}, index=pd.Index(genes, name="gene"))
+    skeleton = anndata.AnnData(obs=obs, var=var, obsm={"spatial": centres}, uns={"emo": uns})
+    col = [genes.index(g) for g in chosen]
+    picked = np.zeros((len(obs), len(col)), dtype=np.float32)
+    with atomic_path(dest) as tmp:
+        skeleton.write_h5ad(tmp)
+        total = np.zeros(len(genes), dtype=np.float64)
+        with h5py.File(tmp, "a") as f:
+            ds = f.create_dataset("X", shape=(len(obs), len(genes)), dtype="float32",
+                                  chunks=(max(1, min(len(obs), 256)), min(len(genes), 2048)))
+            ds.attrs["encoding-type"] = "array"
+            ds.attrs["encoding-version"] = "0.2.0"
+            for start in range(0, len(obs), chunk_tiles):
+                pred = model.predict_features(store.read(slice(start, start + chunk_tiles)))
+                ds[start : start + len(pred)] = pred
+                total += pred.sum(axis=0, dtype=np.float64)
+                picked[start : start + len(pred)] = pred[:, col]
+            f["var/mean"][...] = total / max(len(obs), 1)
+    return picked
+
+
+def predict(
+    model_dir: Path,
+    feature_dir: Path,
+    out_dir: Path,
+    genes=None,
+    panel: str | None = None,
+    *,
+    tiles: Path | None = None,
+    chunk_tiles: int = 2048,
+) -> Path:
+    """Predict every gene for every tile of every slide; `genes`/`panel` choose heatmaps and GeoJSON."""
+    from emo import __version__
+    from emo.models import load_model
+    from emo.training.data import feature_identity
+
+    out_dir = Path(out_dir)
+    model = load_model(model_dir)
+    stores = open_feature_stores(feature_dir)
+    model.check_features(feature_identity(stores), str(next(iter(stores.values())).path.parent))
+    if tiles is not None:
+        without = sorted(p.stem for p in Path(tiles).glob("*.h5") if p.stem not in stores)
+        if without:
+            raise EmoError(f"{tiles}: {len(without)} slide(s) have no features (e.g. {', '.join(without[:3])}); "
+                           f"run `emo features` on {tiles}")
+    chosen = _chosen_genes(model.genes, genes, panel)
+    model_id = model.manifest.get("training_data_hash", "")
+    try:
+        from rich.progress import track
+    except ImportError:  # pragma: no cover
+        def track(x, **_):
+            return x
+
+    for slide_id in track(sorted(stores), description="predicting slides"):
+        dest = out_dir / "spatial" / f"{slide_id}.h5ad"
+        if dest.exists() and _finished_with(dest, model_id):
+            continue
+        store = stores[slide_id]
+        tile_attrs, thumb = _tile_store_info(tiles, slide_id)
+        tile_ids = store.tile_ids()
+        coords_px, coords_um = store.coords()
+        if "_coords_px" in tile_attrs and not np.array_equal(tile_attrs["_coords_px"], coords_px):
+            raise EmoError(f"{store.path}: coordinates differ from tile store {tiles}/{slide_id}.h5; "
+                           "re-run `emo features` on this tile store")
+        size = _tile_level0(model, store, coords_px, coords_um, tile_attrs)
+        obs = pd.DataFrame({"x_px": coords_px[:, 0], "y_px": coords_px[:, 1],
+                            "x_um": coords_um[:, 0], "y_um": coords_um[:, 1]},
+                           index=pd.Index(tile_ids, name="tile_id"))
+        uns = {"slide_id": slide_id, "emo_version": __version__, "model": str(Path(model_dir).resolve()),
+               "model_kind": model.kind, "model_hash": model_id, "backbone": str(model.backbone.get("name")),
+               "tile_size_level0": size, "mpp": float(store.attrs.get("mpp", np.nan)) if "mpp" in store.attrs else np.nan,
+               "spatial_units": "level-0 px (tile centres)"}
+        picked = _write_spatial(dest.with_name(f".{dest.name}.part"), model, store, obs,
+                                coords_px + size / 2.0, uns, chunk_tiles, chosen)
+        if chosen:
+            extent = slide_extent(tile_attrs, None if thumb is None else thumb.shape[:2], coords_px, size)
+            for j, gene in enumerate(chosen):
+                heatmap_png(out_dir / "heatmaps" / slide_id / f"{gene}.png", gene, picked[:, j], coords_px, size,
+                            thumb, extent, slide_id)
+        qupath_geojson(out_dir / "geojson" / f"{slide_id}.geojson", tile_ids, coords_px, size, chosen, picked)
+        dest.with_name(f".{dest.name}.part").replace(dest)  # the slide's completion marker
+    return write_average(out_dir, model.genes, sorted(stores))
+
+
+def _finished_with(path: Path, model_id: str) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            return _attr(f["uns/emo/model_hash"][()]) == model_id
+    except (OSError, KeyError):
+        return False
+
+
+def write_average(out_dir: Path, genes: list[str], slide_ids: list[str]) -> Path:
+    """EMO-average: per slide the mean over tiles (stored as var['mean'] of its spatial file)."""
+    import anndata
+
+    rows, n_tiles = [], []
+    for slide_id in slide_ids:
+        with h5py.File(out_dir / "spatial" / f"{slide_id}.h5ad", "r") as f:
+            rows.append(f["var/mean"][...])
+            n_tiles.append(f["X"].shape[0])
+    x = np.asarray(rows, dtype=np.float32).reshape(len(slide_ids), len(genes))
+    obs = pd.DataFrame({"n_tiles": n_tiles}, index=pd.Index(slide_ids, name="slide_id"))
+    avg = anndata.AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(genes, name="gene")))
+    avg.uns["emo"] = {"kind": "EMO-average", "definition": "mean of tile predictions per slide"}
+    dest = out_dir / "average.h5ad"
+    with atomic_path(dest) as tmp:
+        avg.write_h5ad(tmp)
+    write_table_atomic(out_dir / "average.csv", pd.DataFrame(x, index=obs.index, columns=genes), index=True)
+    return out_dir
