@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "info",
     "train",
     "predict",
+    "features",
 )
 
 for _name in _COMMAND_MODULES:
