@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "train",
     "predict",
     "features",
+    "tile",
 )
 
 for _name in _COMMAND_MODULES:
