@@ -85,8 +85,9 @@ def test_paper_protocol_end_to_end_keeps_checkpoints_and_resumes(paper_inputs, t
     out = tmp_path / "model"
     cmd = [sys.executable, "-m", "emo", "train", "--protocol", "paper", "--tiles", str(paper_inputs / "tiles"),
            "--targets", str(paper_inputs / "targets.h5ad"), "--out", str(out), "--genes", "ESR1,MKI67",
-           "--max-epochs", "4", "--steps-per-epoch", "3", "--tuning-batches", "2", "--batch-size", "4",
-           "--input-size", "75", "--keep-best", "2", "--keep-random", "1", "--weights", "none", "--lr", "1e-4"]
+           "--max-epochs", "3", "--steps-per-epoch", "3", "--tuning-batches", "2", "--batch-size", "4",
+           "--input-size", "75", "--keep-best", "1", "--keep-random", "1", "--weights", "none", "--lr", "1e-4",
+           "--backbone", "timm:resnet10t"]  # a light CNN keeps the CPU test short; Inception V3 is checked below
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
@@ -96,8 +97,8 @@ def test_paper_protocol_end_to_end_keeps_checkpoints_and_resumes(paper_inputs, t
         folder = out / "genes" / gene
         done = json.loads((folder / "done.json").read_text())
         history = pd.read_csv(folder / "history.csv")
-        assert len(history) == done["epochs"] == 4
-        best = set(history.sort_values(["tune_loss", "epoch"])["epoch"][:2])
+        assert len(history) == done["epochs"] == 3
+        best = set(history.sort_values(["tune_loss", "epoch"])["epoch"][:1])
         assert set(done["kept_best"]) == best and len(done["kept_random"]) == 1
         on_disk = {int(p.stem.split("_")[1]) for p in folder.glob("epoch_*.safetensors")}
         assert on_disk == best | set(done["kept_random"])
@@ -115,6 +116,18 @@ def test_paper_protocol_end_to_end_keeps_checkpoints_and_resumes(paper_inputs, t
     assert res.returncode == 0, res.stderr[-2000:]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "genes" / "ESR1").iterdir()} == stamp
     assert (out / "genes" / "MKI67" / "done.json").exists()
+
+
+def test_paper_cnn_is_inception_v3_with_one_linear_output():
+    import torch
+
+    from emo.training.paper import _paper_cnn
+
+    model, backbone = _paper_cnn(PaperProtocolConfig(weights="none", input_size=75))
+    assert type(backbone.model).__name__ == "Inception3" and backbone.dim == 2048
+    assert isinstance(model[-1], torch.nn.Linear) and (model[-1].in_features, model[-1].out_features) == (2048, 1)
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(1, 3, 75, 75)).shape == (1, 1)
 
 
 def test_paper_protocol_bad_input(paper_inputs, tmp_path):
