@@ -18,6 +18,7 @@ _COMMAND_MODULES = (
     "info",
     "train",
     "predict",
+    "classifier",
     "features",
     "tile",
 )
