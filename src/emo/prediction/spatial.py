@@ -41,12 +41,21 @@ def _chosen_genes(model_genes: list[str], genes, panel) -> list[str]:
     return chosen
 
 
-def _tile_store_info(tiles: Path | None, slide_id: str) -> tuple[dict, np.ndarray | None]:
-    if tiles is None:
-        return {}, None
-    path = Path(tiles) / f"{slide_id}.h5"
-    if not path.exists():
-        raise EmoError(f"{path}: no tile store for slide {slide_id}; pass the --tiles folder used by `emo features`")
+def _tile_store_info(tiles: Path | None, store: SlideFeatures) -> tuple[dict, np.ndarray | None]:
+    """Attributes, coordinates and thumbnail of the slide's tile store (--tiles, else the features' source)."""
+    import json
+
+    if tiles is not None:
+        path = Path(tiles) / f"{store.slide_id}.h5"
+        if not path.exists():
+            raise EmoError(f"{path}: no tile store for slide {store.slide_id}; pass the --tiles folder used by `emo features`")
+    else:
+        try:
+            path = Path(json.loads(store.attrs.get("params_json", "{}")).get("tile_store") or "")
+        except json.JSONDecodeError:
+            return {}, None
+        if not path.is_file():
+            return {}, None
     with h5py.File(path, "r") as f:
         attrs = {k: _attr(v) for k, v in f.attrs.items()}
         attrs["_coords_px"] = f["coords_px"][...]
@@ -135,11 +144,11 @@ def predict(
         if dest.exists() and _finished_with(dest, model_id):
             continue
         store = stores[slide_id]
-        tile_attrs, thumb = _tile_store_info(tiles, slide_id)
+        tile_attrs, thumb = _tile_store_info(tiles, store)
         tile_ids = store.tile_ids()
         coords_px, coords_um = store.coords()
         if "_coords_px" in tile_attrs and not np.array_equal(tile_attrs["_coords_px"], coords_px):
-            raise EmoError(f"{store.path}: coordinates differ from tile store {tiles}/{slide_id}.h5; "
+            raise EmoError(f"{store.path}: coordinates differ from the tile store of slide {slide_id}; "
                            "re-run `emo features` on this tile store")
         size = _tile_level0(model, store, coords_px, coords_um, tile_attrs)
         obs = pd.DataFrame({"x_px": coords_px[:, 0], "y_px": coords_px[:, 1],

@@ -110,17 +110,34 @@ def open_feature_stores(feature_dir: Path) -> dict[str, SlideFeatures]:
 
 def feature_identity(stores: dict[str, SlideFeatures]) -> dict:
     """Backbone identity recorded in a model manifest (and checked again at prediction)."""
+    import json
+
     first = next(iter(stores.values()))
     a = first.attrs
+    full = json.loads(a["backbone_json"]) if isinstance(a.get("backbone_json"), str) else {}
     return {
         "name": a.get("backbone"),
         "weights": a.get("weights"),
         "input_size": a.get("input_size"),
         "dim": first.dim,
-        "mean": a.get("mean"),
-        "std": a.get("std"),
-        "tile_store_params_hash": a.get("tile_store_params_hash"),
+        "mean": full.get("mean", a.get("mean")),
+        "std": full.get("std", a.get("std")),
+        "pooling": full.get("pooling"),
     }
+
+
+def source_tile_store_attrs(store: SlideFeatures) -> dict:
+    """Attributes of the tile store a feature store was computed from (its `params_json.tile_store`)."""
+    import json
+
+    try:
+        path = json.loads(store.attrs.get("params_json", "{}")).get("tile_store")
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+    if not path or not Path(path).exists():
+        return {}
+    with h5py.File(path, "r") as f:
+        return {k: _attr(v) for k, v in f.attrs.items()}
 
 
 def load_targets(path: Path):

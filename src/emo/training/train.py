@@ -23,6 +23,7 @@ from emo.training.data import (
     load_targets,
     open_feature_stores,
     select_genes,
+    source_tile_store_attrs,
     training_hash,
 )
 
@@ -34,15 +35,16 @@ def _dense(x) -> np.ndarray:
     return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
 
 
-def _geometry(attrs: dict) -> tuple[dict, object]:
+def _geometry(attrs: dict, tile_attrs: dict) -> tuple[dict, object]:
+    """Tile geometry and stain reference: from the source tile store, else from the feature params."""
     params = {}
     if isinstance(attrs.get("params_json"), str):
         try:
             params = json.loads(attrs["params_json"])
         except json.JSONDecodeError:
             params = {}
-    flat = {**params.get("tiling", {}), **params, **attrs}
-    keys = ("tile_size_um", "target_mpp", "tile_size_px", "normalize", "tile_store_params_hash")
+    flat = {**params, **attrs, **tile_attrs}
+    keys = ("tile_size_um", "target_mpp", "tile_size_px", "normalize")
     return {k: flat[k] for k in keys if k in flat}, flat.get("stain_reference")
 
 
@@ -193,8 +195,8 @@ def train_model(
     for c in offsets:
         tensors[f"cohort_{c}"] = adata.var.loc[genes, c].to_numpy(dtype=np.float32)
 
-    first_attrs = next(iter(stores.values())).attrs
-    geometry, stain_reference = _geometry(first_attrs)
+    first = next(iter(stores.values()))
+    geometry, stain_reference = _geometry(first.attrs, source_tile_store_attrs(first))
     prov = provenance(head=head, level=level, seed=seed, n_genes=len(genes), alphas=alphas)
     manifest = {
         "emo_version": prov["emo_version"],
@@ -215,7 +217,7 @@ def train_model(
         "head_config": head_config,
         "tuning": {
             "mse_mean": float(per_gene["tune_mse"].mean()),
-            "spearman_median": float(np.nanmedian(rho)),
+            "spearman_median": float(np.nanmedian(rho)) if np.isfinite(rho).any() else None,
             **extra,
         },
         "provenance": prov,
