@@ -187,7 +187,7 @@ def train_gene(job: dict) -> dict:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            train_loss += float(loss) / config.steps_per_epoch
+            train_loss += float(loss.detach()) / config.steps_per_epoch
         model.eval()
         total, n = 0.0, 0
         with torch.no_grad():
