@@ -85,7 +85,7 @@ def test_paper_protocol_end_to_end_keeps_checkpoints_and_resumes(paper_inputs, t
     out = tmp_path / "model"
     cmd = [sys.executable, "-m", "emo", "train", "--protocol", "paper", "--tiles", str(paper_inputs / "tiles"),
            "--targets", str(paper_inputs / "targets.h5ad"), "--out", str(out), "--genes", "ESR1,MKI67",
-           "--max-epochs", "2", "--steps-per-epoch", "3", "--tuning-batches", "2", "--batch-size", "4",
+           "--max-epochs", "5", "--patience", "1", "--min-delta", "1e6", "--steps-per-epoch", "3", "--tuning-batches", "2", "--batch-size", "4",
            "--input-size", "75", "--keep-best", "1", "--keep-random", "1", "--weights", "none", "--lr", "1e-4",
            "--backbone", "timm:resnet10t"]  # a light CNN keeps the CPU test short; Inception V3 is checked below
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -97,7 +97,7 @@ def test_paper_protocol_end_to_end_keeps_checkpoints_and_resumes(paper_inputs, t
         folder = out / "genes" / gene
         done = json.loads((folder / "done.json").read_text())
         history = pd.read_csv(folder / "history.csv")
-        assert len(history) == done["epochs"] == 2
+        assert len(history) == done["epochs"] == 2 and done["stopped_early"]  # epoch 1 cannot beat best - 1e6
         best = set(history.sort_values(["tune_loss", "epoch"])["epoch"][:1])
         assert set(done["kept_best"]) == best and len(done["kept_random"]) == 1
         on_disk = {int(p.stem.split("_")[1]) for p in folder.glob("epoch_*.safetensors")}
