@@ -50,6 +50,8 @@ def test_heads_recover_planted_genes_and_not_noise(cohort, tmp_path, head):
     assert manifest["backbone"]["name"] == "colour-texture-projection" and manifest["backbone"]["dim"] == 48
     assert manifest["n_train"] == 49 and manifest["n_tune"] == 22
     assert set(manifest["cohort_offsets"]) == {"her2st"}
+    tuning = __import__("pandas").read_csv(model_dir / "tuning.csv")
+    assert list(tuning["gene"]) == cohort["genes"] and (model_dir / "tuning.png").stat().st_size > 1000
 
 
 def _slide_means(cohort, split):

@@ -72,6 +72,7 @@ def test_spot_labels_give_heldout_accuracy_above_chance(section, tmp_path):
     assert conf.sum() == m["n_tiles"] and np.trace(conf) / conf.sum() == pytest.approx(m["heldout_accuracy"])
     clf = load_tile_classifier(tmp_path / "clf")
     assert clf.classes == ["invasive cancer", "other"]
+    assert (tmp_path / "clf" / "confusion.png").stat().st_size > 1000
 
 
 def test_filter_writes_store_with_only_kept_class(section, tmp_path):

@@ -184,11 +184,33 @@ def train_tile_classifier(feature_dir: Path, label_files: list[Path], out_dir: P
         save_file({"mean": scaler.mean_.astype(np.float32), "scale": scaler.scale_.astype(np.float32),
                    "coef": coef.astype(np.float32), "intercept": intercept.astype(np.float32)}, str(tmp))
     prov = provenance(c=c, seed=seed, merge=merge, min_count=min_count, labels=[str(p) for p in label_files])
+    _confusion_png(out_dir / "confusion.png", metrics)
     write_json_atomic(out_dir / "manifest.json", {
         "emo_version": prov["emo_version"], "kind": "tile_classifier", "classes": list(logreg.classes_),
         "backbone": feature_identity(stores), "metrics": metrics, "provenance": prov,
     })
     return metrics
+
+
+def _confusion_png(dest: Path, metrics: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes, mat = metrics["confusion"]["classes"], np.array(metrics["confusion"]["matrix"])
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2.5, 1.0 * len(classes) + 2))
+    ax.imshow(mat, cmap="Blues")
+    for (i, j), v in np.ndenumerate(mat):
+        ax.text(j, i, str(v), ha="center", va="center")
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted (held out)", ylabel="annotated",
+           title=f"accuracy {metrics['heldout_accuracy']:.2f}, balanced {metrics['heldout_balanced_accuracy']:.2f}")
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
 
 
 class TileClassifier:

@@ -224,4 +224,28 @@ def train_model(
     }
     save_model(out_dir, manifest, tensors)
     write_table_atomic(out_dir / "tuning.csv", per_gene)
+    _tuning_png(out_dir / "tuning.png", per_gene, head)
     return out_dir
+
+
+def _tuning_png(dest: Path, per_gene: pd.DataFrame, head: str) -> None:
+    """Tuning-split Spearman per gene (and the chosen ridge penalties): a first look at the fit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from emo.io import atomic_path
+
+    panels = 2 if "alpha" in per_gene else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
+    rho = per_gene["tune_spearman"].dropna()
+    axes[0, 0].hist(rho, bins=40, range=(-1, 1), color="#4c72b0")
+    axes[0, 0].set(xlabel="Spearman ρ on the tuning split", ylabel="genes", title=f"{head}: {len(per_gene)} genes")
+    if panels == 2:
+        axes[0, 1].hist(np.log10(per_gene["alpha"]), bins=30, color="#55a868")
+        axes[0, 1].set(xlabel="log10 chosen ridge penalty", ylabel="genes")
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
