@@ -223,7 +223,8 @@ def _map_genes(jobs: list[dict], workers: int, executor: str) -> list[dict]:
     except ImportError:
         get_executor = None
     if get_executor is not None:
-        return get_executor(executor, workers=workers).map(train_gene, jobs, desc="genes")
+        opts = {"workers": workers} if executor == "local" else {}
+        return get_executor(executor, **opts).map(train_gene, jobs, desc="genes")
     if workers <= 1 or len(jobs) <= 1:
         return [train_gene(j) for j in jobs]
     import multiprocessing as mp
