@@ -127,3 +127,11 @@ def test_bad_input_is_one_clear_error(trained, tmp_path):
                         backbone="resnet18")
     with pytest.raises(EmoError, match=r"features are resnet18 dim 512 but model .* trained on colour-texture-projection dim 48"):
         predict(trained["model"], other, tmp_path)
+
+
+def test_outputs_of_another_model_are_redone(trained, tmp_path):
+    predict(trained["model"], trained["feature_dir"], tmp_path)
+    small = train_model(trained["feature_dir"], trained["targets"], tmp_path / "small", genes="PLANT0,PLANT1")
+    predict(small, trained["feature_dir"], tmp_path)
+    assert anndata.read_h5ad(tmp_path / "spatial" / "S000.h5ad").var_names.tolist() == ["PLANT0", "PLANT1"]
+    assert anndata.read_h5ad(tmp_path / "average.h5ad").shape == (len(trained["slides"]), 2)

@@ -132,7 +132,9 @@ def predict(
             raise EmoError(f"{tiles}: {len(without)} slide(s) have no features (e.g. {', '.join(without[:3])}); "
                            f"run `emo features` on {tiles}")
     chosen = _chosen_genes(model.genes, genes, panel)
-    model_id = model.manifest.get("training_data_hash", "")
+    from emo.io import file_fingerprint, params_hash
+
+    model_id = params_hash({"manifest": model.manifest, "weights": file_fingerprint(Path(model_dir) / "weights.safetensors")})
     try:
         from rich.progress import track
     except ImportError:  # pragma: no cover
