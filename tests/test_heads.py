@@ -119,6 +119,12 @@ def test_gene_not_in_targets(cohort, tmp_path):
         train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "m", genes="PLANT0,NOPE1")
 
 
+def test_genes_from_a_file(cohort, tmp_path):
+    (tmp_path / "genes.txt").write_text("# planted\nPLANT1\nNOISE0\n")
+    out = train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "m", genes=tmp_path / "genes.txt")
+    assert load_model(out).genes == ["PLANT1", "NOISE0"]
+
+
 def test_slides_without_features(cohort, tmp_path):
     import shutil
 

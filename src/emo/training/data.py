@@ -152,12 +152,19 @@ def load_targets(path: Path):
     return adata
 
 
-def select_genes(adata, genes, path: Path) -> list[str]:
+def gene_list(spec) -> list[str]:
+    """Genes from `"ESR1,PGR"`, a panel name, a mix, or a text file with one gene per line."""
     from emo.panels import resolve_genes
 
+    if isinstance(spec, (str, Path)) and "," not in str(spec) and Path(spec).is_file():
+        spec = [line.strip() for line in Path(spec).read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return resolve_genes(spec)
+
+
+def select_genes(adata, genes, path: Path) -> list[str]:
     if genes is None:
         return list(map(str, adata.var_names))
-    wanted = resolve_genes(genes)
+    wanted = gene_list(genes)
     present = set(map(str, adata.var_names))
     missing = [g for g in wanted if g not in present]
     if missing:
