@@ -125,6 +125,18 @@ def test_genes_from_a_file(cohort, tmp_path):
     assert load_model(out).genes == ["PLANT1", "NOISE0"]
 
 
+def test_default_genes_are_kept_genes_and_samples_without_slide_are_skipped(cohort, tmp_path):
+    ad = anndata.read_h5ad(cohort["targets"])
+    ad.var["kept"] = [g != "NOISE0" for g in ad.var_names]
+    ad.obs["slide_id"] = ad.obs["slide_id"].astype(object)
+    ad.obs.iloc[0, ad.obs.columns.get_loc("slide_id")] = np.nan  # an RNA-seq sample without a slide
+    ad.write_h5ad(tmp_path / "t.h5ad")
+    out = train_model(cohort["feature_dir"], tmp_path / "t.h5ad", tmp_path / "m")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "NOISE0" not in manifest["genes"] and len(manifest["genes"]) == len(cohort["genes"]) - 1
+    assert manifest["n_train"] == 48
+
+
 def test_slides_without_features(cohort, tmp_path):
     import shutil
 

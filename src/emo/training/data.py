@@ -163,6 +163,8 @@ def gene_list(spec) -> list[str]:
 
 def select_genes(adata, genes, path: Path) -> list[str]:
     if genes is None:
+        if "kept" in adata.var:  # genes dropped for low training variance are not targets
+            return [str(g) for g, k in zip(adata.var_names, adata.var["kept"].astype(bool)) if k]
         return list(map(str, adata.var_names))
     wanted = gene_list(genes)
     present = set(map(str, adata.var_names))

@@ -261,7 +261,7 @@ def train_paper_protocol(
         raise EmoError(f"{tile_dir}: no tile stores (*.h5); run `emo tile` first")
     parts = {}
     for name in ("train", "tune"):
-        mask = (split == name).to_numpy()
+        mask = (split == name).to_numpy() & slides.notna().to_numpy()
         ids = list(slides[mask])
         missing = [s for s in ids if s not in stores]
         if missing:

@@ -49,13 +49,16 @@ def _geometry(attrs: dict, tile_attrs: dict) -> tuple[dict, object]:
 
 
 def _slide_of(obs: pd.DataFrame) -> pd.Series:
-    return obs["slide_id"].astype(str) if "slide_id" in obs else pd.Series(obs.index.astype(str), index=obs.index)
+    """Slide of each sample (`slide_id`, else the sample id); samples without a slide are NaN."""
+    if "slide_id" not in obs:
+        return pd.Series(obs.index.astype(str), index=obs.index)
+    return obs["slide_id"].where(obs["slide_id"].notna()).map(lambda s: s if pd.isna(s) else str(s))
 
 
 def _slide_level_data(adata, stores, genes, targets, allow_missing, mlp_tiles, seed):
     obs = adata.obs
     slides = _slide_of(obs)
-    fit = obs["split"].astype(str).isin(FIT_SPLITS).to_numpy()
+    fit = obs["split"].astype(str).isin(FIT_SPLITS).to_numpy() & slides.notna().to_numpy()
     missing = sorted(set(slides[fit]) - set(stores))
     if missing and not allow_missing:
         raise EmoError(
