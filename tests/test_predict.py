@@ -135,3 +135,23 @@ def test_outputs_of_another_model_are_redone(trained, tmp_path):
     predict(small, trained["feature_dir"], tmp_path)
     assert anndata.read_h5ad(tmp_path / "spatial" / "S000.h5ad").var_names.tolist() == ["PLANT0", "PLANT1"]
     assert anndata.read_h5ad(tmp_path / "average.h5ad").shape == (len(trained["slides"]), 2)
+
+
+def test_cli_train_then_predict(trained, tmp_path):
+    import subprocess
+    import sys
+
+    emo = [sys.executable, "-m", "emo"]
+    res = subprocess.run([*emo, "train", "--features", str(trained["feature_dir"]), "--targets", str(trained["targets"]),
+                          "--out", str(tmp_path / "m"), "--genes", "PLANT0,PLANT1,NOISE0", "--level", "slide"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([*emo, "predict", "--model", str(tmp_path / "m"), "--features", str(trained["feature_dir"]),
+                          "--out", str(tmp_path / "p"), "--genes", "PLANT0", "--tiles", str(trained["tile_dir"])],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert pd.read_csv(tmp_path / "p" / "average.csv", index_col=0).columns.tolist() == ["PLANT0", "PLANT1", "NOISE0"]
+    assert len(list((tmp_path / "p" / "heatmaps").glob("*/PLANT0.png"))) == len(trained["slides"])
+    res = subprocess.run([*emo, "predict", "--model", str(tmp_path / "m"), "--features", str(trained["feature_dir"]),
+                          "--out", str(tmp_path / "p"), "--panel", "pam50"], capture_output=True, text=True)
+    assert res.returncode == 2 and "panel 'pam50': none of its genes" in res.stderr
