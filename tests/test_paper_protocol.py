@@ -109,6 +109,22 @@ def test_paper_protocol_end_to_end_keeps_checkpoints_and_resumes(paper_inputs, t
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 75, 75)).shape == (2, 1)
 
+    # EMO-spatial from the per-gene CNNs, read from the tile stores' pixels
+    import anndata
+
+    from emo.features.preprocess import to_model_input
+    from emo.prediction import predict
+    from emo.slides import TileStore
+
+    predict(out, None, tmp_path / "pred", tiles=paper_inputs / "tiles", chunk_tiles=4)
+    ad = anndata.read_h5ad(tmp_path / "pred" / "spatial" / "S0.h5ad")
+    store = TileStore(paper_inputs / "tiles" / "S0.h5")
+    assert list(ad.var_names) == ["ESR1", "MKI67"] and list(ad.obs_names) == list(store.tile_ids)
+    x = to_model_input(store.read_tiles(np.arange(len(store))), 75, model[0].mean, model[0].std)
+    with torch.no_grad():
+        np.testing.assert_allclose(ad[:, "ESR1"].X[:, 0], model(x)[:, 0].numpy(), rtol=1e-4, atol=1e-5)
+    assert anndata.read_h5ad(tmp_path / "pred" / "average.h5ad").shape == (5, 2)
+
     # re-run (in process): the finished gene is skipped untouched, the one without done.json is retrained
     from emo.training.paper import train_paper_protocol
 

@@ -13,11 +13,11 @@ from emo.cli._apps import app
 @app.command()
 def predict(
     model: Path = typer.Option(..., "--model", help="Model directory from `emo train`."),
-    features: Path = typer.Option(..., "--features", help="Feature folder from `emo features` (same backbone as the model)."),
+    features: Optional[Path] = typer.Option(None, "--features", help="Feature folder from `emo features` (same backbone as the model; not used by paper-protocol models)."),
     out: Path = typer.Option(..., "--out", help="Output folder: spatial/<slide>.h5ad, average.h5ad/.csv, heatmaps/, geojson/."),
     genes: Optional[str] = typer.Option(None, "--genes", help="Genes (comma-separated, or a file, one per line) to draw as heatmaps and GeoJSON measurements."),
     panel: Optional[str] = typer.Option(None, "--panel", help="Gene panel to draw (pam50, oncotype_dx, endopredict, ...)."),
-    tiles: Optional[Path] = typer.Option(None, "--tiles", help="Tile-store folder: thumbnails and exact tile geometry."),
+    tiles: Optional[Path] = typer.Option(None, "--tiles", help="Tile-store folder: thumbnails and exact tile geometry (pixels for paper-protocol models)."),
     chunk_tiles: int = typer.Option(2048, "--chunk-tiles", help="Tiles predicted per chunk (bounds memory)."),
 ) -> None:
     """Predict expression of every gene for every tile (EMO-spatial) and slide (EMO-average).

@@ -104,7 +104,7 @@ def load_model(model_dir: str | Path) -> Model:
     if manifest.get("kind") == "paper_cnn":
         raise EmoError(
             f"{model_dir}: a paper-protocol model (one CNN per gene) predicts from tiles, not cached features; "
-            "use its per-gene checkpoints with `emo.training.paper.load_gene_model`"
+            "use `emo predict --tiles` or `emo.training.paper.load_paper_model`"
         )
     head_cls = get_head_class(manifest.get("kind", "?"))
     weights = model_dir / WEIGHTS

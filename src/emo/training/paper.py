@@ -314,3 +314,39 @@ def load_gene_model(model_dir: Path, gene: str):
     model, _ = _paper_cnn(config)
     model.load_state_dict(load_file(str(model_dir / "genes" / gene / info["best_checkpoint"])))
     return model.eval()
+
+
+class PaperModel:
+    """All genes' selected CNNs; `predict_tiles` runs each on the same tiles (EMO-spatial per gene)."""
+
+    kind = "paper_cnn"
+
+    def __init__(self, manifest: dict, nets: list, input_size: int, mean, std, device: str):
+        self.manifest, self.nets, self.device = manifest, nets, device
+        self.input_size, self.mean, self.std = input_size, tuple(mean), tuple(std)
+
+    @property
+    def genes(self) -> list[str]:
+        return list(self.manifest["genes"])
+
+    def predict_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        """uint8 [k, H, W, 3] tiles → float32 [k, genes]."""
+        import torch
+
+        from emo.features.preprocess import to_model_input
+
+        x = to_model_input(tiles, self.input_size, self.mean, self.std).to(self.device)
+        with torch.inference_mode():
+            return torch.cat([net(x) for net in self.nets], dim=1).float().cpu().numpy()
+
+
+def load_paper_model(model_dir: Path) -> PaperModel:
+    import torch
+
+    from emo.models.model import read_manifest
+
+    manifest = read_manifest(model_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    nets = [load_gene_model(model_dir, g).to(device) for g in manifest["genes"]]
+    backbone = nets[0][0]
+    return PaperModel(manifest, nets, int(manifest["protocol"]["input_size"]), backbone.mean, backbone.std, device)
