@@ -24,10 +24,12 @@ def features(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     workers: int = typer.Option(2, "--workers", help="Loader processes reading and normalising tiles (0: in-process)."),
     pooling: Optional[str] = typer.Option(None, "--pooling", help="avg, or multistage (append pooled earlier stages; timm only)."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Resize tiles to this many px instead of the backbone's native input size."),
 ) -> None:
     """Run a backbone once over every kept tile; finished slides are skipped when backbone and tiles are unchanged."""
     from emo.features import extract_features
 
     folder = extract_features(tile_dir, out, backbone=backbone, weights=weights, batch_size=batch_size,
-                              device=device, workers=workers, pooling=pooling)
+                              device=device, workers=workers, pooling=pooling,
+                              input_size=input_size)
     typer.echo(f"features: {folder}")

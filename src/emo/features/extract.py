@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -88,9 +87,21 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def loader_context(workers: int):
+    """Workers come from a fork server that has imported torch once: cheap to start, and safe even
+    when this process already runs slide-reader or BLAS threads (a plain fork can deadlock then)."""
+    if workers == 0:
+        return None
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["emo.features.extract"])
+    return ctx
+
+
 def extract_features(tile_dir: Path, out_dir: Path, backbone: str = "efficientnet_lite0", weights: str = "default",
                      batch_size: int = 64, device: str | None = None, workers: int = 2, *,
-                     pooling: str | None = None, progress: bool = True,
+                     pooling: str | None = None, input_size: int | None = None, progress: bool = True,
                      on_slide_done: Callable[[str, Path, str], None] | None = None) -> Path:
     """Write `<out_dir>/features/<backbone>/<slide_id>.h5` for every tile store; return that folder.
 
@@ -108,7 +119,7 @@ def extract_features(tile_dir: Path, out_dir: Path, backbone: str = "efficientne
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise EmoError("--device cuda asked for but no CUDA GPU is visible; use --device cpu")
     tile_paths = find_tile_stores(Path(tile_dir))
-    model = create_backbone(backbone, weights, pooling=pooling)
+    model = create_backbone(backbone, weights, pooling=pooling, input_size=input_size)
     identity = model.identity() | {"preprocess": PREPROCESS}
     out_folder = Path(out_dir) / "features" / backbone_dir_name(model.name)
 
@@ -130,7 +141,7 @@ def extract_features(tile_dir: Path, out_dir: Path, backbone: str = "efficientne
               for j, job in enumerate(jobs) for s in range(0, job.n_tiles, batch_size)]
     loader = DataLoader(_TileBatches(chunks, model.input_size, model.mean, model.std), batch_size=None,
                         shuffle=False, num_workers=workers, pin_memory=device.startswith("cuda"),
-                        worker_init_fn=_worker_init if workers else None,
+                        worker_init_fn=_worker_init if workers else None, multiprocessing_context=loader_context(workers),
                         prefetch_factor=2 if workers else None, persistent_workers=False)
     cuda = device.startswith("cuda")
     model = model.to(device, memory_format=torch.channels_last) if cuda else model.to(device)

@@ -18,7 +18,8 @@ def tile_store_params_hash(store: Any) -> str:
     """Identity of a tile store's geometry, normalisation and tile set: features are valid only for it."""
     attrs = store.attrs
     keys = ("slide_path", "mpp", "tile_size_um", "target_mpp", "tile_size_px", "tile_size_level0",
-            "normalize", "stain_matrix", "max_concentrations", "stain_reference", "params_json")
+            "normalize", "stain_matrix", "max_concentrations", "stain_reference", "reference_stain_matrix",
+            "reference_max_concentrations", "level", "params_json")
     params = {k: _plain(attrs[k]) for k in keys if k in attrs}
     params["coords_sha256"] = hashlib.sha256(np.ascontiguousarray(store.coords_px, dtype=np.int64)).hexdigest()
     params["tile_ids_sha256"] = hashlib.sha256("\n".join(store.tile_ids).encode()).hexdigest()

@@ -94,7 +94,7 @@ class Backbone(nn.Module):
 
 
 def create_backbone(name: str = "efficientnet_lite0", weights: str = "default", *,
-                    pooling: str | None = None) -> Backbone:
+                    pooling: str | None = None, input_size: int | None = None) -> Backbone:
     """Build a backbone in eval mode.
 
     `name`: a registered name (`list_backbones()`), `timm:<arch>` or `torchvision:<arch>`.
@@ -102,6 +102,8 @@ def create_backbone(name: str = "efficientnet_lite0", weights: str = "default", 
     `hf-hub:<repo id>`, or `none` (random init with a fixed seed, for tests and offline use).
     `pooling`: `avg` (global pooled head features) or `multistage` (timm models: pooled features of
     the last three feature stages appended).
+    `input_size`: run at another square size than the weights' native one (CNNs only; e.g. small
+    tiles at their own resolution, or fast tests).
     """
     spec = _resolve_spec(name)
     if weights == "default":
@@ -116,6 +118,10 @@ def create_backbone(name: str = "efficientnet_lite0", weights: str = "default", 
         if pooling != "avg":
             raise EmoError(f"backbone {name}: multistage pooling needs a timm architecture; use timm:{arch}")
         backbone = _create_torchvision(name, arch, weights)
+    if input_size is not None:
+        if input_size < 16:
+            raise EmoError(f"backbone {name}: input_size {input_size} is too small; use ≥ 16 px")
+        backbone.input_size = int(input_size)
     return backbone.eval()
 
 

@@ -86,8 +86,12 @@ class SlideReader:
 
 def _tiff_levels(path: Path) -> tuple[list[tuple[int, int]], list[int | tuple[int, ...]], float | None]:
     """Level sizes, their TIFF page index and the µm/px of the main series, via tifffile."""
+    import logging
+
     import tifffile
 
+    # tifffile logs parse problems of corrupt files itself; they become one EmoError line instead
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         key = series.levels[0].keyframe
@@ -114,6 +118,19 @@ def _tiff_levels(path: Path) -> tuple[list[tuple[int, int]], list[int | tuple[in
             if num and per_unit_um:
                 mpp = per_unit_um * den / num
     return dims, pages, _plausible(float(mpp) if mpp else None)
+
+
+def _vips_scaled(img, out_w: int, out_h: int) -> np.ndarray:
+    """Resample a libvips image to (out_w, out_h): lanczos3 `reduce` when shrinking, `resize` otherwise."""
+    w, h = img.width, img.height
+    if (w, h) != (out_w, out_h):
+        if out_w <= w and out_h <= h:
+            img = img.reduce(w / out_w, h / out_h)
+        else:
+            img = img.resize(out_w / w, vscale=out_h / h)
+        if (img.width, img.height) != (out_w, out_h):  # rounding in libvips: pad/crop by ≤ 1 px
+            img = img.embed(0, 0, out_w, out_h, extend="copy")
+    return img.numpy()
 
 
 class PyvipsReader(SlideReader):
@@ -155,12 +172,7 @@ class PyvipsReader(SlideReader):
         lw, lh = self.level_dimensions[level]
         if x < 0 or y < 0 or x + w > lw or y + h > lh:
             return super().read_scaled(level, x, y, w, h, out_w, out_h)
-        img = self._level(level).crop(x, y, w, h)
-        if (w, h) != (out_w, out_h):
-            img = img.resize(out_w / w, vscale=out_h / h)
-            if (img.width, img.height) != (out_w, out_h):  # rounding in libvips: pad/crop by ≤ 1 px
-                img = img.embed(0, 0, out_w, out_h, extend="copy")
-        return img.numpy()
+        return _vips_scaled(self._level(level).crop(x, y, w, h), out_w, out_h)
 
 
 class TifffileReader(SlideReader):
@@ -246,10 +258,7 @@ class ImageReader(SlideReader):
     def read_scaled(self, level, x, y, w, h, out_w, out_h):
         if x < 0 or y < 0 or x + w > self._img.width or y + h > self._img.height or (w, h) == (out_w, out_h):
             return super().read_scaled(level, x, y, w, h, out_w, out_h)
-        img = self._img.crop(x, y, w, h).resize(out_w / w, vscale=out_h / h)
-        if (img.width, img.height) != (out_w, out_h):
-            img = img.embed(0, 0, out_w, out_h, extend="copy")
-        return img.numpy()
+        return _vips_scaled(self._img.crop(x, y, w, h), out_w, out_h)
 
     def thumbnail(self, max_size):
         img = self._pyvips.Image.thumbnail(str(self.path), max_size, height=max_size)

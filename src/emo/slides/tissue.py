@@ -18,10 +18,10 @@ SATURATION_RANGE = (0.06, 0.16)
 
 
 def _saturation(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.float32)
-    mx = rgb.max(axis=-1)
-    mn = rgb.min(axis=-1)
-    return np.where(mx > 0, (mx - mn) / np.maximum(mx, 1), 0.0)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    mx = np.maximum(np.maximum(r, g), b).astype(np.float32)
+    mn = np.minimum(np.minimum(r, g), b)
+    return (mx - mn) / np.maximum(mx, 1)
 
 
 def pen_mask(rgb: np.ndarray, min_object_px: int = 4, dilate_px: int = 2) -> np.ndarray:
@@ -31,7 +31,7 @@ def pen_mask(rgb: np.ndarray, min_object_px: int = 4, dilate_px: int = 2) -> np.
     green_blue = (g > r + 8) & (sat > 0.12)
     red = (r > 90) & (g < 0.45 * r) & (b < 0.5 * r)
     dark_red = (r > 45) & (r < 140) & (b < 0.56 * r) & (g < 0.45 * r) & (g > 0.2 * r)
-    black = (rgb.max(axis=-1) < 60) & (sat < 0.35)
+    black = (np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]) < 60) & (sat < 0.35)
     ink = green_blue | red | dark_red | black
     if min_object_px > 0 and ink.any():
         ink = remove_small_objects(ink, max_size=min_object_px)
@@ -51,7 +51,7 @@ def tissue_mask(rgb: np.ndarray, min_object_px: int = 16, pen: bool = True) -> n
     if candidates.size > 16 and np.ptp(candidates) > 0:
         thr = float(np.clip(threshold_otsu(candidates), lo, hi))
     # too bright to be stained tissue even if tinted (glass with a colour cast)
-    not_glass = rgb.min(axis=-1) < 235
+    not_glass = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2]) < 235
     mask = (sat > thr) & not_glass & ~ink
     if min_object_px > 0:
         mask = remove_small_objects(mask, max_size=min_object_px)
