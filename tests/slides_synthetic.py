@@ -37,3 +37,20 @@ def write_pyramid(path: Path, rgb: np.ndarray, mpp: float = MPP, levels: int = 3
             h, w = level.shape[:2]
             level = np.asarray(Image.fromarray(level).reduce(2)) if i + 1 < levels else level
     return path
+
+
+def write_svs_like(path: Path, rgb: np.ndarray, mpp: float = 0.499) -> Path:
+    """Aperio-style TIFF: baseline, thumbnail page, a 4× level, label and macro (levels are pages 0 and 2)."""
+    import tifffile
+    from PIL import Image
+
+    head = "Aperio Image Library v12.0.15\n"
+    h, w = rgb.shape[:2]
+    kw = {"photometric": "rgb", "compression": "jpeg", "metadata": None}
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(rgb, tile=(256, 256), description=f"{head}{w}x{h} (256x256) JPEG/RGB Q=70|AppMag = 20|MPP = {mpp}", **kw)
+        tif.write(np.ascontiguousarray(rgb[::8, ::8]), description=f"{head}{w}x{h} -> thumbnail |MPP = {mpp}", **kw)
+        tif.write(np.asarray(Image.fromarray(rgb).reduce(4)), tile=(256, 256), description=f"{head}{w}x{h} -> level 1 |MPP = {mpp}", **kw)
+        tif.write(np.zeros((100, 200, 3), np.uint8), subfiletype=1, description=f"{head}label 200x100", **kw)
+        tif.write(np.zeros((100, 300, 3), np.uint8), subfiletype=9, description=f"{head}macro 300x100", **kw)
+    return path

@@ -105,6 +105,7 @@ def _blank_png(path):
         ("no_mpp", ["photo.png", "--mpp"]),
         ("empty", ["blank.png", "no tissue"]),
         ("corrupt", ["corrupt.svs", "corrupt or unreadable"]),
+        ("damaged_tiles", ["damaged.tif", "corrupt or unreadable pixel data"]),
         ("wrong_frame", ["outside the slide", "coordinate frame"]),
         ("roi_on_glass", ["covers none of the slide's tissue"]),
     ],
@@ -123,6 +124,12 @@ def test_bad_input_gives_one_line(monkeypatch, capfd, pyramid, tmp_path, case, w
     elif case == "corrupt":
         slide = tmp_path / "corrupt.svs"
         slide.write_bytes(np.random.default_rng(1).bytes(20000))
+    elif case == "damaged_tiles":  # valid TIFF structure, level-0 JPEG tiles zeroed (e.g. a bad copy)
+        slide = write_pyramid(tmp_path / "damaged.tif", synthetic_rgb()[0], compression="jpeg")
+        data = bytearray(slide.read_bytes())
+        data[20_000:400_000] = bytes(380_000)
+        slide.write_bytes(bytes(data))
+        extra = ["--target-mpp", 0.3]  # finer than level 1: read from the damaged level 0
     else:
         slide = pyramid
         # wrong frame: level-0 px of a 4× larger scan; on glass: a region with no tissue (another slide's ROI)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -134,3 +136,49 @@ def test_her2st_photograph_with_user_mpp(shared_data, tmp_path):
     assert np.median(store.coords_px[:, 1]) > 0.4 * 9923
     tile = store.read_tiles([0])[0]
     assert tile.shape == (299, 299, 3)
+
+
+@pytest.mark.parametrize("name", ["tifffile", "openslide"])
+def test_fallback_readers_give_the_same_tiles(pyramid, name):
+    from emo.slides.geometry import read_tiles_at
+
+    path, _, markers = pyramid
+    geom = plan_geometry(open_slide(path), 100.0, 0.453)
+    corners = np.array(markers) - geom.tile_size_level0 / 2  # tiles centred on the markers
+    fast = read_tiles_at(open_slide(path, readers=["pyvips"]), geom, corners)
+    other = read_tiles_at(open_slide(path, readers=[name]), geom, corners)
+    assert other.shape == fast.shape
+    for a, b in zip(fast, other):  # same place (marker centroid), same colours (tile mean)
+        ca = np.argwhere(a.astype(int).sum(axis=2) < 300).mean(axis=0)
+        cb = np.argwhere(b.astype(int).sum(axis=2) < 300).mean(axis=0)
+        np.testing.assert_allclose(ca, cb, atol=1.0)
+        np.testing.assert_allclose(a.mean(axis=(0, 1)), b.mean(axis=(0, 1)), atol=2.0)
+
+
+def test_svs_levels_map_to_the_right_pages(tmp_path):
+    from slides_synthetic import write_svs_like
+
+    rgb, _ = synthetic_rgb(1536, 2048, tissue_until=1536)
+    path = write_svs_like(tmp_path / "aperio.svs", rgb)
+    regions = {}
+    for name in ("pyvips", "tifffile", "openslide"):
+        reader = READERS[name](path)
+        assert reader.mpp == pytest.approx(0.499)
+        assert reader.level_dimensions == [(1536, 2048), (384, 512)]  # thumbnail, label, macro are not levels
+        regions[name] = reader.read_region(1, 10, 20, 50, 40)
+    np.testing.assert_array_equal(regions["pyvips"], regions["openslide"])
+    np.testing.assert_array_equal(regions["tifffile"], regions["openslide"])
+    assert plan_geometry(open_slide(path), 271, 2.0).level == 1  # 4 × 0.499 ≤ 2.0
+
+
+def _exit_on_two(x: int) -> int:
+    if x == 2:
+        os._exit(1)  # a library crashing the worker process (segfault on a corrupt file)
+    return x
+
+
+def test_crashed_worker_does_not_abort_the_batch():
+    from emo.slides.tiling import map_slides
+
+    results = map_slides(_exit_on_two, [1, 2], workers=2, on_error=lambda item, exc: f"failed {item}")
+    assert results[1] == "failed 2" and results[0] in (1, "failed 1")  # 1 may share the broken pool

@@ -20,7 +20,8 @@ from emo.errors import EmoError
 TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".ptif", ".btf", ".qptiff", ".ome.tif", ".ome.tiff"}
 OPENSLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
-MPP_RANGE = (0.05, 20.0)  # plausible µm/px for microscopy; anything else is a screen dpi, not a scale
+MPP_RANGE = (0.05, 20.0)
+SMALL_LEVEL_PX = 32_000_000  # levels up to this size (~100 MB RGB) are decoded whole, once  # plausible µm/px for microscopy; anything else is a screen dpi, not a scale
 
 
 def _suffix(path: Path) -> str:
@@ -146,13 +147,14 @@ class PyvipsReader(SlideReader):
         self.level_dimensions, self._pages, self.mpp = _tiff_levels(path)
         self._pyvips = pyvips
         self._images: dict[int, object] = {}
-        img = self._level(0)
+        self._decoded: set[int] = set()
+        img = self._level(0, decode=False)  # header only: corrupt pixel data surfaces when read
         if (img.width, img.height) != self.level_dimensions[0]:
             raise ValueError("libvips and tifffile disagree on the image size")
 
-    def _level(self, level: int):
+    def _level(self, level: int, decode: bool = True):
         img = self._images.get(level)
-        if img is None:
+        if img is None or (decode and level not in self._decoded):
             page = self._pages[level]
             kwargs = {"page": page} if isinstance(page, int) else {"page": page[0], "subifd": page[1]}
             img = self._pyvips.Image.new_from_file(str(self.path), access="random", fail=True, **kwargs)
@@ -162,6 +164,10 @@ class PyvipsReader(SlideReader):
                 img = img.bandjoin([img, img])
             if img.format != "uchar":
                 img = img.cast("uchar")
+            if decode and img.width * img.height <= SMALL_LEVEL_PX:  # decode once: thumbnail and tiles share it
+                img = img.copy_memory()
+            if decode:
+                self._decoded.add(level)
             self._images[level] = img
         return img
 

@@ -89,7 +89,7 @@ def _geojson_geometry(path: Path):
     return geom
 
 
-def load_roi(path: Path, slide_dims: tuple[int, int], mpp: float, tissue_mask: np.ndarray | None = None) -> Roi:
+def load_roi(path: Path, slide_dims: tuple[int, int], tissue_mask: np.ndarray | None = None) -> Roi:
     """Load and check a ROI against the slide (level-0 size `slide_dims`, thumbnail `tissue_mask`)."""
     w0, h0 = slide_dims
     suffix = path.suffix.lower()

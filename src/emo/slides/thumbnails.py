@@ -21,5 +21,5 @@ def save_thumbnail(
     for x, y in np.asarray(coords_level0, dtype=np.float64).reshape(-1, 2) * scale:
         draw.rectangle([x, y, x + size - 1, y + size - 1], outline=(0, 160, 0), width=1)
     with atomic_path(out_path) as tmp:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format="PNG", compress_level=1)  # fast; thumbnails are for looking at
     return out_path

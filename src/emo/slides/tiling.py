@@ -7,7 +7,6 @@ worker processes, skips finished slides, records failures per slide and writes `
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import traceback
@@ -23,7 +22,7 @@ from emo.errors import EmoError
 from emo.slides.geometry import TileGeometry, iter_tile_runs, plan_geometry
 from emo.slides.quality import DEFAULT_MIN_SHARPNESS, sharpness
 from emo.slides.readers import SUPPORTED_SUFFIXES, SlideReader, _suffix, open_slide
-from emo.slides.stain import REFERENCE, estimate_stains, load_reference
+from emo.slides.stain import estimate_stains, load_reference
 from emo.slides.store import write_store
 from emo.slides.thumbnails import save_thumbnail
 from emo.slides.tissue import pen_mask, tissue_mask
@@ -113,7 +112,7 @@ def box_fraction(mask: np.ndarray, scale: float, coords_level0: np.ndarray, size
 # --- one slide -----------------------------------------------------------------------------------
 
 
-def _read_qc(reader, geom, coords, sample: set[int], max_tiles: int | None = None):
+def _read_qc(reader, geom, coords, sample: set[int]):
     """Read tiles, return sharpness per tile and the pixels of the sampled tiles (for stain estimation)."""
     sharp = np.zeros(len(coords), np.float32)
     pixels = []
@@ -223,7 +222,7 @@ def tile_slide(slide: str | Path, out_path: str | Path, config: TilingConfig | N
             from emo.slides.roi import find_roi_file, load_roi
 
             roi_file = find_roi_file(Path(config.roi), slide_id_of(slide))
-            roi = load_roi(roi_file, (w0, h0), geom.mpp, mask)
+            roi = load_roi(roi_file, (w0, h0), mask)
             roi_source = roi.source
             c = coords[keep]
             if config.min_roi is None:
@@ -240,9 +239,7 @@ def tile_slide(slide: str | Path, out_path: str | Path, config: TilingConfig | N
         sample = set(rng.choice(len(cand), min(len(cand), config.stain_sample_tiles), replace=False).tolist()) if config.normalize else set()
         try:
             sharp, pixels = _read_qc(reader, geom, coords[cand], sample)
-        except EmoError:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # the file opened but its pixel data does not decode
             raise EmoError(f"{slide}: corrupt or unreadable pixel data ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); re-export the slide") from None
         sharp_ok = sharp >= config.min_sharpness
         n_dropped["sharpness"] = int((~sharp_ok).sum())
@@ -333,10 +330,12 @@ def _worker_init(threads: int) -> None:
     os.environ["VIPS_CONCURRENCY"] = str(threads)
 
 
-def map_slides(fn: Callable, items: list, workers: int = 1, desc: str = "slides") -> list:
+def map_slides(fn: Callable, items: list, workers: int = 1, desc: str = "slides", on_error: Callable | None = None) -> list:
     """Order-preserving map over slides in `workers` processes with a progress bar.
 
-    The one place batch parallelism lives for slides; swap for `emo.executors` when it exists.
+    `on_error(item, exc)` turns a crashed worker (e.g. a library segfault on a corrupt file) into a
+    result instead of aborting the batch. The one place batch parallelism lives for slides; swap
+    for `emo.executors` when it exists.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -357,7 +356,13 @@ def map_slides(fn: Callable, items: list, workers: int = 1, desc: str = "slides"
             from concurrent.futures import as_completed
 
             for fut in as_completed(futures):
-                results[futures[fut]] = fut.result()
+                i = futures[fut]
+                try:
+                    results[i] = fut.result()
+                except Exception as exc:
+                    if on_error is None:
+                        raise
+                    results[i] = on_error(items[i], exc)
                 progress.advance(task)
     return results
 
@@ -379,6 +384,14 @@ def _tile_one(job: tuple[Path, Path, TilingConfig]) -> dict[str, Any]:
         if os.environ.get("EMO_DEBUG"):
             traceback.print_exc()
         return row | {"status": "failed", "error": f"{slide}: corrupt or unreadable slide ({msg})", "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _crashed(job: tuple[Path, Path, TilingConfig], exc: BaseException) -> dict[str, Any]:
+    slide = job[0]
+    return {c: None for c in SUMMARY_COLUMNS} | {
+        "slide_id": slide_id_of(slide), "slide_path": str(slide.absolute()), "status": "failed",
+        "error": f"{slide}: worker process crashed ({type(exc).__name__}); corrupt slide? re-run to retry the others",
+    }  # fmt: skip
 
 
 def _finished(out_path: Path, config: TilingConfig) -> dict[str, Any] | None:
@@ -420,7 +433,7 @@ def tile_slides(slides: list[Path], out_dir: Path, config: TilingConfig | None =
     tile_dir = Path(out_dir) / "tiles"
     tile_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(s, tile_dir / f"{i}.h5", config) for s, i in zip(slides, ids)]
-    rows = map_slides(_tile_one, jobs, workers=min(workers, max(1, len(jobs))), desc="tiling slides")
+    rows = map_slides(_tile_one, jobs, workers=min(workers, max(1, len(jobs))), desc="tiling slides", on_error=_crashed)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     write_table_atomic(tile_dir / "summary.csv", summary)
     return summary
