@@ -1,5 +1,21 @@
-"""Model registries: image backbones (and, from the training stage, heads and saved models)."""
+"""Model registries: image backbones, heads on cached features, and the trained-model artefact."""
 
 from emo.models.backbones import BACKBONES, Backbone, create_backbone, list_backbones
+from emo.models.heads import HEADS, LinearHead, MLPConfig, MLPHead, fit_ridge_path, get_head_class
+from emo.models.model import Model, load_model, save_model
 
-__all__ = ["BACKBONES", "Backbone", "create_backbone", "list_backbones"]
+__all__ = [
+    "BACKBONES",
+    "HEADS",
+    "Backbone",
+    "LinearHead",
+    "MLPConfig",
+    "MLPHead",
+    "Model",
+    "create_backbone",
+    "fit_ridge_path",
+    "get_head_class",
+    "list_backbones",
+    "load_model",
+    "save_model",
+]

@@ -1,0 +1,280 @@
+"""Multi-output heads on cached tile features: every gene is fitted at once.
+
+A head maps features [n, dim] to standardised expression [n, genes] and is trained either at the
+slide level (EMO-average: a slide's prediction is the mean of its tiles' predictions, fitted against
+the slide's bulk expression) or at the tile/spot level (each row has its own target). Targets are
+standardised per gene with training-split statistics for fitting; heads store that normalisation
+and return expression on the original scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from emo.errors import EmoError
+
+
+def default_alphas(n_train: int) -> np.ndarray:
+    """Ridge penalties in units of training rows: λ/n from 1e-4 (≈ least squares) to 1e3 (≈ mean)."""
+    return n_train * np.logspace(-4, 3, 15)
+
+
+def _standardise_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    std[std < 1e-12] = 1.0
+    return mean, std
+
+
+@dataclass
+class RidgeFit:
+    """Result of the all-gene ridge path: chosen penalty and tuning loss per gene."""
+
+    weight: np.ndarray  # [dim, genes] on raw features → original expression scale
+    bias: np.ndarray  # [genes]
+    alphas: np.ndarray  # grid evaluated
+    alpha: np.ndarray  # [genes] chosen on the tuning split
+    tune_mse: np.ndarray  # [alphas, genes] in standardised target units
+    extra: dict = field(default_factory=dict)
+
+
+def fit_ridge_path(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_tune: np.ndarray,
+    y_tune: np.ndarray,
+    alphas: np.ndarray | None = None,
+    chunk_rows: int = 4096,
+) -> RidgeFit:
+    """Ridge for all genes and all penalties from one eigendecomposition; best penalty per gene.
+
+    Features are standardised with training statistics. With Z = standardised training design,
+    Z^T Z = V diag(λ) V^T, the coefficients for penalty α are V diag(1/(λ+α)) V^T Z^T Y, so every
+    gene and every α share V and B = (Z V)^T Y; only the diagonal scaling differs. Directions with
+    λ ≈ 0 carry no signal (Z^T Y has no component there) and are dropped, so a slide-level fit with
+    fewer slides than feature dimensions works in the n-dimensional row space. The tuning split's
+    mean squared error is computed for every α at once per chunk of tuning rows and the α with
+    the lowest error is kept per gene. Intercepts are not penalised (data are centred), exactly as
+    scikit-learn's `Ridge(fit_intercept=True)` on the same standardised features.
+    """
+    x_train = np.asarray(x_train, dtype=np.float64)
+    y_train = np.asarray(y_train, dtype=np.float64)
+    n, dim = x_train.shape
+    if n < 2:
+        raise EmoError("ridge: need at least 2 training samples with features and targets")
+    if len(x_tune) < 1:
+        raise EmoError("ridge: the tuning split is empty; targets need samples with split == 'tune'")
+    alphas = default_alphas(n) if alphas is None else np.asarray(alphas, dtype=np.float64)
+    x_mean, x_std = _standardise_stats(x_train)
+    y_mean, y_std = _standardise_stats(y_train)
+    z = (x_train - x_mean) / x_std
+    ys = (y_train - y_mean) / y_std
+    eigval, eigvec = np.linalg.eigh(z.T @ z)
+    keep = eigval > eigval.max() * 1e-10
+    eigval, eigvec = eigval[keep], eigvec[:, keep]
+    b = (z @ eigvec).T @ ys  # [k, genes]
+    del z, ys
+    shrink = 1.0 / (eigval[None, :] + alphas[:, None])  # [alphas, k]
+
+    sse = np.zeros((len(alphas), y_train.shape[1]))
+    for start in range(0, len(x_tune), chunk_rows):
+        p = ((np.asarray(x_tune[start : start + chunk_rows], dtype=np.float64) - x_mean) / x_std) @ eigvec
+        yt = (np.asarray(y_tune[start : start + chunk_rows], dtype=np.float64) - y_mean) / y_std
+        for i in range(len(alphas)):
+            sse[i] += ((yt - (p * shrink[i]) @ b) ** 2).sum(axis=0)
+    tune_mse = sse / len(x_tune)
+    best = tune_mse.argmin(axis=0)
+    coef = eigvec @ (shrink[best].T * b)  # [dim, genes] in standardised units
+    weight = coef / x_std[:, None] * y_std[None, :]
+    bias = y_mean - x_mean @ weight
+    return RidgeFit(weight.astype(np.float32), bias.astype(np.float32), alphas, alphas[best], tune_mse)
+
+
+class LinearHead:
+    """Per-tile linear model `x @ weight + bias` (the ridge head's artefact).
+
+    A linear head fitted on mean-pooled slide features is exactly a per-tile linear model whose mean
+    over a slide's tiles equals the slide prediction (the mean commutes with a linear map), so the
+    same weights give EMO-average and EMO-spatial.
+    """
+
+    kind = "ridge"
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray):
+        self.weight = np.ascontiguousarray(weight, dtype=np.float32)
+        self.bias = np.ascontiguousarray(bias, dtype=np.float32)
+
+    @property
+    def dim(self) -> int:
+        return self.weight.shape[0]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, dtype=np.float32) @ self.weight + self.bias
+
+    def to_tensors(self) -> dict[str, np.ndarray]:
+        return {"weight": self.weight, "bias": self.bias}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray], config: dict) -> LinearHead:
+        return cls(tensors["weight"], tensors["bias"])
+
+
+@dataclass
+class MLPConfig:
+    """Small per-tile MLP; a slide's prediction is the mean of its tiles' outputs."""
+
+    hidden: int = 256
+    dropout: float = 0.1
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 16  # slides (or tiles in tile mode) per step
+    max_epochs: int = 200
+    patience: int = 20
+    tiles_per_slide: int = 256  # tiles sampled (once, seeded) per slide for training
+    seed: int = 0
+
+
+def _mlp_module(dim: int, n_genes: int, hidden: int, dropout: float):
+    import torch
+    from torch import nn
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("x_mean", torch.zeros(dim))
+            self.register_buffer("x_std", torch.ones(dim))
+            self.register_buffer("y_mean", torch.zeros(n_genes))
+            self.register_buffer("y_std", torch.ones(n_genes))
+            self.net = nn.Sequential(
+                nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_genes)
+            )
+
+        def forward(self, x):  # standardised target units
+            return self.net((x - self.x_mean) / self.x_std)
+
+    return MLP()
+
+
+class MLPHead:
+    """Per-tile MLP trained with MSE on minibatches of slides, all genes together."""
+
+    kind = "mlp"
+
+    def __init__(self, module, config: MLPConfig):
+        self.module = module.eval()
+        self.config = config
+
+    @property
+    def dim(self) -> int:
+        return int(self.module.x_mean.shape[0])
+
+    def predict(self, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(x), chunk):
+                xb = torch.from_numpy(np.asarray(x[start : start + chunk], dtype=np.float32))
+                out.append((self.module(xb) * self.module.y_std + self.module.y_mean).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.module.y_mean)), np.float32)
+
+    def to_tensors(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray], config: dict) -> MLPHead:
+        import torch
+
+        cfg = MLPConfig(**config)
+        dim, n_genes = tensors["x_mean"].shape[0], tensors["y_mean"].shape[0]
+        module = _mlp_module(dim, n_genes, cfg.hidden, cfg.dropout)
+        keys = module.state_dict().keys()
+        module.load_state_dict({k: torch.from_numpy(np.array(tensors[k])) for k in keys})
+        return cls(module, cfg)
+
+    @classmethod
+    def fit(
+        cls,
+        train_bags: list[np.ndarray],
+        y_train: np.ndarray,
+        tune_bags: list[np.ndarray],
+        y_tune: np.ndarray,
+        config: MLPConfig | None = None,
+        progress=None,
+    ) -> tuple[MLPHead, dict]:
+        """Minibatches of bags (a slide's tiles, or one tile); bag prediction = mean over its rows.
+
+        Early stopping keeps the epoch with the lowest tuning MSE (standardised units). CPU runs
+        with a fixed seed are deterministic (index_add_ on CPU is, and data order is seeded).
+        """
+        import torch
+
+        cfg = config or MLPConfig()
+        if not tune_bags:
+            raise EmoError("mlp: the tuning split is empty; targets need samples with split == 'tune'")
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        dim = train_bags[0].shape[1]
+        all_train = np.concatenate(train_bags)
+        x_mean, x_std = _standardise_stats(all_train.astype(np.float64))
+        y_mean, y_std = _standardise_stats(np.asarray(y_train, dtype=np.float64))
+        module = _mlp_module(dim, y_train.shape[1], cfg.hidden, cfg.dropout)
+        for name, value in (("x_mean", x_mean), ("x_std", x_std), ("y_mean", y_mean), ("y_std", y_std)):
+            getattr(module, name).copy_(torch.from_numpy(value.astype(np.float32)))
+        yt_train = torch.from_numpy(((y_train - y_mean) / y_std).astype(np.float32))
+        yt_tune = torch.from_numpy(((y_tune - y_mean) / y_std).astype(np.float32))
+        train_t = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for b in train_bags]
+        tune_t = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for b in tune_bags]
+        opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+        def bag_means(bags):
+            x = torch.cat(bags)
+            idx = torch.repeat_interleave(torch.arange(len(bags)), torch.tensor([len(b) for b in bags]))
+            out = module(x)
+            sums = torch.zeros(len(bags), out.shape[1]).index_add_(0, idx, out)
+            return sums / torch.tensor([len(b) for b in bags], dtype=out.dtype)[:, None]
+
+        def tune_loss() -> float:
+            module.eval()
+            with torch.no_grad():
+                total = 0.0
+                for s in range(0, len(tune_t), 256):
+                    pred = bag_means(tune_t[s : s + 256])
+                    total += float(((pred - yt_tune[s : s + 256]) ** 2).sum())
+            return total / yt_tune.numel()
+
+        best_loss, best_state, best_epoch, wait, history = np.inf, None, -1, 0, []
+        for epoch in range(cfg.max_epochs):
+            module.train()
+            order = rng.permutation(len(train_t))
+            for s in range(0, len(order), cfg.batch_size):
+                batch = order[s : s + cfg.batch_size]
+                loss = torch.nn.functional.mse_loss(bag_means([train_t[i] for i in batch]), yt_train[batch])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            loss = tune_loss()
+            history.append(loss)
+            if progress is not None:
+                progress(epoch, loss)
+            if loss < best_loss:
+                best_loss, best_epoch, wait = loss, epoch, 0
+                best_state = {k: v.clone() for k, v in module.state_dict().items()}
+            else:
+                wait += 1
+                if wait >= cfg.patience:
+                    break
+        module.load_state_dict(best_state)
+        metrics = {"tune_mse": best_loss, "best_epoch": best_epoch, "epochs": len(history), "tune_history": history}
+        return cls(module, cfg), metrics
+
+
+HEADS: dict[str, type] = {"ridge": LinearHead, "mlp": MLPHead}
+
+
+def get_head_class(kind: str) -> type:
+    if kind not in HEADS:
+        raise EmoError(f"unknown head {kind!r}; choose one of: {', '.join(HEADS)}")
+    return HEADS[kind]

@@ -1,0 +1,116 @@
+"""The trained-model artefact: `manifest.json` + `weights.safetensors`, all `emo predict` needs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+import numpy as np
+
+from emo.errors import EmoError
+from emo.io import atomic_path, write_json_atomic
+
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+
+
+def _major(version: str) -> str:
+    return str(version).split(".")[0]
+
+
+class Model:
+    """A loaded head with its manifest; `predict_features` maps tile features to expression."""
+
+    def __init__(self, manifest: dict, head, path: Path | None = None):
+        self.manifest = manifest
+        self.head = head
+        self.path = path
+
+    @property
+    def genes(self) -> list[str]:
+        return list(self.manifest["genes"])
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def backbone(self) -> dict:
+        return self.manifest["backbone"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["backbone"]["dim"])
+
+    def check_features(self, identity: dict, where: str) -> None:
+        """Refuse features from another backbone or with another dimension (one line, names both)."""
+        mine = self.backbone
+        if int(identity.get("dim", -1)) != self.dim or (
+            identity.get("name") is not None and mine.get("name") is not None and identity["name"] != mine["name"]
+        ):
+            raise EmoError(
+                f"{where}: features are {identity.get('name')} dim {identity.get('dim')} but model {self.path} "
+                f"was trained on {mine.get('name')} dim {self.dim}; run `emo features --backbone {mine.get('name')}`"
+            )
+
+    def predict_features(self, features: np.ndarray) -> np.ndarray:
+        x = np.asarray(features, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise EmoError(f"model {self.path}: expects features [n, {self.dim}], got {list(x.shape)}")
+        return np.asarray(self.head.predict(x), dtype=np.float32)
+
+
+def save_model(out_dir: Path, manifest: dict, tensors: dict[str, np.ndarray]) -> Path:
+    """Weights first, manifest last (atomically), so a directory with a manifest is complete."""
+    from safetensors.numpy import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / WEIGHTS) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
+    manifest = {k: (asdict(v) if is_dataclass(v) else v) for k, v in manifest.items()}
+    write_json_atomic(out_dir / MANIFEST, manifest)
+    return out_dir
+
+
+def read_manifest(model_dir: Path) -> dict:
+    from emo import __version__
+
+    path = Path(model_dir) / MANIFEST
+    if not path.exists():
+        raise EmoError(f"{model_dir}: no {MANIFEST}; pass a folder written by `emo train`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EmoError(f"{path}: not valid JSON ({exc}); re-run `emo train`") from None
+    version = str(manifest.get("emo_version", "?"))
+    if _major(version) != _major(__version__):
+        raise EmoError(
+            f"{path}: model written by emo {version}, this is emo {__version__} (major versions differ); "
+            f"retrain with `emo train` or use emo {_major(version)}.x"
+        )
+    return manifest
+
+
+def load_model(model_dir: str | Path) -> Model:
+    """Load a model directory written by `emo train` (weights via safetensors, never pickle)."""
+    from safetensors.numpy import load_file
+
+    from emo.models.heads import get_head_class
+
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    if manifest.get("kind") == "paper_cnn":
+        raise EmoError(
+            f"{model_dir}: a paper-protocol model (one CNN per gene) predicts from tiles, not cached features; "
+            "use `emo predict --tiles` or `emo.training.paper.load_paper_model`"
+        )
+    head_cls = get_head_class(manifest.get("kind", "?"))
+    weights = model_dir / WEIGHTS
+    if not weights.exists():
+        raise EmoError(f"{model_dir}: {WEIGHTS} missing; re-run `emo train`")
+    head = head_cls.from_tensors(load_file(str(weights)), manifest.get("head_config", {}))
+    if head.dim != int(manifest["backbone"]["dim"]):
+        raise EmoError(f"{weights}: weights expect dim {head.dim}, manifest says {manifest['backbone']['dim']}")
+    return Model(manifest, head, model_dir)

@@ -1,0 +1,268 @@
+"""`predict`: a trained model + cached features → EMO-spatial per slide and EMO-average per cohort.
+
+Slides stream one at a time and tiles in chunks: predictions are written float32 chunk by chunk
+into the slide's `.h5ad`, so memory is bounded by `chunk_tiles × genes` whatever the slide size.
+A slide's `.h5ad` is renamed into place last, so a restarted run skips finished slides and redoes
+the interrupted one from scratch, giving the same files as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from emo.errors import EmoError
+from emo.io import atomic_path, write_table_atomic
+from emo.prediction.render import heatmap_png, qupath_geojson, slide_extent
+from emo.training.data import SlideFeatures, _attr, open_feature_stores
+
+log = logging.getLogger(__name__)
+
+
+def _chosen_genes(model_genes: list[str], genes, panel) -> list[str]:
+    from emo.panels import get_panel, resolve_genes
+    from emo.training.data import gene_list
+
+    chosen: list[str] = []
+    if genes:
+        wanted = gene_list(genes)
+        missing = [g for g in wanted if g not in model_genes]
+        if missing:
+            raise EmoError(f"gene(s) {', '.join(missing[:10])} not predicted by this model; choose from its manifest genes")
+        chosen += wanted
+    if panel:
+        members = [g for g in resolve_genes(get_panel(panel)) if g in model_genes]
+        if not members:
+            raise EmoError(f"panel {panel!r}: none of its genes is predicted by this model; train it with --genes {panel}")
+        chosen += [g for g in members if g not in chosen]
+    return chosen
+
+
+def _tile_store_info(tiles: Path | None, store) -> tuple[dict, np.ndarray | None]:
+    """Attributes, coordinates and thumbnail of the slide's tile store (--tiles, else the features' source)."""
+    import json
+
+    if tiles is not None:
+        path = Path(tiles) / f"{store.slide_id}.h5"
+        if not path.exists():
+            raise EmoError(f"{path}: no tile store for slide {store.slide_id}; pass the --tiles folder used by `emo features`")
+    elif store.feature_store is None:
+        return {}, None
+    else:
+        try:
+            path = Path(json.loads(store.feature_store.attrs.get("params_json", "{}")).get("tile_store") or "")
+        except json.JSONDecodeError:
+            return {}, None
+        if not path.is_file():
+            return {}, None
+    with h5py.File(path, "r") as f:
+        attrs = {k: _attr(v) for k, v in f.attrs.items()}
+        attrs["_coords_px"] = f["coords_px"][...]
+    thumb_path = path.with_suffix(".png")
+    thumb = None
+    if thumb_path.exists():
+        from PIL import Image
+
+        thumb = np.asarray(Image.open(thumb_path).convert("RGB"))
+    return attrs, thumb
+
+
+def _tile_level0(manifest: dict, where: Path, coords_px, coords_um, tile_attrs: dict) -> float:
+    if "tile_size_level0" in tile_attrs:
+        return float(tile_attrs["tile_size_level0"])
+    size_um = manifest.get("tile_geometry", {}).get("tile_size_um")
+    if size_um and len(coords_px):
+        nz = coords_px != 0
+        if nz.any():
+            mpp = float(np.median(coords_um[nz] / coords_px[nz]))
+            return float(size_um) / mpp
+    raise EmoError(f"{where}: tile size unknown (model has no tile geometry); pass --tiles TILE_DIR")
+
+
+@dataclass
+class _SlideSource:
+    """What one slide contributes: tile identity and coordinates, and predictions for a row range."""
+
+    slide_id: str
+    path: Path
+    tile_ids: list[str]
+    coords_px: np.ndarray
+    coords_um: np.ndarray
+    mpp: float
+    predict_rows: Callable[[slice], np.ndarray]
+    feature_store: SlideFeatures | None = None
+
+
+def _feature_sources(model, feature_dir: Path, tiles: Path | None) -> dict[str, Callable[[], _SlideSource]]:
+    from emo.training.data import feature_identity
+
+    stores = open_feature_stores(feature_dir)
+    model.check_features(feature_identity(stores), str(next(iter(stores.values())).path.parent))
+    if tiles is not None:
+        without = sorted(p.stem for p in Path(tiles).glob("*.h5") if p.stem not in stores)
+        if without:
+            raise EmoError(f"{tiles}: {len(without)} slide(s) have no features (e.g. {', '.join(without[:3])}); "
+                           f"run `emo features` on {tiles}")
+
+    def source(st: SlideFeatures) -> _SlideSource:
+        coords_px, coords_um = st.coords()
+        return _SlideSource(st.slide_id, st.path, st.tile_ids(), coords_px, coords_um,
+                            float(st.attrs.get("mpp", np.nan)),
+                            lambda rows: model.predict_features(st.read(rows)), st)
+
+    return {sid: (lambda st=st: source(st)) for sid, st in stores.items()}
+
+
+def _tile_sources(model, tiles: Path) -> dict[str, Callable[[], _SlideSource]]:
+    from emo.slides import TileStore
+
+    paths = sorted(Path(tiles).glob("*.h5"))
+    if not paths:
+        raise EmoError(f"{tiles}: no tile stores (*.h5); run `emo tile` first")
+
+    def source(path: Path) -> _SlideSource:
+        ts = TileStore(path)
+        rows = np.arange(len(ts))
+        return _SlideSource(ts.slide_id, path, list(ts.tile_ids), np.asarray(ts.coords_px), np.asarray(ts.coords_um),
+                            ts.mpp, lambda sl: model.predict_tiles(ts.read_tiles(rows[sl])))
+
+    return {p.stem: (lambda p=p: source(p)) for p in paths}
+
+
+def _write_spatial(dest: Path, genes: list[str], src: _SlideSource, obs: pd.DataFrame, centres: np.ndarray,
+                   uns: dict, chunk_tiles: int, chosen: list[str]) -> np.ndarray:
+    """Write the slide's AnnData skeleton with anndata, then fill X in float32 chunks with h5py."""
+    import anndata
+
+    var = pd.DataFrame({"mean": np.zeros(len(genes))}, index=pd.Index(genes, name="gene"))
+    skeleton = anndata.AnnData(obs=obs, var=var, obsm={"spatial": centres}, uns={"emo": uns})
+    col = [genes.index(g) for g in chosen]
+    picked = np.zeros((len(obs), len(col)), dtype=np.float32)
+    with atomic_path(dest) as tmp:
+        skeleton.write_h5ad(tmp)
+        total = np.zeros(len(genes), dtype=np.float64)
+        with h5py.File(tmp, "a") as f:
+            ds = f.create_dataset("X", shape=(len(obs), len(genes)), dtype="float32",
+                                  chunks=(max(1, min(len(obs), 256)), min(len(genes), 2048)))
+            ds.attrs["encoding-type"] = "array"
+            ds.attrs["encoding-version"] = "0.2.0"
+            for start in range(0, len(obs), chunk_tiles):
+                pred = np.asarray(src.predict_rows(slice(start, start + chunk_tiles)), dtype=np.float32)
+                ds[start : start + len(pred)] = pred
+                total += pred.sum(axis=0, dtype=np.float64)
+                picked[start : start + len(pred)] = pred[:, col]
+            f["var/mean"][...] = total / max(len(obs), 1)
+    return picked
+
+
+def _model_id(model_dir: Path, manifest: dict) -> str:
+    """Identity of the exact weights: outputs of another model are never mistaken for finished."""
+    from emo.io import file_fingerprint, params_hash
+
+    files = [Path(model_dir) / "weights.safetensors"] + sorted(Path(model_dir).glob("genes/*/done.json"))
+    return params_hash({"manifest": manifest, "weights": [file_fingerprint(p) for p in files if p.exists()]})
+
+
+def predict(
+    model_dir: Path,
+    feature_dir: Path | None,
+    out_dir: Path,
+    genes=None,
+    panel: str | None = None,
+    *,
+    tiles: Path | None = None,
+    chunk_tiles: int = 2048,
+) -> Path:
+    """Predict every gene for every tile of every slide; `genes`/`panel` choose heatmaps and GeoJSON.
+
+    Models on cached features read `feature_dir`; paper-protocol models (one CNN per gene) read the
+    tiles themselves from the tile stores in `tiles`.
+    """
+    from emo import __version__
+    from emo.models.model import read_manifest
+
+    out_dir = Path(out_dir)
+    manifest = read_manifest(model_dir)
+    if manifest.get("kind") == "paper_cnn":
+        from emo.training.paper import load_paper_model
+
+        if tiles is None:
+            raise EmoError(f"{model_dir}: a paper-protocol model predicts from tiles; pass --tiles TILE_DIR")
+        model = load_paper_model(model_dir)
+        sources = _tile_sources(model, tiles)
+    else:
+        from emo.models import load_model
+
+        if feature_dir is None:
+            raise EmoError(f"{model_dir}: this model predicts from cached features; pass --features FEATURE_DIR")
+        model = load_model(model_dir)
+        sources = _feature_sources(model, feature_dir, tiles)
+    chosen = _chosen_genes(model.genes, genes, panel)
+    model_id = _model_id(model_dir, manifest)
+    try:
+        from rich.progress import track
+    except ImportError:  # pragma: no cover
+        def track(x, **_):
+            return x
+
+    for slide_id in track(sorted(sources), description="predicting slides"):
+        dest = out_dir / "spatial" / f"{slide_id}.h5ad"
+        if dest.exists() and _finished_with(dest, model_id):
+            continue
+        src = sources[slide_id]()
+        tile_attrs, thumb = _tile_store_info(tiles, src)
+        if "_coords_px" in tile_attrs and not np.array_equal(tile_attrs["_coords_px"], src.coords_px):
+            raise EmoError(f"{src.path}: coordinates differ from the tile store of slide {slide_id}; "
+                           "re-run `emo features` on this tile store")
+        size = _tile_level0(manifest, src.path, src.coords_px, src.coords_um, tile_attrs)
+        obs = pd.DataFrame({"x_px": src.coords_px[:, 0], "y_px": src.coords_px[:, 1],
+                            "x_um": src.coords_um[:, 0], "y_um": src.coords_um[:, 1]},
+                           index=pd.Index(src.tile_ids, name="tile_id"))
+        uns = {"slide_id": slide_id, "emo_version": __version__, "model": str(Path(model_dir).resolve()),
+               "model_kind": manifest["kind"], "model_hash": model_id,
+               "backbone": str(manifest.get("backbone", {}).get("name")), "tile_size_level0": size,
+               "mpp": float(tile_attrs.get("mpp", src.mpp)), "spatial_units": "level-0 px (tile centres)"}
+        part = dest.with_name(f".{dest.name}.part")
+        picked = _write_spatial(part, model.genes, src, obs, src.coords_px + size / 2.0, uns, chunk_tiles, chosen)
+        if chosen:
+            extent = slide_extent(tile_attrs, None if thumb is None else thumb.shape[:2], src.coords_px, size)
+            for j, gene in enumerate(chosen):
+                heatmap_png(out_dir / "heatmaps" / slide_id / f"{gene}.png", gene, picked[:, j], src.coords_px, size,
+                            thumb, extent, slide_id)
+        qupath_geojson(out_dir / "geojson" / f"{slide_id}.geojson", src.tile_ids, src.coords_px, size, chosen, picked)
+        part.replace(dest)  # the slide's completion marker
+    return write_average(out_dir, model.genes, sorted(sources))
+
+
+def _finished_with(path: Path, model_id: str) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            return _attr(f["uns/emo/model_hash"][()]) == model_id
+    except (OSError, KeyError):
+        return False
+
+
+def write_average(out_dir: Path, genes: list[str], slide_ids: list[str]) -> Path:
+    """EMO-average: per slide the mean over tiles (stored as var['mean'] of its spatial file)."""
+    import anndata
+
+    rows, n_tiles = [], []
+    for slide_id in slide_ids:
+        with h5py.File(out_dir / "spatial" / f"{slide_id}.h5ad", "r") as f:
+            rows.append(f["var/mean"][...])
+            n_tiles.append(f["X"].shape[0])
+    x = np.asarray(rows, dtype=np.float32).reshape(len(slide_ids), len(genes))
+    obs = pd.DataFrame({"n_tiles": n_tiles}, index=pd.Index(slide_ids, name="slide_id"))
+    avg = anndata.AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(genes, name="gene")))
+    avg.uns["emo"] = {"kind": "EMO-average", "definition": "mean of tile predictions per slide"}
+    dest = out_dir / "average.h5ad"
+    with atomic_path(dest) as tmp:
+        avg.write_h5ad(tmp)
+    write_table_atomic(out_dir / "average.csv", pd.DataFrame(x, index=obs.index, columns=genes), index=True)
+    return out_dir

@@ -1,0 +1,5 @@
+"""Training: all-gene heads on cached features (default) and the paper's per-gene CNN protocol."""
+
+from emo.training.train import train_model
+
+__all__ = ["train_model"]

@@ -1,0 +1,352 @@
+"""The paper's protocol (Wang, Kartasalo et al. 2021, "Model optimization"): one Inception V3 per gene.
+
+Every number of the protocol is a field of `PaperProtocolConfig` with the paper's value as default.
+Each gene is an independent job writing `<out>/genes/<gene>/`; its `done.json` is written last
+(atomically), so a re-run skips finished genes and restarts unfinished ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from emo.errors import EmoError
+from emo.io import atomic_path, provenance, write_json_atomic, write_table_atomic
+
+log = logging.getLogger(__name__)
+
+
+class PaperProtocolConfig(BaseModel):
+    """SPEC §3 paper protocol; defaults are the paper's values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backbone: str = "torchvision:inception_v3"  # last layer replaced by one linear neuron
+    weights: str = "imagenet"
+    input_size: int = Field(299, ge=75)  # 598-px tiles resized to 299
+    lr: float = Field(1e-6, gt=0)
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-7  # the paper wrote "None": Keras' default epsilon
+    weight_decay: float = 0.0  # "decay = 0"
+    batch_size: int = Field(32, ge=1)
+    steps_per_epoch: int = Field(150, ge=1)
+    tuning_batches: int = Field(313, ge=1)
+    min_delta: float = Field(0.003, ge=0)
+    patience: int = Field(80, ge=1)
+    max_epochs: int = Field(500, ge=1)
+    keep_best: int = Field(10, ge=1)
+    keep_random: int = Field(10, ge=0)
+    prefetch_batches: int = Field(2, ge=1)  # background buffer of two batches
+    seed: int = 0
+
+
+class EarlyStopping:
+    """Keras `EarlyStopping(monitor="val_loss", min_delta, patience)` semantics.
+
+    An epoch improves only if loss < best − min_delta (then `best` becomes that loss and the wait
+    resets); otherwise the wait grows and training stops once it reaches `patience`.
+    """
+
+    def __init__(self, min_delta: float, patience: int):
+        self.min_delta, self.patience = float(min_delta), int(patience)
+        self.best, self.wait = np.inf, 0
+
+    def step(self, loss: float) -> bool:
+        """Record an epoch's tuning loss; True means stop now."""
+        if loss < self.best - self.min_delta:
+            self.best, self.wait = loss, 0
+            return False
+        self.wait += 1
+        return self.wait >= self.patience
+
+
+class CheckpointKeeper:
+    """Keeps the `keep_best` lowest-loss epochs and a uniform random sample of `keep_random` epochs.
+
+    The random sample is a seeded reservoir sample over all epochs run (so it is uniform without
+    knowing when early stopping will end the run); checkpoints in neither set are deleted.
+    """
+
+    def __init__(self, folder: Path, keep_best: int, keep_random: int, seed: int):
+        self.folder, self.keep_best, self.keep_random = folder, keep_best, keep_random
+        self.rng = np.random.default_rng(seed)
+        self.losses: dict[int, float] = {}
+        self.random: list[int] = []
+
+    def path(self, epoch: int) -> Path:
+        return self.folder / f"epoch_{epoch:04d}.safetensors"
+
+    def best(self) -> list[int]:
+        return sorted(self.losses, key=lambda e: (self.losses[e], e))[: self.keep_best]
+
+    def add(self, epoch: int, loss: float, state: dict) -> None:
+        from safetensors.torch import save_file
+
+        self.losses[epoch] = loss
+        if len(self.random) < self.keep_random:
+            self.random.append(epoch)
+        elif self.keep_random:
+            j = int(self.rng.integers(0, epoch + 1))
+            if j < self.keep_random:
+                self.random[j] = epoch
+        keep = set(self.best()) | set(self.random)
+        if epoch in keep:
+            with atomic_path(self.path(epoch)) as tmp:
+                save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+        for old in self.folder.glob("epoch_*.safetensors"):
+            if int(old.stem.split("_")[1]) not in keep:
+                old.unlink()
+
+
+def _prefetch(batches: Iterator, size: int) -> Iterator:
+    """Produce batches in a background thread, keeping a buffer of `size` ready batches."""
+    buf: queue.Queue = queue.Queue(maxsize=size)
+    done = object()
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in batches:
+                if stop.is_set():
+                    return
+                buf.put(item)
+        except BaseException as exc:  # surfaced in the consumer
+            buf.put(exc)
+        buf.put(done)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while (item := buf.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _batches(dataset, indices: list[int], batch_size: int) -> Iterator:
+    import torch
+
+    for s in range(0, len(indices), batch_size):
+        items = [dataset[i] for i in indices[s : s + batch_size]]
+        yield torch.stack([x for x, _ in items]), torch.stack([y for _, y in items]).float().view(-1, 1)
+
+
+def _paper_cnn(config: PaperProtocolConfig):
+    import torch
+    from torch import nn
+
+    from emo.models import create_backbone
+
+    torch.manual_seed(config.seed)
+    backbone = create_backbone(config.backbone, config.weights)
+    return nn.Sequential(backbone, nn.Linear(backbone.dim, 1)), backbone
+
+
+def train_gene(job: dict) -> dict:
+    """Train one gene's CNN (a picklable top-level function for the executors)."""
+    import torch
+
+    from emo.features.datasets import SlideBalancedSampler, TileDataset
+
+    gene, folder = job["gene"], Path(job["folder"])
+    config = PaperProtocolConfig(**job["config"])
+    done = folder / "done.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    model, backbone = _paper_cnn(config)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    kw = dict(input_size=config.input_size, mean=backbone.mean, std=backbone.std)
+    train = TileDataset(job["train_stores"], job["train_labels"], augment=True, **kw)
+    tune = TileDataset(job["tune_stores"], job["tune_labels"], augment=False, **kw)
+    sampler = SlideBalancedSampler.for_dataset(train, config.steps_per_epoch * config.batch_size, config.seed)
+    tune_idx = list(SlideBalancedSampler.for_dataset(tune, config.tuning_batches * config.batch_size, config.seed + 1))
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
+                           weight_decay=config.weight_decay)
+    stopper = EarlyStopping(config.min_delta, config.patience)
+    keeper = CheckpointKeeper(folder, config.keep_best, config.keep_random, config.seed)
+    history = []
+    for epoch in range(config.max_epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        train_loss = 0.0
+        for x, y in _prefetch(_batches(train, list(sampler), config.batch_size), config.prefetch_batches):
+            loss = torch.nn.functional.mse_loss(model(x.to(device)), y.to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            train_loss += float(loss.detach()) / config.steps_per_epoch
+        model.eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for x, y in _prefetch(_batches(tune, tune_idx, config.batch_size), config.prefetch_batches):
+                total += float(torch.nn.functional.mse_loss(model(x.to(device)), y.to(device), reduction="sum"))
+                n += len(y)
+        tune_loss = total / n
+        history.append({"epoch": epoch, "train_loss": train_loss, "tune_loss": tune_loss})
+        keeper.add(epoch, tune_loss, model.state_dict())
+        log.info("%s epoch %d: train %.4f tune %.4f", gene, epoch, train_loss, tune_loss)
+        if stopper.step(tune_loss):
+            break
+    write_table_atomic(folder / "history.csv", __import__("pandas").DataFrame(history))
+    best = keeper.best()
+    result = {
+        "gene": gene,
+        "epochs": len(history),
+        "best_epoch": best[0],
+        "best_tune_loss": keeper.losses[best[0]],
+        "best_checkpoint": keeper.path(best[0]).name,
+        "kept_best": best,
+        "kept_random": sorted(keeper.random),
+        "stopped_early": len(history) < config.max_epochs,
+    }
+    write_json_atomic(done, result)
+    return result
+
+
+def _map_genes(jobs: list[dict], workers: int, executor: str) -> list[dict]:
+    """Genes are independent: fan them out over local processes (or the executor registry if present)."""
+    try:
+        from emo.executors import get_executor
+    except ImportError:
+        get_executor = None
+    if get_executor is not None:
+        opts = {"workers": workers} if executor == "local" else {}
+        return get_executor(executor, **opts).map(train_gene, jobs, desc="genes")
+    if workers <= 1 or len(jobs) <= 1:
+        return [train_gene(j) for j in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        return list(pool.map(train_gene, jobs))
+
+
+def train_paper_protocol(
+    tile_dir: Path,
+    targets: Path,
+    out_dir: Path,
+    genes,
+    config: PaperProtocolConfig | None = None,
+    executor: str = "local",
+    *,
+    workers: int = 1,
+) -> Path:
+    """Train one CNN per gene on tiles labelled with their slide's expression; returns `out_dir`."""
+    import h5py
+
+    from emo.training.data import load_targets, select_genes
+    from emo.training.train import _slide_of
+
+    config = config or PaperProtocolConfig()
+    tile_dir, targets, out_dir = Path(tile_dir), Path(targets), Path(out_dir)
+    adata = load_targets(targets)
+    genes = select_genes(adata, genes, targets)
+    slides = _slide_of(adata.obs)
+    split = adata.obs["split"].astype(str)
+    stores = {p.stem: p for p in sorted(tile_dir.glob("*.h5"))}
+    if not stores:
+        raise EmoError(f"{tile_dir}: no tile stores (*.h5); run `emo tile` first")
+    parts = {}
+    for name in ("train", "tune"):
+        mask = (split == name).to_numpy() & slides.notna().to_numpy()
+        ids = list(slides[mask])
+        missing = [s for s in ids if s not in stores]
+        if missing:
+            raise EmoError(f"{targets}: {len(missing)} {name} slide(s) have no tile store in {tile_dir} "
+                           f"(e.g. {', '.join(missing[:3])}); run `emo tile` on them")
+        if not ids:
+            raise EmoError(f"{targets}: no samples with split == {name!r}")
+        parts[name] = (ids, np.asarray(adata[mask, genes].X, dtype=np.float32))
+    jobs = []
+    for j, gene in enumerate(genes):
+        job = {"gene": gene, "folder": str(out_dir / "genes" / gene), "config": config.model_dump()}
+        for name, (ids, y) in parts.items():
+            job[f"{name}_stores"] = [str(stores[s]) for s in ids]
+            job[f"{name}_labels"] = {s: float(y[i, j]) for i, s in enumerate(ids)}
+        jobs.append(job)
+    results = _map_genes(jobs, workers, executor)
+    with h5py.File(next(iter(stores.values())), "r") as f:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    geometry = {k: attrs[k].item() if hasattr(attrs[k], "item") else attrs[k]
+                for k in ("tile_size_um", "target_mpp", "tile_size_px", "normalize") if k in attrs}
+    prov = provenance(**config.model_dump())
+    write_json_atomic(out_dir / "manifest.json", {
+        "emo_version": prov["emo_version"],
+        "created": prov["created"],
+        "kind": "paper_cnn",
+        "backbone": {"name": config.backbone, "weights": config.weights, "input_size": config.input_size},
+        "tile_geometry": geometry,
+        "stain_reference": attrs.get("stain_reference"),
+        "genes": genes,
+        "target_normalisation": "none (the paper's normalised log expression as given in targets)",
+        "protocol": config.model_dump(),
+        "targets": str(targets.resolve()),
+        "tuning": {r["gene"]: {k: r[k] for k in ("best_epoch", "best_tune_loss", "epochs")} for r in results},
+        "provenance": prov,
+    })
+    return out_dir
+
+
+def load_gene_model(model_dir: Path, gene: str):
+    """The lowest-tuning-loss checkpoint of one gene as an eval-mode torch module."""
+    from safetensors.torch import load_file
+
+    model_dir = Path(model_dir)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    done = model_dir / "genes" / gene / "done.json"
+    if not done.exists():
+        raise EmoError(f"{model_dir}: gene {gene} has no finished model; re-run `emo train --protocol paper`")
+    info = json.loads(done.read_text())
+    config = PaperProtocolConfig(**{**manifest["protocol"], "weights": "none"})
+    model, _ = _paper_cnn(config)
+    model.load_state_dict(load_file(str(model_dir / "genes" / gene / info["best_checkpoint"])))
+    return model.eval()
+
+
+class PaperModel:
+    """All genes' selected CNNs; `predict_tiles` runs each on the same tiles (EMO-spatial per gene)."""
+
+    kind = "paper_cnn"
+
+    def __init__(self, manifest: dict, nets: list, input_size: int, mean, std, device: str):
+        self.manifest, self.nets, self.device = manifest, nets, device
+        self.input_size, self.mean, self.std = input_size, tuple(mean), tuple(std)
+
+    @property
+    def genes(self) -> list[str]:
+        return list(self.manifest["genes"])
+
+    def predict_tiles(self, tiles: np.ndarray) -> np.ndarray:
+        """uint8 [k, H, W, 3] tiles → float32 [k, genes]."""
+        import torch
+
+        from emo.features.preprocess import to_model_input
+
+        x = to_model_input(tiles, self.input_size, self.mean, self.std).to(self.device)
+        with torch.inference_mode():
+            return torch.cat([net(x) for net in self.nets], dim=1).float().cpu().numpy()
+
+
+def load_paper_model(model_dir: Path) -> PaperModel:
+    import torch
+
+    from emo.models.model import read_manifest
+
+    manifest = read_manifest(model_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    nets = [load_gene_model(model_dir, g).to(device) for g in manifest["genes"]]
+    backbone = nets[0][0]
+    return PaperModel(manifest, nets, int(manifest["protocol"]["input_size"]), backbone.mean, backbone.std, device)

@@ -1,0 +1,254 @@
+"""`train_model`: fit one multi-output head for all genes on cached features.
+
+Slide level (EMO-average, the paper's setting): each training sample is a slide with bulk expression;
+the head predicts per tile and the slide prediction is the mean over its tiles. Tile level: each
+feature-store row (a tile or a spatial-transcriptomics spot) has its own target. The `train` split
+fits the head, `tune` chooses its regularisation / stopping epoch; validation and test samples are
+never read here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from emo.errors import EmoError
+from emo.io import provenance, write_table_atomic
+from emo.training.data import (
+    feature_identity,
+    load_targets,
+    open_feature_stores,
+    select_genes,
+    source_tile_store_attrs,
+    training_hash,
+)
+
+log = logging.getLogger(__name__)
+FIT_SPLITS = ("train", "tune")
+
+
+def _dense(x) -> np.ndarray:
+    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
+
+
+def _geometry(attrs: dict, tile_attrs: dict) -> tuple[dict, object]:
+    """Tile geometry and stain reference: from the source tile store, else from the feature params."""
+    params = {}
+    if isinstance(attrs.get("params_json"), str):
+        try:
+            params = json.loads(attrs["params_json"])
+        except json.JSONDecodeError:
+            params = {}
+    flat = {**params, **attrs, **tile_attrs}
+    keys = ("tile_size_um", "target_mpp", "tile_size_px", "normalize")
+    return {k: flat[k] for k in keys if k in flat}, flat.get("stain_reference")
+
+
+def _slide_of(obs: pd.DataFrame) -> pd.Series:
+    """Slide of each sample (`slide_id`, else the sample id); samples without a slide are NaN."""
+    if "slide_id" not in obs:
+        return pd.Series(obs.index.astype(str), index=obs.index)
+    return obs["slide_id"].where(obs["slide_id"].notna()).map(lambda s: s if pd.isna(s) else str(s))
+
+
+def _slide_level_data(adata, stores, genes, targets, allow_missing, mlp_tiles, seed):
+    obs = adata.obs
+    slides = _slide_of(obs)
+    fit = obs["split"].astype(str).isin(FIT_SPLITS).to_numpy() & slides.notna().to_numpy()
+    missing = sorted(set(slides[fit]) - set(stores))
+    if missing and not allow_missing:
+        raise EmoError(
+            f"{targets}: {len(missing)} train/tune slide(s) have no feature store (e.g. {', '.join(missing[:3])}); "
+            "run `emo features` on them or pass --allow-missing-features"
+        )
+    empty = sorted(s for s in set(slides[fit]) & set(stores) if stores[s].n_tiles == 0)
+    if empty:
+        raise EmoError(f"{stores[empty[0]].path}: feature store has no tiles; drop slide {empty[0]} from the targets")
+    use = fit & slides.isin(stores).to_numpy()
+    col = adata.var_names.get_indexer(genes)
+    out = {}
+    rng = np.random.default_rng(seed)
+    for split in FIT_SPLITS:
+        rows = np.flatnonzero(use & (obs["split"].astype(str) == split).to_numpy())
+        ids = slides.iloc[rows].tolist()
+        y = _dense(adata.X[rows][:, col]) if len(rows) else np.zeros((0, len(genes)))
+        x = np.stack([stores[s].mean() for s in ids]) if ids else np.zeros((0, 0))
+        bags = None
+        if mlp_tiles:
+            bags = []
+            for s in ids:
+                st = stores[s]
+                pick = np.sort(rng.choice(st.n_tiles, min(mlp_tiles, st.n_tiles), replace=False))
+                bags.append(st.read(pick))
+        out[split] = (x, y, bags, ids)
+    return out
+
+
+def _tile_level_data(adata, stores, genes, targets):
+    obs = adata.obs
+    slides = _slide_of(obs)
+    tiles = obs["tile_id"].astype(str) if "tile_id" in obs else pd.Series(obs.index.astype(str), index=obs.index)
+    col = adata.var_names.get_indexer(genes)
+    split = obs["split"].astype(str).to_numpy()
+    fit = np.isin(split, FIT_SPLITS)
+    missing = sorted(set(slides[fit]) - set(stores))
+    if missing:
+        raise EmoError(
+            f"{targets}: {len(missing)} train/tune slide(s) have no feature store (e.g. {', '.join(missing[:3])}); "
+            "run `emo features` on them"
+        )
+    feats, rows_found = [], []
+    for slide_id in sorted(set(slides[fit])):
+        st = stores[slide_id]
+        row_of = {t: i for i, t in enumerate(st.tile_ids())}
+        obs_rows = np.flatnonzero(fit & (slides == slide_id).to_numpy())
+        store_rows = np.array([row_of.get(t, -1) for t in tiles.iloc[obs_rows]])
+        if (store_rows < 0).all():
+            raise EmoError(f"{st.path}: none of the targets' tile_id values of slide {slide_id} are in this store; "
+                           "targets must use the feature store's tile_id (spot ids for spot-centred stores)")
+        ok = store_rows >= 0
+        feats.append(st.read(store_rows[ok]))
+        rows_found.append(obs_rows[ok])
+    x_all = np.concatenate(feats)
+    rows = np.concatenate(rows_found)
+    y_all = _dense(adata.X[rows][:, col])
+    out = {}
+    for name in FIT_SPLITS:
+        m = split[rows] == name
+        out[name] = (x_all[m], y_all[m], [r[None] for r in x_all[m]], list(tiles.iloc[rows[m]]))
+    return out
+
+
+def _spearman_cols(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a, axis=0), rankdata(b, axis=0)
+    ra -= ra.mean(0)
+    rb -= rb.mean(0)
+    den = np.sqrt((ra**2).sum(0) * (rb**2).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (ra * rb).sum(0) / den
+
+
+def train_model(
+    feature_dir: Path,
+    targets: Path,
+    out_dir: Path,
+    head: str = "ridge",
+    genes=None,
+    seed: int = 0,
+    *,
+    level: str = "slide",
+    alphas: list[float] | None = None,
+    mlp_config=None,
+    allow_missing_features: bool = False,
+) -> Path:
+    """Fit `head` for all selected genes at once and write the model directory; returns it."""
+    from emo.models.heads import LinearHead, MLPConfig, MLPHead, fit_ridge_path, get_head_class
+    from emo.models.model import save_model
+
+    targets, out_dir = Path(targets), Path(out_dir)
+    get_head_class(head)
+    if level not in ("slide", "tile"):
+        raise EmoError(f"unknown level {level!r}; choose slide or tile")
+    stores = open_feature_stores(feature_dir)
+    adata = load_targets(targets)
+    genes = select_genes(adata, genes, targets)
+    if level == "tile":
+        data = _tile_level_data(adata, stores, genes, targets)
+    else:
+        cfg = mlp_config or MLPConfig(seed=seed)
+        data = _slide_level_data(adata, stores, genes, targets, allow_missing_features,
+                                 cfg.tiles_per_slide if head == "mlp" else 0, seed)
+    (x_tr, y_tr, bags_tr, ids_tr), (x_tu, y_tu, bags_tu, ids_tu) = data["train"], data["tune"]
+    if len(y_tr) < 2 or len(y_tu) < 1:
+        raise EmoError(f"{targets}: need ≥2 train and ≥1 tune samples with features (have {len(y_tr)} train, "
+                       f"{len(y_tu)} tune); check the split column and the feature folder")
+
+    tensors: dict[str, np.ndarray] = {}
+    head_config: dict = {}
+    if head == "ridge":
+        fit = fit_ridge_path(x_tr, y_tr, x_tu, y_tu, alphas=alphas)
+        model_head = LinearHead(fit.weight, fit.bias)
+        per_gene = pd.DataFrame({"gene": genes, "alpha": fit.alpha, "tune_mse_std": fit.tune_mse.min(axis=0)})
+        extra = {"alphas": fit.alphas.tolist(), "alpha_median": float(np.median(fit.alpha))}
+    else:
+        cfg = mlp_config or MLPConfig(seed=seed)
+        model_head, info = MLPHead.fit(bags_tr, y_tr, bags_tu, y_tu, cfg)
+        head_config = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+        per_gene = pd.DataFrame({"gene": genes})
+        extra = {k: info[k] for k in ("best_epoch", "epochs", "tune_history")}
+    tensors.update(model_head.to_tensors())
+
+    # Tuning metrics on the original scale: the slide prediction is the mean of its tile predictions.
+    if level == "slide" and head == "mlp":
+        pred_tu = np.stack([model_head.predict(b).mean(axis=0) for b in bags_tu])
+    else:
+        pred_tu = model_head.predict(x_tu)
+    rho = _spearman_cols(pred_tu, y_tu)
+    per_gene["tune_spearman"] = rho
+    per_gene["tune_mse"] = ((pred_tu - y_tu) ** 2).mean(axis=0)
+    tensors["target_mean"] = y_tr.mean(axis=0).astype(np.float32)
+    tensors["target_std"] = y_tr.std(axis=0).astype(np.float32)
+    offsets = [c for c in adata.var.columns if c.startswith("offset_")]
+    for c in offsets:
+        tensors[f"cohort_{c}"] = adata.var.loc[genes, c].to_numpy(dtype=np.float32)
+
+    first = next(iter(stores.values()))
+    geometry, stain_reference = _geometry(first.attrs, source_tile_store_attrs(first))
+    prov = provenance(head=head, level=level, seed=seed, n_genes=len(genes), alphas=alphas)
+    manifest = {
+        "emo_version": prov["emo_version"],
+        "created": prov["created"],
+        "kind": head,
+        "level": level,
+        "backbone": feature_identity(stores),
+        "tile_geometry": geometry,
+        "stain_reference": stain_reference,
+        "genes": genes,
+        "target_normalisation": "per gene (x - target_mean) / target_std on the train split for fitting; "
+        "predictions are on the targets' original scale (target_mean/target_std in weights.safetensors)",
+        "cohort_offsets": {c.removeprefix("offset_"): f"cohort_{c}" for c in offsets},
+        "training_data_hash": training_hash(targets, stores, genes, {"level": level, "head": head}),
+        "targets": str(targets.resolve()),
+        "n_train": len(y_tr),
+        "n_tune": len(y_tu),
+        "head_config": head_config,
+        "tuning": {
+            "mse_mean": float(per_gene["tune_mse"].mean()),
+            "spearman_median": float(np.nanmedian(rho)) if np.isfinite(rho).any() else None,
+            **extra,
+        },
+        "provenance": prov,
+    }
+    save_model(out_dir, manifest, tensors)
+    write_table_atomic(out_dir / "tuning.csv", per_gene)
+    _tuning_png(out_dir / "tuning.png", per_gene, head)
+    return out_dir
+
+
+def _tuning_png(dest: Path, per_gene: pd.DataFrame, head: str) -> None:
+    """Tuning-split Spearman per gene (and the chosen ridge penalties): a first look at the fit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from emo.io import atomic_path
+
+    panels = 2 if "alpha" in per_gene else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
+    rho = per_gene["tune_spearman"].dropna()
+    axes[0, 0].hist(rho, bins=40, range=(-1, 1), color="#4c72b0")
+    axes[0, 0].set(xlabel="Spearman ρ on the tuning split", ylabel="genes", title=f"{head}: {len(per_gene)} genes")
+    if panels == 2:
+        axes[0, 1].hist(np.log10(per_gene["alpha"]), bins=30, color="#55a868")
+        axes[0, 1].set(xlabel="log10 chosen ridge penalty", ylabel="genes")
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,157 @@
+"""`emo predict`: EMO-spatial h5ad round-trips, EMO-average is the tile mean, runs resume identically."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import anndata
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+import emo.prediction.spatial as predict_mod
+from emo.errors import EmoError
+from emo.prediction import predict
+from emo.training import train_model
+from training_cohort import make_cohort, write_feature_store
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import require_data
+
+    root = tmp_path_factory.mktemp("pred")
+    cohort = make_cohort(root, require_data("her2st/images/B4.jpg"), n_slides=8, tiles_per_slide=20,
+                         splits=(0.5, 0.25, 0.25))
+    cohort["model"] = train_model(cohort["feature_dir"], cohort["targets"], root / "model")
+    return cohort
+
+
+def test_spatial_h5ad_round_trips_and_average_is_tile_mean(trained, tmp_path):
+    out = predict(trained["model"], trained["feature_dir"], tmp_path, genes="PLANT0", tiles=trained["tile_dir"],
+                  chunk_tiles=7)
+    avg = anndata.read_h5ad(out / "average.h5ad")
+    csv = pd.read_csv(out / "average.csv", index_col=0)
+    assert list(avg.obs_names) == trained["slides"] and list(avg.var_names) == trained["genes"]
+    np.testing.assert_array_equal(csv.to_numpy(dtype=np.float32), avg.X)
+    for i, slide_id in enumerate(trained["slides"]):
+        ad = anndata.read_h5ad(out / "spatial" / f"{slide_id}.h5ad")
+        with h5py.File(trained["tile_dir"] / f"{slide_id}.h5", "r") as f:
+            coords_px, coords_um, size = f["coords_px"][...], f["coords_um"][...], f.attrs["tile_size_level0"]
+            tile_ids = [t.decode() for t in f["tile_id"][...]]
+        assert ad.X.dtype == np.float32 and ad.shape == (len(coords_px), len(trained["genes"]))
+        assert list(ad.obs_names) == tile_ids
+        np.testing.assert_array_equal(ad.obs[["x_px", "y_px"]].to_numpy(), coords_px)
+        np.testing.assert_allclose(ad.obs[["x_um", "y_um"]].to_numpy(), coords_um)
+        np.testing.assert_allclose(ad.obsm["spatial"], coords_px + size / 2)
+        np.testing.assert_allclose(avg.X[i], ad.X.astype(np.float64).mean(axis=0), rtol=1e-6, atol=1e-6)
+        assert ad.uns["emo"]["slide_id"] == slide_id
+    ad = anndata.read_h5ad(out / "spatial" / f"{trained['slides'][0]}.h5ad")
+    from emo.models import load_model
+
+    direct = load_model(trained["model"]).predict_features(
+        h5py.File(trained["feature_dir"] / f"{trained['slides'][0]}.h5", "r")["features"][...])
+    np.testing.assert_array_equal(ad.X, direct)
+    geo = json.loads((out / "geojson" / f"{trained['slides'][0]}.geojson").read_text())
+    assert geo["type"] == "FeatureCollection" and len(geo["features"]) == ad.n_obs
+    first = geo["features"][0]
+    x, y = ad.obs.iloc[0][["x_px", "y_px"]]
+    assert first["geometry"]["coordinates"][0][2] == [x + size, y + size]
+    assert first["properties"]["measurements"]["PLANT0"] == pytest.approx(float(ad[0, "PLANT0"].X[0, 0]))
+    from PIL import Image
+
+    png = Image.open(out / "heatmaps" / trained["slides"][0] / "PLANT0.png")
+    assert png.size[0] > 300 and np.asarray(png).std() > 10
+
+
+def test_predict_streams_in_chunks(trained, tmp_path, monkeypatch):
+    from emo.training.data import SlideFeatures
+
+    sizes, real = [], SlideFeatures.read
+    monkeypatch.setattr(SlideFeatures, "read", lambda self, rows=None: sizes.append(len(real(self, rows))) or real(self, rows))
+    predict(trained["model"], trained["feature_dir"], tmp_path, chunk_tiles=6)
+    assert max(sizes) == 6 and sum(sizes) == 20 * len(trained["slides"])
+
+
+def _content(out, slides):
+    data = {}
+    for s in slides:
+        ad = anndata.read_h5ad(out / "spatial" / f"{s}.h5ad")
+        data[s] = (ad.X.copy(), ad.obs.copy(), ad.obsm["spatial"].copy(), dict(ad.uns["emo"]))
+    return data, (out / "average.csv").read_bytes(), (out / "geojson" / f"{slides[-1]}.geojson").read_bytes()
+
+
+class _Crash(Exception):
+    """Stands for a kill in the middle of a slide."""
+
+
+def test_interrupted_run_resumes_identically(trained, tmp_path, monkeypatch):
+    predict(trained["model"], trained["feature_dir"], tmp_path / "a", genes="PLANT1")
+    calls, real, crash = [], predict_mod._write_spatial, [1]
+
+    def crash_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3 and crash:
+            raise _Crash
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict_mod, "_write_spatial", crash_on_third)
+    with pytest.raises(_Crash):
+        predict(trained["model"], trained["feature_dir"], tmp_path / "b", genes="PLANT1")
+    assert len(list((tmp_path / "b" / "spatial").glob("*.h5ad"))) == 2
+    calls.clear()
+    crash.clear()
+    predict(trained["model"], trained["feature_dir"], tmp_path / "b", genes="PLANT1")
+    assert len(calls) == len(trained["slides"]) - 2  # finished slides skipped
+    a, b = _content(tmp_path / "a", trained["slides"]), _content(tmp_path / "b", trained["slides"])
+    assert a[1] == b[1] and a[2] == b[2]
+    for s in trained["slides"]:
+        np.testing.assert_array_equal(a[0][s][0], b[0][s][0])
+        pd.testing.assert_frame_equal(a[0][s][1], b[0][s][1])
+        np.testing.assert_array_equal(a[0][s][2], b[0][s][2])
+        assert a[0][s][3]["model_hash"] == b[0][s][3]["model_hash"]
+
+
+def test_bad_input_is_one_clear_error(trained, tmp_path):
+    with pytest.raises(EmoError, match=r"gene\(s\) NOPE not predicted by this model"):
+        predict(trained["model"], trained["feature_dir"], tmp_path, genes="NOPE")
+    tiles = tmp_path / "tiles"
+    shutil.copytree(trained["tile_dir"], tiles)
+    shutil.copy(tiles / "S000.h5", tiles / "EXTRA.h5")
+    with pytest.raises(EmoError, match=r"1 slide\(s\) have no features \(e.g. EXTRA\)"):
+        predict(trained["model"], trained["feature_dir"], tmp_path, tiles=tiles)
+    other = tmp_path / "features" / "resnet18"
+    write_feature_store(other / "S000.h5", "S000", np.zeros((2, 512), np.float32), np.zeros((2, 2)), ["a", "b"],
+                        backbone="resnet18")
+    with pytest.raises(EmoError, match=r"features are resnet18 dim 512 but model .* trained on colour-texture-projection dim 48"):
+        predict(trained["model"], other, tmp_path)
+
+
+def test_outputs_of_another_model_are_redone(trained, tmp_path):
+    predict(trained["model"], trained["feature_dir"], tmp_path)
+    small = train_model(trained["feature_dir"], trained["targets"], tmp_path / "small", genes="PLANT0,PLANT1")
+    predict(small, trained["feature_dir"], tmp_path)
+    assert anndata.read_h5ad(tmp_path / "spatial" / "S000.h5ad").var_names.tolist() == ["PLANT0", "PLANT1"]
+    assert anndata.read_h5ad(tmp_path / "average.h5ad").shape == (len(trained["slides"]), 2)
+
+
+def test_cli_train_then_predict(trained, tmp_path):
+    import subprocess
+    import sys
+
+    emo = [sys.executable, "-m", "emo"]
+    res = subprocess.run([*emo, "train", "--features", str(trained["feature_dir"]), "--targets", str(trained["targets"]),
+                          "--out", str(tmp_path / "m"), "--genes", "PLANT0,PLANT1,NOISE0", "--level", "slide"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([*emo, "predict", "--model", str(tmp_path / "m"), "--features", str(trained["feature_dir"]),
+                          "--out", str(tmp_path / "p"), "--genes", "PLANT0", "--tiles", str(trained["tile_dir"])],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert pd.read_csv(tmp_path / "p" / "average.csv", index_col=0).columns.tolist() == ["PLANT0", "PLANT1", "NOISE0"]
+    assert len(list((tmp_path / "p" / "heatmaps").glob("*/PLANT0.png"))) == len(trained["slides"])
+    res = subprocess.run([*emo, "predict", "--model", str(tmp_path / "m"), "--features", str(trained["feature_dir"]),
+                          "--out", str(tmp_path / "p"), "--panel", "pam50"], capture_output=True, text=True)
+    assert res.returncode == 2 and "panel 'pam50': none of its genes" in res.stderr
