@@ -91,3 +91,13 @@ def provenance(**params: Any) -> dict[str, Any]:
         "params": params,
         "params_hash": params_hash(params),
     }
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 120, **savefig_kw: Any) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it (figures are artifacts too)."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, **savefig_kw)
+    plt.close(fig)
+    return Path(path)

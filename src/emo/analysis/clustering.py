@@ -285,7 +285,7 @@ def _plot_heatmaps(png: Path, frames: dict[str, pd.DataFrame], sample_table: pd.
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from emo.io import atomic_path
+    from emo.io import save_figure
 
     z = frames["measured"]
     sample_order = hierarchical_order(z.to_numpy())
@@ -307,9 +307,7 @@ def _plot_heatmaps(png: Path, frames: dict[str, pd.DataFrame], sample_table: pd.
         ax.set_xlabel(f"{len(sample_order)} patients (order: clustering of measured)")
         axes[0][col].set_title(f"{name} expression (z-score)")
     fig.colorbar(im, cax=axes[-1][-1].inset_axes([1.02, 0.3, 0.02, 0.4]), label="z")
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, png, dpi=120)
 
 
 def _plot_consensus(png: Path, results: dict[str, ConsensusResult]) -> None:
@@ -318,16 +316,14 @@ def _plot_consensus(png: Path, results: dict[str, ConsensusResult]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from emo.io import atomic_path
+    from emo.io import save_figure
 
     fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 4.2), squeeze=False)
     for ax, (name, res) in zip(axes[0], results.items()):
         order = np.argsort(res.labels, kind="stable")
         ax.imshow(res.consensus[np.ix_(order, order)], cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
         ax.set(title=f"consensus, {name} (k={res.k})", xticks=[], yticks=[])
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, png, dpi=110)
 
 
 def _plot_cdf(png: Path, cdf: pd.DataFrame) -> None:
@@ -336,7 +332,7 @@ def _plot_cdf(png: Path, cdf: pd.DataFrame) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from emo.io import atomic_path
+    from emo.io import save_figure
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for (items, data), block in cdf.groupby(["items", "data"], sort=False):
@@ -346,9 +342,7 @@ def _plot_cdf(png: Path, cdf: pd.DataFrame) -> None:
     ax.set(xlabel="k", ylabel="relative increase of CDF area (Δ)", title="consensus CDF Δ-area (circle: chosen k)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, png, dpi=110)
 
 
 def report_section(directory: str | Path) -> str:

@@ -254,7 +254,7 @@ def _plot(png: Path, results: dict[str, pd.DataFrame]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from emo.io import atomic_path
+    from emo.io import save_figure
 
     sources = [s for s in ("measured", "predicted") if s in results]
     ncol = len(sources) + ("concordance" in results)
@@ -275,9 +275,7 @@ def _plot(png: Path, results: dict[str, pd.DataFrame]) -> None:
         ax.axvline(0, color="k", lw=0.5)
         ax.set(xlabel="β measured", ylabel="β predicted", title=f"concordant: {int(c['concordant'].sum())}")
     fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, png, dpi=120)
 
 
 def report_section(directory: str | Path) -> str:

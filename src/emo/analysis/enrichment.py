@@ -254,7 +254,7 @@ def _plot(png: Path, block: pd.DataFrame, sets: dict[str, list[str]], values: pd
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from emo.io import atomic_path
+    from emo.io import save_figure
 
     shown = block[block["fdr"] < alpha].head(top)
     if shown.empty:
@@ -272,9 +272,7 @@ def _plot(png: Path, block: pd.DataFrame, sets: dict[str, list[str]], values: pd
     ax_box.boxplot(members, positions=y, orientation="horizontal", widths=0.6, showfliers=False, manage_ticks=False)
     ax_box.set(xlabel=f"{values.name or 'score'} of the set's genes")
     fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, png, dpi=120)
 
 
 def report_section(directory: str | Path) -> str:

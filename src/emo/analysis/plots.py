@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emo.io import atomic_path
+from emo.io import save_figure
 
 
 def _plt():
@@ -22,10 +22,7 @@ def _plt():
 
 
 def save(fig: Any, path: Path, dpi: int = 120) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    _plt().close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=dpi, bbox_inches="tight")
 
 
 def metric_histograms(table: pd.DataFrame, null: pd.DataFrame | None = None, fdr: float = 0.05):

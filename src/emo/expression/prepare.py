@@ -20,7 +20,7 @@ from emo.expression.genes import normalize_genes
 from emo.expression.matching import match_samples, read_sheet
 from emo.expression.readers import counts_to_log_cpm, read_matrix
 from emo.expression.splits import PAPER_FRACTIONS, SPLITS, assign_splits
-from emo.io import atomic_path, provenance, write_json_atomic, write_table_atomic, write_text_atomic
+from emo.io import atomic_path, provenance, save_figure, write_json_atomic, write_table_atomic, write_text_atomic
 
 
 def _load_matrices(matrices: Sequence[Path], counts_matrices: Sequence[Path], orientation: str,
@@ -117,9 +117,7 @@ def _figure(path: Path, x: pd.DataFrame, corrected: pd.DataFrame, obs: pd.DataFr
     axes[2].set(title="gene variance on the training split", xlabel="log10 variance", ylabel="genes")
     axes[2].legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _markdown(summary: dict) -> str:

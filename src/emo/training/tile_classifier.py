@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from emo.errors import EmoError
-from emo.io import atomic_path, provenance, write_json_atomic
+from emo.io import atomic_path, provenance, save_figure, write_json_atomic
 from emo.training.data import _attr, feature_identity, open_feature_stores
 
 LABEL_SUFFIXES = ("_labeled_coordinates.tsv", ".geojson", ".json", ".tsv", ".csv")
@@ -208,9 +208,7 @@ def _confusion_png(dest: Path, metrics: dict) -> None:
     ax.set(xlabel="predicted (held out)", ylabel="annotated",
            title=f"accuracy {metrics['heldout_accuracy']:.2f}, balanced {metrics['heldout_balanced_accuracy']:.2f}")
     fig.tight_layout()
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, dest, dpi=100)
 
 
 class TileClassifier:
