@@ -17,6 +17,7 @@ from emo.errors import EmoError
 _COMMAND_MODULES = (
     "info",
     "expression",
+    "spatial",
 )
 
 for _name in _COMMAND_MODULES:
