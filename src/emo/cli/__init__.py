@@ -17,7 +17,9 @@ from emo.errors import EmoError
 _COMMAND_MODULES = (
     "info",
     "expression",
+    "features",
     "spatial",
+    "tile",
 )
 
 for _name in _COMMAND_MODULES:

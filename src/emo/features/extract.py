@@ -1,0 +1,218 @@
+"""Run a backbone once over every kept tile of each tile store and cache one embedding per tile.
+
+Loader worker processes read tiles from the slide (stain-normalised by the tile store), resize and
+normalise them while the model runs; slides are written one HDF5 each, atomically, so an
+interrupted run resumes at the first unfinished slide. A file is reused only when its backbone
+identity and tile-store hash match; anything else is recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from emo.errors import EmoError
+from emo.features.preprocess import to_model_input
+from emo.features.store import tile_store_params_hash
+from emo.io import atomic_path, provenance
+
+log = logging.getLogger(__name__)
+
+PREPROCESS = "rgb/255;resize=bilinear-antialias;normalize=mean-std"
+
+
+def find_tile_stores(tile_dir: Path) -> list[Path]:
+    """Tile stores in `tile_dir` (or its `tiles/` folder, or a single .h5 file), sorted."""
+    tile_dir = Path(tile_dir)
+    if tile_dir.is_file() and tile_dir.suffix == ".h5":
+        return [tile_dir]
+    for folder in (tile_dir, tile_dir / "tiles"):
+        paths = sorted(folder.glob("*.h5")) if folder.is_dir() else []
+        if paths:
+            return paths
+    raise EmoError(f"{tile_dir}: no tile stores (*.h5) here or in {tile_dir / 'tiles'}; run `emo tile` first")
+
+
+def backbone_dir_name(name: str) -> str:
+    return name.replace(":", "_").replace("/", "_")
+
+
+@dataclass(frozen=True)
+class _SlideJob:
+    slide_id: str
+    tile_store: Path
+    out_path: Path
+    n_tiles: int
+    store_hash: str
+
+
+class _TileBatches(Dataset):
+    """Item i = one preprocessed batch of one slide's tiles (read in a worker process)."""
+
+    def __init__(self, chunks: Sequence[tuple[int, Path, np.ndarray]], input_size: int,
+                 mean: Sequence[float], std: Sequence[float]) -> None:
+        self.chunks = list(chunks)
+        self.input_size, self.mean, self.std = input_size, tuple(mean), tuple(std)
+        self._stores: dict[Path, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        job, path, indices = self.chunks[i]
+        store = self._stores.get(path)
+        if store is None:
+            from emo.slides import TileStore
+
+            self._stores.clear()  # one slide open per worker at a time
+            store = self._stores[path] = TileStore(path)
+        tiles = store.read_tiles(indices)
+        return job, to_model_input(tiles, self.input_size, self.mean, self.std)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_stores": {}}
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def loader_context(workers: int):
+    """Workers come from a fork server that has imported torch once: cheap to start, and safe even
+    when this process already runs slide-reader or BLAS threads (a plain fork can deadlock then)."""
+    if workers == 0:
+        return None
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["emo.features.extract"])
+    return ctx
+
+
+def extract_features(tile_dir: Path, out_dir: Path, backbone: str = "efficientnet_lite0", weights: str = "default",
+                     batch_size: int = 64, device: str | None = None, workers: int = 2, *,
+                     pooling: str | None = None, input_size: int | None = None, progress: bool = True,
+                     on_slide_done: Callable[[str, Path, str], None] | None = None) -> Path:
+    """Write `<out_dir>/features/<backbone>/<slide_id>.h5` for every tile store; return that folder.
+
+    `on_slide_done(slide_id, path, status)` is called after each slide with status `computed` or
+    `cached` (finished earlier with the same backbone and tile store).
+    """
+    from emo.models import create_backbone
+    from emo.slides import TileStore
+
+    if batch_size < 1:
+        raise EmoError(f"--batch-size must be ≥ 1 (got {batch_size})")
+    if workers < 0:
+        raise EmoError(f"--workers must be ≥ 0 (got {workers})")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EmoError("--device cuda asked for but no CUDA GPU is visible; use --device cpu")
+    tile_paths = find_tile_stores(Path(tile_dir))
+    model = create_backbone(backbone, weights, pooling=pooling, input_size=input_size)
+    identity = model.identity() | {"preprocess": PREPROCESS}
+    out_folder = Path(out_dir) / "features" / backbone_dir_name(model.name)
+
+    jobs: list[_SlideJob] = []
+    for path in tile_paths:
+        store = TileStore(path)
+        out_path = out_folder / f"{store.slide_id}.h5"
+        job = _SlideJob(store.slide_id, path, out_path, len(store), tile_store_params_hash(store))
+        if _is_current(out_path, identity, job.store_hash):
+            log.info("%s: features up to date, skipped", job.slide_id)
+            if on_slide_done:
+                on_slide_done(job.slide_id, out_path, "cached")
+            continue
+        jobs.append(job)
+    if not jobs:
+        return out_folder
+
+    chunks = [(j, job.tile_store, np.arange(s, min(s + batch_size, job.n_tiles)))
+              for j, job in enumerate(jobs) for s in range(0, job.n_tiles, batch_size)]
+    loader = DataLoader(_TileBatches(chunks, model.input_size, model.mean, model.std), batch_size=None,
+                        shuffle=False, num_workers=workers, pin_memory=device.startswith("cuda"),
+                        worker_init_fn=_worker_init if workers else None, multiprocessing_context=loader_context(workers),
+                        prefetch_factor=2 if workers else None, persistent_workers=False)
+    cuda = device.startswith("cuda")
+    model = model.to(device, memory_format=torch.channels_last) if cuda else model.to(device)
+    done: dict[int, list[np.ndarray]] = {j: [] for j in range(len(jobs))}
+    run_params = {"device": device, "amp": cuda, "batch_size": batch_size}
+
+    from tqdm.auto import tqdm
+
+    n_total = sum(job.n_tiles for job in jobs)
+    bar = tqdm(total=n_total, unit="tile", desc=f"features {model.name}", disable=not progress)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for j, x in loader:
+            if cuda:
+                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.float16):
+                    y = model(x)
+            else:
+                y = model(x)
+            done[j].append(y.float().cpu().numpy())
+            bar.update(len(x))
+            job = jobs[j]
+            if sum(len(a) for a in done[j]) == job.n_tiles:
+                features = np.concatenate(done.pop(j)) if job.n_tiles else np.zeros((0, model.dim), np.float32)
+                _write(job, features, identity, run_params)
+                if on_slide_done:
+                    on_slide_done(job.slide_id, job.out_path, "computed")
+    for j in list(done):  # slides without kept tiles never appear in the loader
+        _write(jobs[j], np.zeros((0, model.dim), np.float32), identity, run_params)
+        if on_slide_done:
+            on_slide_done(jobs[j].slide_id, jobs[j].out_path, "computed")
+    bar.close()
+    seconds = time.perf_counter() - start
+    msg = f"{n_total} tiles from {len(jobs)} slides in {seconds:.1f} s: {n_total / max(seconds, 1e-9):.1f} tiles/s on {device}"
+    log.info(msg)
+    if progress:
+        print(msg)
+    return out_folder
+
+
+def _is_current(path: Path, identity: dict[str, Any], store_hash: str) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as h5:
+            return (h5.attrs.get("tile_store_params_hash") == store_hash
+                    and json.loads(h5.attrs.get("backbone_json", "{}")) == identity)
+    except OSError:
+        return False
+
+
+def _write(job: _SlideJob, features: np.ndarray, identity: dict[str, Any], run_params: dict[str, Any]) -> None:
+    from emo.slides import TileStore
+
+    store = TileStore(job.tile_store)
+    prov = provenance(tile_store=str(job.tile_store.resolve()), **identity, **run_params)
+    with atomic_path(job.out_path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("features", data=features.astype(np.float32, copy=False))
+        h5.create_dataset("coords_px", data=np.asarray(store.coords_px, dtype=np.int64).reshape(-1, 2))
+        h5.create_dataset("coords_um", data=np.asarray(store.coords_um, dtype=np.float64).reshape(-1, 2))
+        h5.create_dataset("tile_id", data=np.asarray(list(store.tile_ids), dtype=object),
+                          dtype=h5py.string_dtype())
+        h5.attrs.update({
+            "slide_id": job.slide_id,
+            "backbone": identity["backbone"],
+            "weights": identity["weights"],
+            "input_size": identity["input_size"],
+            "dim": identity["dim"],
+            "tile_store_params_hash": job.store_hash,
+            "backbone_json": json.dumps(identity, sort_keys=True),
+            "emo_version": prov["emo_version"],
+            "created": prov["created"],
+            "params_json": json.dumps(prov["params"], sort_keys=True),
+        })

@@ -1,0 +1,310 @@
+"""Slide readers behind one small interface, tried in the order of an explicit registry.
+
+`READERS` lists them fastest first: pyvips (TIFF-family pyramids: .svs, .tif, generic tiled TIFF,
+multi-threaded decode and resampling), tifffile (+zarr, any TIFF pyramid tifffile parses),
+OpenSlide (the universal fallback: .ndpi, .mrxs, .scn, .vms, .bif, ...), then plain RGB images
+(JPEG/PNG/non-pyramidal TIFF photographs) whose µm/px the user supplies. Coordinates given to
+`read_scaled` are in the pixels of the chosen level; everything returns uint8 RGB arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from emo.errors import EmoError
+
+TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".ptif", ".btf", ".qptiff", ".ome.tif", ".ome.tiff"}
+OPENSLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+MPP_RANGE = (0.05, 20.0)  # plausible µm/px for microscopy; anything else is a screen dpi, not a scale
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".ome.tif" if name.endswith(".ome.tif") else ".ome.tiff" if name.endswith(".ome.tiff") else path.suffix.lower()
+
+
+def _plausible(mpp: float | None) -> float | None:
+    return mpp if mpp is not None and MPP_RANGE[0] <= mpp <= MPP_RANGE[1] else None
+
+
+class SlideReader:
+    """A slide's pyramid: level sizes and downsamples, level-0 µm/px, pixel reads."""
+
+    name: ClassVar[str] = ""
+    suffixes: ClassVar[set[str]] = set()
+
+    path: Path
+    level_dimensions: list[tuple[int, int]]  # (width, height) per level
+    mpp: float | None  # level-0 µm/px from the file, None when absent
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.level_dimensions[0]
+
+    @property
+    def level_downsamples(self) -> list[float]:
+        w0 = self.level_dimensions[0][0]
+        return [w0 / w for w, _ in self.level_dimensions]
+
+    def read_region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """uint8 RGB [h, w, 3] of a region lying inside `level`."""
+        raise NotImplementedError
+
+    def read_scaled(self, level: int, x: int, y: int, w: int, h: int, out_w: int, out_h: int) -> np.ndarray:
+        """Region of `level` resampled to (out_w, out_h); outside the slide is white."""
+        lw, lh = self.level_dimensions[level]
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, lw), min(y + h, lh)
+        if (x0, y0, x1, y1) == (x, y, x + w, y + h):
+            region = self.read_region(level, x, y, w, h)
+        else:
+            region = np.full((h, w, 3), 255, np.uint8)
+            if x1 > x0 and y1 > y0:
+                region[y0 - y : y1 - y, x0 - x : x1 - x] = self.read_region(level, x0, y0, x1 - x0, y1 - y0)
+        if (w, h) == (out_w, out_h):
+            return region
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(region).resize((out_w, out_h), Image.Resampling.BILINEAR, reducing_gap=2.0))
+
+    def thumbnail(self, max_size: int) -> np.ndarray:
+        """Whole slide, longest side ≤ max_size, from the smallest level that is large enough."""
+        w0, h0 = self.dimensions
+        scale = max_size / max(w0, h0)
+        level = max((i for i, d in enumerate(self.level_downsamples) if d <= 1 / scale), default=0)
+        lw, lh = self.level_dimensions[level]
+        out_w, out_h = max(1, round(w0 * scale)), max(1, round(h0 * scale))
+        return self.read_scaled(level, 0, 0, lw, lh, out_w, out_h)
+
+    def close(self) -> None:
+        pass
+
+
+def _tiff_levels(path: Path) -> tuple[list[tuple[int, int]], list[int | tuple[int, ...]], float | None]:
+    """Level sizes, their TIFF page index and the µm/px of the main series, via tifffile."""
+    import logging
+
+    import tifffile
+
+    # tifffile logs parse problems of corrupt files itself; they become one EmoError line instead
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        key = series.levels[0].keyframe
+        axes = series.axes
+        if "Y" not in axes or "X" not in axes or not (axes.endswith("S") and series.shape[-1] in (3, 4)):
+            raise ValueError(f"main image is not RGB (axes {axes}, shape {series.shape})")
+        base = key.index if isinstance(key.index, int) else 0
+        main = {p.offset: i for i, p in enumerate(tif.pages)}
+        subifds = list(tif.pages[base].subifds or ())
+        dims, pages = [], []
+        for level in series.levels:
+            shape = dict(zip(level.axes, level.shape))
+            dims.append((int(shape["X"]), int(shape["Y"])))
+            offset = level.keyframe.offset
+            # libvips addresses a level by main-IFD page, or by (page, SubIFD) for OME-style pyramids
+            pages.append(main[offset] if offset in main else (base, subifds.index(offset)))
+        mpp = None
+        if tif.is_svs:
+            mpp = tifffile.tifffile.svs_description_metadata(tif.pages[0].description).get("MPP")
+        if mpp is None and "XResolution" in key.tags:
+            num, den = key.tags["XResolution"].value
+            unit = int(key.tags["ResolutionUnit"].value) if "ResolutionUnit" in key.tags else 2
+            per_unit_um = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}.get(unit)
+            if num and per_unit_um:
+                mpp = per_unit_um * den / num
+    return dims, pages, _plausible(float(mpp) if mpp else None)
+
+
+def _vips_scaled(img, out_w: int, out_h: int) -> np.ndarray:
+    """Resample a libvips image to (out_w, out_h): lanczos3 `reduce` when shrinking, `resize` otherwise."""
+    w, h = img.width, img.height
+    if (w, h) != (out_w, out_h):
+        if out_w <= w and out_h <= h:
+            img = img.reduce(w / out_w, h / out_h)
+        else:
+            img = img.resize(out_w / w, vscale=out_h / h)
+        if (img.width, img.height) != (out_w, out_h):  # rounding in libvips: pad/crop by ≤ 1 px
+            img = img.embed(0, 0, out_w, out_h, extend="copy")
+    return img.numpy()
+
+
+class PyvipsReader(SlideReader):
+    """TIFF-family pyramids decoded by libvips (threaded JPEG decode, fast resampling)."""
+
+    name = "pyvips"
+    suffixes = TIFF_SUFFIXES
+
+    def __init__(self, path: Path):
+        import pyvips
+
+        self.path = path
+        self.level_dimensions, self._pages, self.mpp = _tiff_levels(path)
+        self._pyvips = pyvips
+        self._images: dict[int, object] = {}
+        img = self._level(0)
+        if (img.width, img.height) != self.level_dimensions[0]:
+            raise ValueError("libvips and tifffile disagree on the image size")
+
+    def _level(self, level: int):
+        img = self._images.get(level)
+        if img is None:
+            page = self._pages[level]
+            kwargs = {"page": page} if isinstance(page, int) else {"page": page[0], "subifd": page[1]}
+            img = self._pyvips.Image.new_from_file(str(self.path), access="random", fail=True, **kwargs)
+            if img.bands == 4:
+                img = img.flatten(background=[255, 255, 255])
+            elif img.bands == 1:
+                img = img.bandjoin([img, img])
+            if img.format != "uchar":
+                img = img.cast("uchar")
+            self._images[level] = img
+        return img
+
+    def read_region(self, level, x, y, w, h):
+        return self._level(level).crop(x, y, w, h).numpy()
+
+    def read_scaled(self, level, x, y, w, h, out_w, out_h):
+        lw, lh = self.level_dimensions[level]
+        if x < 0 or y < 0 or x + w > lw or y + h > lh:
+            return super().read_scaled(level, x, y, w, h, out_w, out_h)
+        return _vips_scaled(self._level(level).crop(x, y, w, h), out_w, out_h)
+
+
+class TifffileReader(SlideReader):
+    """Any TIFF pyramid tifffile parses, decoded per tile through its zarr store."""
+
+    name = "tifffile"
+    suffixes = TIFF_SUFFIXES
+
+    def __init__(self, path: Path):
+        import tifffile
+        import zarr
+
+        self.path = path
+        self.level_dimensions, _, self.mpp = _tiff_levels(path)
+        self._tif = tifffile.TiffFile(path)
+        series = self._tif.series[0]
+        self._arrays = [zarr.open(series.aszarr(level=i), mode="r") for i in range(len(series.levels))]
+
+    def read_region(self, level, x, y, w, h):
+        arr = np.asarray(self._arrays[level][y : y + h, x : x + w])
+        return arr[..., :3].astype(np.uint8, copy=False)
+
+    def close(self):
+        self._tif.close()
+
+
+class OpenSlideReader(SlideReader):
+    """Everything OpenSlide reads; the universal fallback."""
+
+    name = "openslide"
+    suffixes = OPENSLIDE_SUFFIXES
+
+    def __init__(self, path: Path):
+        import openslide
+
+        self.path = path
+        self._slide = openslide.OpenSlide(str(path))
+        self.level_dimensions = [tuple(map(int, d)) for d in self._slide.level_dimensions]
+        mpp = self._slide.properties.get(openslide.PROPERTY_NAME_MPP_X)
+        self.mpp = _plausible(float(mpp)) if mpp else None
+
+    @property
+    def level_downsamples(self):
+        return [float(d) for d in self._slide.level_downsamples]
+
+    def read_region(self, level, x, y, w, h):
+        ds = self.level_downsamples[level]
+        rgba = self._slide.read_region((round(x * ds), round(y * ds)), level, (w, h))
+        if rgba.mode == "RGBA":
+            from PIL import Image
+
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            rgba = Image.alpha_composite(white, rgba)
+        return np.asarray(rgba.convert("RGB"))
+
+    def close(self):
+        self._slide.close()
+
+
+class ImageReader(SlideReader):
+    """A plain RGB photograph (JPEG/PNG/flat TIFF): one level, µm/px from the user."""
+
+    name = "image"
+    suffixes = IMAGE_SUFFIXES
+
+    def __init__(self, path: Path):
+        import pyvips
+
+        self.path = path
+        self._pyvips = pyvips
+        img = pyvips.Image.new_from_file(str(path), access="random", fail=True)
+        if img.bands in (2, 4):
+            img = img.flatten(background=[255, 255, 255] if img.bands == 4 else [255])
+        if img.bands == 1:
+            img = img.bandjoin([img, img])
+        self._img = img.cast("uchar") if img.format != "uchar" else img
+        self.level_dimensions = [(img.width, img.height)]
+        self.mpp = None
+
+    def read_region(self, level, x, y, w, h):
+        return self._img.crop(x, y, w, h).numpy()
+
+    def read_scaled(self, level, x, y, w, h, out_w, out_h):
+        if x < 0 or y < 0 or x + w > self._img.width or y + h > self._img.height or (w, h) == (out_w, out_h):
+            return super().read_scaled(level, x, y, w, h, out_w, out_h)
+        return _vips_scaled(self._img.crop(x, y, w, h), out_w, out_h)
+
+    def thumbnail(self, max_size):
+        img = self._pyvips.Image.thumbnail(str(self.path), max_size, height=max_size)
+        if img.bands == 4:
+            img = img.flatten(background=[255, 255, 255])
+        if img.bands == 1:
+            img = img.bandjoin([img, img])
+        return img.numpy()[..., :3]
+
+
+READERS: dict[str, type[SlideReader]] = {
+    "pyvips": PyvipsReader,
+    "tifffile": TifffileReader,
+    "openslide": OpenSlideReader,
+    "image": ImageReader,
+}
+SUPPORTED_SUFFIXES = sorted(set().union(*(r.suffixes for r in READERS.values())))
+
+
+def open_slide(path: str | Path, mpp: float | None = None, readers: list[str] | None = None) -> SlideReader:
+    """Open a slide with the first reader of the registry that handles it; level-0 µm/px is required.
+
+    `mpp` overrides the file's µm/px (and is required for plain images).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise EmoError(f"{path}: slide not found; check the path")
+    if path.is_dir():
+        raise EmoError(f"{path}: is a folder, not a slide; pass slide files or a folder of slides to `emo tile`")
+    suffix = _suffix(path)
+    names = [n for n in (readers or READERS) if suffix in READERS[n].suffixes]
+    if not names:
+        raise EmoError(f"{path}: unsupported format '{suffix}'; emo reads {' '.join(SUPPORTED_SUFFIXES)}")
+    errors = []
+    for name in names:
+        try:
+            reader = READERS[name](path)
+        except Exception as exc:  # each library words failure differently; the next one may succeed
+            errors.append(f"{name}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+            continue
+        if mpp is not None:
+            if not mpp > 0 or not math.isfinite(mpp):
+                raise EmoError(f"{path}: --mpp must be a positive number of µm per pixel, got {mpp}")
+            reader.mpp = float(mpp)
+        if reader.mpp is None:
+            reader.close()
+            raise EmoError(f"{path}: no µm/px (mpp) in the file; pass it with --mpp (e.g. --mpp 0.5 for a 20× scan)")
+        return reader
+    raise EmoError(f"{path}: corrupt or unreadable slide ({'; '.join(errors)[:300]}); re-export or re-copy the file")

@@ -1,0 +1,429 @@
+"""Slides → tile stores: tissue detection, ROI, sharpness QC, per-slide Macenko stain estimation.
+
+`tile_slide` does one slide and raises `EmoError` on bad input; `tile_slides` runs a batch in
+worker processes, skips finished slides, records failures per slide and writes `summary.csv`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from emo.errors import EmoError
+from emo.slides.geometry import TileGeometry, iter_tile_runs, plan_geometry
+from emo.slides.quality import DEFAULT_MIN_SHARPNESS, sharpness
+from emo.slides.readers import SUPPORTED_SUFFIXES, SlideReader, _suffix, open_slide
+from emo.slides.stain import REFERENCE, estimate_stains, load_reference
+from emo.slides.store import write_store
+from emo.slides.thumbnails import save_thumbnail
+from emo.slides.tissue import pen_mask, tissue_mask
+
+SUMMARY_COLUMNS = [
+    "slide_id", "status", "n_kept", "n_dropped_tissue", "n_dropped_roi", "n_dropped_sharpness",
+    "seconds", "reader", "mpp", "level", "error", "slide_path",
+]  # fmt: skip
+
+
+class TilingConfig(BaseModel):
+    """Parameters of `emo tile` (validated; stored in each tile store as `params_json`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tile_size_um: float = Field(271.0, gt=0)
+    target_mpp: float = Field(0.453, gt=0)
+    mpp: float | None = Field(None, gt=0, description="level-0 µm/px when the file has none (plain images)")
+    min_tissue: float = Field(0.5, ge=0, le=1)
+    min_sharpness: float = Field(DEFAULT_MIN_SHARPNESS, ge=0)
+    normalize: bool = True
+    stain_reference: str | None = None
+    stain_sample_tiles: int = Field(64, ge=1)
+    roi: Path | None = None
+    min_roi: float | None = Field(None, gt=0, le=1, description="keep tiles with ≥ this fraction inside; default: centre inside")
+    thumbnail_mpp: float = Field(8.0, gt=0)
+    save_tiles: bool = False
+    seed: int = 0
+
+    def store_params(self) -> dict[str, Any]:
+        """Parameters that change the store's content (a re-run with the same ones skips the slide)."""
+        params = self.model_dump(mode="json", exclude={"save_tiles"})
+        if self.stain_reference:
+            params["stain_reference"] = str(Path(self.stain_reference).resolve())
+        if self.roi:
+            params["roi"] = str(Path(self.roi).resolve())
+        return params
+
+
+def slide_id_of(path: Path) -> str:
+    name = path.name
+    return name[: -len(_suffix(path))] if name.lower().endswith(_suffix(path)) else path.stem
+
+
+def find_slides(inputs: Iterable[str | Path]) -> list[Path]:
+    """Expand folders into their slide files (supported suffixes, not recursive); keep files as given."""
+    slides: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".") and _suffix(f) in SUPPORTED_SUFFIXES)
+            if not found:
+                raise EmoError(f"{p}: no slides found (looked for {' '.join(SUPPORTED_SUFFIXES)})")
+            slides.extend(found)
+        else:
+            slides.append(p)
+    return slides
+
+
+# --- thumbnail-level masks ---------------------------------------------------------------------
+
+
+def _thumbnail(reader: SlideReader, config: TilingConfig) -> tuple[np.ndarray, float]:
+    w0, h0 = reader.dimensions
+    max_size = int(np.clip(max(w0, h0) * reader.mpp / config.thumbnail_mpp, 512, 4096))
+    max_size = min(max_size, max(w0, h0))
+    thumb = reader.thumbnail(max_size)
+    return thumb, thumb.shape[1] / w0
+
+
+def box_fraction(mask: np.ndarray, scale: float, coords_level0: np.ndarray, size_level0: float) -> np.ndarray:
+    """Mean of a thumbnail mask over square level-0 boxes (integral image; boxes clipped to the mask)."""
+    h, w = mask.shape
+    integral = np.zeros((h + 1, w + 1), np.float64)
+    integral[1:, 1:] = mask.cumsum(0).cumsum(1)
+    c = np.asarray(coords_level0, dtype=np.float64).reshape(-1, 2) * scale
+    side = max(size_level0 * scale, 1.0)
+    x0 = np.clip(np.round(c[:, 0]).astype(int), 0, w)
+    y0 = np.clip(np.round(c[:, 1]).astype(int), 0, h)
+    x1 = np.clip(np.round(c[:, 0] + side).astype(int), 0, w)
+    y1 = np.clip(np.round(c[:, 1] + side).astype(int), 0, h)
+    total = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    area = np.round(side) ** 2  # area outside the slide counts as no tissue
+    return (total / area).astype(np.float32)
+
+
+# --- one slide -----------------------------------------------------------------------------------
+
+
+def _read_qc(reader, geom, coords, sample: set[int], max_tiles: int | None = None):
+    """Read tiles, return sharpness per tile and the pixels of the sampled tiles (for stain estimation)."""
+    sharp = np.zeros(len(coords), np.float32)
+    pixels = []
+    for idx, tiles in iter_tile_runs(reader, geom, coords):
+        sharp[idx] = sharpness(tiles)
+        for k, i in enumerate(idx):
+            if i in sample:
+                pixels.append(tiles[k, ::4, ::4].reshape(-1, 3))
+    return sharp, pixels
+
+
+def _stains(pixels: list[np.ndarray], config: TilingConfig, slide: Path) -> dict[str, Any]:
+    if not config.normalize:
+        return {"normalize": False}
+    reference, reference_name = load_reference(config.stain_reference)
+    if not pixels:
+        raise EmoError(f"{slide}: no tissue tiles to estimate stains from; use --no-normalize")
+    rgb = np.concatenate(pixels)
+    # pen ink would pull the stain vectors; glass stays (the built-in reference's maxima include it)
+    ink = pen_mask(rgb.reshape(-1, 1, 3), min_object_px=0, dilate_px=0).ravel()
+    try:
+        params = estimate_stains(rgb[~ink] if (~ink).sum() > 1000 else rgb)
+    except EmoError as exc:
+        raise EmoError(f"{slide}: {exc}") from None
+    return {
+        "normalize": True,
+        "stain_matrix": params.stain_matrix,
+        "max_concentrations": params.max_concentrations,
+        "stain_reference": reference_name,
+        "reference_stain_matrix": reference.stain_matrix,
+        "reference_max_concentrations": reference.max_concentrations,
+    }
+
+
+def _store_attrs(slide, reader, geom: TileGeometry, config: TilingConfig, extra: dict[str, Any]) -> dict[str, Any]:
+    from emo.io import provenance
+
+    prov = provenance(**config.store_params())
+    return {
+        "slide_id": slide_id_of(slide),
+        "slide_path": str(slide.resolve()),
+        "mpp": geom.mpp,
+        "tile_size_um": geom.tile_size_um,
+        "target_mpp": geom.target_mpp,
+        "tile_size_px": geom.tile_size_px,
+        "tile_size_level0": geom.tile_size_level0,
+        "level": geom.level,
+        "level_downsample": geom.level_downsample,
+        "reader": reader.name,
+        "slide_width": reader.dimensions[0],
+        "slide_height": reader.dimensions[1],
+        "emo_version": prov["emo_version"],
+        "created": prov["created"],
+        "params_json": json.dumps(prov["params"], sort_keys=True),
+        "params_hash": prov["params_hash"],
+        **extra,
+    }
+
+
+def _write_outputs(out_path: Path, slide: Path, reader, geom, config, coords, tissue, sharp, roi_flag, thumb, scale, extra):
+    coords_px = np.round(coords).astype(np.int64).reshape(-1, 2)
+    data = {
+        "coords_px": coords_px,
+        "coords_um": coords_px * geom.mpp,
+        "tile_id": extra.pop("tile_ids", None) or [f"{x}_{y}" for x, y in coords_px],
+        "tissue": tissue.astype(np.float32),
+        "sharpness": sharp.astype(np.float32),
+        "roi": roi_flag.astype(bool),
+    }
+    attrs = _store_attrs(slide, reader, geom, config, extra)
+    save_thumbnail(thumb, coords, geom.tile_size_level0, scale, out_path.with_suffix(".png"))
+    write_store(out_path, data, attrs)
+    if config.save_tiles:
+        save_tile_jpegs(out_path)
+    return attrs
+
+
+def tile_slide(slide: str | Path, out_path: str | Path, config: TilingConfig | None = None) -> dict[str, Any]:
+    """Tile one slide into `out_path` (HDF5 tile store + PNG thumbnail beside it); return its summary row."""
+    config = config or TilingConfig()
+    slide, out_path = Path(slide), Path(out_path)
+    start = time.perf_counter()
+    reader = open_slide(slide, mpp=config.mpp)
+    try:
+        geom = plan_geometry(reader, config.tile_size_um, config.target_mpp)
+        w0, h0 = reader.dimensions
+        step = geom.tile_size_level0
+        nx, ny = int(w0 // step), int(h0 // step)
+        if nx == 0 or ny == 0:
+            raise EmoError(f"{slide}: slide ({w0} × {h0} px at {geom.mpp} µm/px) is smaller than one {config.tile_size_um} µm tile")
+        gx, gy = np.meshgrid(np.arange(nx), np.arange(ny))
+        coords = np.stack([gx.ravel(), gy.ravel()], axis=1) * step
+
+        thumb, scale = _thumbnail(reader, config)
+        min_object = max(1, round((64 / (1 / scale * geom.mpp)) ** 2))  # specks < (64 µm)²
+        mask = tissue_mask(thumb, min_object_px=min_object)
+        if not mask.any():
+            raise EmoError(f"{slide}: no tissue found (blank, glass or pen only); check the slide or its --mpp")
+        tissue = box_fraction(mask, scale, coords, step)
+        keep = tissue >= config.min_tissue
+        n_dropped = {"tissue": int((~keep).sum()), "roi": 0, "sharpness": 0}
+        if not keep.any():
+            raise EmoError(f"{slide}: no tile has ≥ {config.min_tissue:.0%} tissue; lower --min-tissue or check the slide")
+
+        roi_source = ""
+        if config.roi is not None:
+            from emo.slides.roi import find_roi_file, load_roi
+
+            roi_file = find_roi_file(Path(config.roi), slide_id_of(slide))
+            roi = load_roi(roi_file, (w0, h0), geom.mpp, mask)
+            roi_source = roi.source
+            c = coords[keep]
+            if config.min_roi is None:
+                inside = roi.contains(c[:, 0] + step / 2, c[:, 1] + step / 2)
+            else:
+                inside = roi.fraction_inside(c[:, 0], c[:, 1], step) >= config.min_roi
+            n_dropped["roi"] = int((~inside).sum())
+            keep[np.flatnonzero(keep)[~inside]] = False
+            if not keep.any():
+                raise EmoError(f"{slide}: no tissue tile inside the ROI {roi_file}; check that the ROI belongs to this slide")
+
+        cand = np.flatnonzero(keep)
+        rng = np.random.default_rng(config.seed)
+        sample = set(rng.choice(len(cand), min(len(cand), config.stain_sample_tiles), replace=False).tolist()) if config.normalize else set()
+        try:
+            sharp, pixels = _read_qc(reader, geom, coords[cand], sample)
+        except EmoError:
+            raise
+        except Exception as exc:
+            raise EmoError(f"{slide}: corrupt or unreadable pixel data ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); re-export the slide") from None
+        sharp_ok = sharp >= config.min_sharpness
+        n_dropped["sharpness"] = int((~sharp_ok).sum())
+        cand, sharp = cand[sharp_ok], sharp[sharp_ok]
+        if len(cand) == 0:
+            raise EmoError(f"{slide}: every tissue tile is blurrier than --min-sharpness {config.min_sharpness}; lower it or rescan")
+
+        extra = _stains(pixels, config, slide)
+        extra.update({f"n_dropped_{k}": v for k, v in n_dropped.items()})
+        extra.update({"n_tiles_grid": int(nx * ny), "roi_source": roi_source})
+        _write_outputs(out_path, slide, reader, geom, config, coords[cand], tissue[cand], sharp, np.ones(len(cand), bool), thumb, scale, extra)
+        return {
+            "slide_id": slide_id_of(slide), "status": "ok", "n_kept": len(cand),
+            **{f"n_dropped_{k}": v for k, v in n_dropped.items()},
+            "seconds": round(time.perf_counter() - start, 3), "reader": reader.name, "mpp": geom.mpp,
+            "level": geom.level, "error": "", "slide_path": str(slide.resolve()),
+        }  # fmt: skip
+    finally:
+        reader.close()
+
+
+def tile_slide_at(
+    slide: str | Path,
+    centres_px: np.ndarray,
+    out_path: str | Path,
+    tile_size_um: float = 271.0,
+    tile_ids: list[str] | None = None,
+    config: TilingConfig | None = None,
+) -> Path:
+    """Spot-centred store: tile i is centred on level-0 point i (e.g. a spatial-transcriptomics spot).
+
+    Every point gets a row (no QC drops, so rows stay aligned with the spots); tissue and
+    sharpness are recorded for the caller to filter on.
+    """
+    config = (config or TilingConfig()).model_copy(update={"tile_size_um": tile_size_um})
+    slide, out_path = Path(slide), Path(out_path)
+    centres = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
+    ids = [str(t) for t in tile_ids] if tile_ids is not None else None
+    if ids is not None and len(ids) != len(centres):
+        raise EmoError(f"{slide}: {len(ids)} tile ids for {len(centres)} centres; pass one id per centre")
+    reader = open_slide(slide, mpp=config.mpp)
+    try:
+        geom = plan_geometry(reader, config.tile_size_um, config.target_mpp)
+        coords = centres - geom.tile_size_level0 / 2
+        thumb, scale = _thumbnail(reader, config)
+        mask = tissue_mask(thumb, min_object_px=max(1, round((64 * scale / geom.mpp) ** 2)))
+        tissue = box_fraction(mask, scale, coords, geom.tile_size_level0)
+        rng = np.random.default_rng(config.seed)
+        with_tissue = np.flatnonzero(tissue >= config.min_tissue)
+        pool = with_tissue if len(with_tissue) else np.arange(len(coords))
+        sample = set(rng.choice(pool, min(len(pool), config.stain_sample_tiles), replace=False).tolist()) if config.normalize else set()
+        sharp, pixels = _read_qc(reader, geom, coords, sample)
+        extra = _stains(pixels, config, slide)
+        extra.update({"n_dropped_tissue": 0, "n_dropped_roi": 0, "n_dropped_sharpness": 0, "spot_centred": True})
+        extra["tile_ids"] = ids or [f"{round(x)}_{round(y)}" for x, y in np.round(coords)]
+        _write_outputs(out_path, slide, reader, geom, config, coords, tissue, sharp, np.ones(len(coords), bool), thumb, scale, extra)
+    finally:
+        reader.close()
+    return out_path
+
+
+def save_tile_jpegs(store_path: Path, quality: int = 90) -> Path:
+    """Cache a store's (normalised) tiles as `<store dir>/<slide_id>/<tile_id>.jpg`, written atomically."""
+    import shutil
+
+    from PIL import Image
+
+    from emo.slides.store import TileStore
+
+    store = TileStore(store_path)
+    final = store_path.parent / store.slide_id
+    tmp = store_path.parent / f".{store.slide_id}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for idx, tiles in store.iter_batches(32):
+        for i, tile in zip(idx, tiles):
+            Image.fromarray(tile).save(tmp / f"{store.tile_ids[i]}.jpg", quality=quality)
+    store.close()
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+# --- batches -------------------------------------------------------------------------------------
+
+
+def _worker_init(threads: int) -> None:
+    os.environ["VIPS_CONCURRENCY"] = str(threads)
+
+
+def map_slides(fn: Callable, items: list, workers: int = 1, desc: str = "slides") -> list:
+    """Order-preserving map over slides in `workers` processes with a progress bar.
+
+    The one place batch parallelism lives for slides; swap for `emo.executors` when it exists.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    results: list = [None] * len(items)
+    with Progress(*columns, transient=False, disable=not items) as progress:
+        task = progress.add_task(desc, total=len(items))
+        if workers <= 1 or len(items) <= 1:
+            for i, item in enumerate(items):
+                results[i] = fn(item)
+                progress.advance(task)
+            return results
+        import multiprocessing as mp
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(threads,)) as pool:
+            futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+            from concurrent.futures import as_completed
+
+            for fut in as_completed(futures):
+                results[futures[fut]] = fut.result()
+                progress.advance(task)
+    return results
+
+
+def _tile_one(job: tuple[Path, Path, TilingConfig]) -> dict[str, Any]:
+    """Tile one slide of a batch; never raises (a failure becomes a summary row)."""
+    slide, out_path, config = job
+    start = time.perf_counter()
+    row = {c: None for c in SUMMARY_COLUMNS} | {"slide_id": slide_id_of(slide), "slide_path": str(slide.absolute()), "error": ""}
+    try:
+        existing = _finished(out_path, config)
+        if existing is not None:
+            return row | existing
+        return row | tile_slide(slide, out_path, config)
+    except EmoError as exc:
+        return row | {"status": "failed", "error": str(exc), "seconds": round(time.perf_counter() - start, 3)}
+    except Exception as exc:  # a library failing deep inside (corrupt data): report, never abort the batch
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if os.environ.get("EMO_DEBUG"):
+            traceback.print_exc()
+        return row | {"status": "failed", "error": f"{slide}: corrupt or unreadable slide ({msg})", "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _finished(out_path: Path, config: TilingConfig) -> dict[str, Any] | None:
+    """Summary of an existing store made with the same parameters, else None."""
+    if not out_path.is_file():
+        return None
+    import h5py
+
+    from emo.io import params_hash
+
+    try:
+        with h5py.File(out_path, "r") as f:
+            a = dict(f.attrs)
+            n = len(f["coords_px"])
+    except OSError:
+        return None
+    if a.get("params_hash") != params_hash(config.store_params()):
+        return None
+    return {
+        "status": "skipped", "n_kept": n, "seconds": 0.0, "reader": a.get("reader"), "mpp": a.get("mpp"),
+        "level": a.get("level"), **{f"n_dropped_{k}": int(a.get(f"n_dropped_{k}", 0)) for k in ("tissue", "roi", "sharpness")},
+    }  # fmt: skip
+
+
+def tile_slides(slides: list[Path], out_dir: Path, config: TilingConfig | None = None, workers: int = 1):
+    """Tile a batch into `<out_dir>/tiles/`; returns (and writes) the per-slide summary table."""
+    import pandas as pd
+
+    from emo.io import write_table_atomic
+
+    config = config or TilingConfig()
+    slides = [Path(s) for s in slides]
+    ids = [slide_id_of(s) for s in slides]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise EmoError(f"slide ids must be unique, found {', '.join(dupes)} more than once; rename the files")
+    if config.stain_reference:
+        load_reference(config.stain_reference)  # fail once, before the batch, on a bad reference
+    tile_dir = Path(out_dir) / "tiles"
+    tile_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(s, tile_dir / f"{i}.h5", config) for s, i in zip(slides, ids)]
+    rows = map_slides(_tile_one, jobs, workers=min(workers, max(1, len(jobs))), desc="tiling slides")
+    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    write_table_atomic(tile_dir / "summary.csv", summary)
+    return summary
+
+
+

