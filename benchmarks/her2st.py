@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output folder for <S>.csv")
     ap.add_argument("--cache", type=Path, default=None, help="feature cache folder (outside the repo); off by default")
     ap.add_argument("--tile-sizes-um", default="224,100,448", help="tile sizes around each spot, µm")
+    ap.add_argument("--backbone", default="efficientnet_lite0_ms", help="frozen feature backbone")
     ap.add_argument("--alpha", type=float, default=3.0, help="ridge penalty per feature")
     ap.add_argument("--components", type=int, default=10, help="target principal components (0 = every gene)")
     ap.add_argument("--context-radius", type=float, default=1.5, help="neighbour radius in spot pitches (0 = off)")
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace, t0: float) -> int:
     if not runnable:
         raise EmoError(f"none of the test sections {test} has an image in {args.data / 'images'}")
     config = SpotModelConfig(
-        tile_sizes_um=tuple(float(v) for v in args.tile_sizes_um.split(",")), alpha=args.alpha,
+        tile_sizes_um=tuple(float(v) for v in args.tile_sizes_um.split(",")), backbone=args.backbone, alpha=args.alpha,
         n_components=args.components or None, context_radius=args.context_radius,
         section_standardize=not args.no_section_standardize)
     print(f"config: {config}")

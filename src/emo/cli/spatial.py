@@ -28,6 +28,7 @@ def train(
     out: Path = typer.Option(..., help="model folder to write (manifest.json + weights.safetensors)"),
     hold_out: str = typer.Option("", help="sections whose counts must not shape the target components (test sections)"),
     tile_sizes_um: str = typer.Option("224,100,448", help="tile sizes around each spot in µm"),
+    backbone: str = typer.Option("efficientnet_lite0_ms", help="frozen feature backbone (see `emo features --help`)"),
     alpha: float = typer.Option(3.0, help="ridge penalty per feature"),
     components: int = typer.Option(10, help="target principal components learned from all count sections (0 = off)"),
     context_radius: float = typer.Option(1.5, help="neighbour radius in spot pitches for spot context (0 = off)"),
@@ -36,8 +37,8 @@ def train(
     """Train a spot-level model over all genes at once on frozen multi-scale features."""
     from emo.spatial import SpotModelConfig, train_spot_model
 
-    config = SpotModelConfig(tile_sizes_um=tuple(float(v) for v in tile_sizes_um.split(",")), alpha=alpha,
-                             n_components=components or None, context_radius=context_radius)
+    config = SpotModelConfig(tile_sizes_um=tuple(float(v) for v in tile_sizes_um.split(",")), backbone=backbone,
+                             alpha=alpha, n_components=components or None, context_radius=context_radius)
     model = train_spot_model(data, [s for s in sections.split(",") if s], _genes(genes), config,
                              exclude_from_basis=[s for s in hold_out.split(",") if s], cache_dir=cache,
                              progress=lambda s: typer.echo(f"features: {s}"))

@@ -26,6 +26,7 @@ from emo.io import atomic_path, provenance, write_json_atomic
 class SpotModelConfig:
     tile_sizes_um: tuple[float, ...] = (224.0, 100.0, 448.0)
     tile_px: int = 224
+    backbone: str = "efficientnet_lite0_ms"  # a name from emo.models.list_backbones()
     alpha: float = 100.0  # ridge penalty per feature (λ = alpha × n_features)
     n_components: int | None = 10  # target PCs; None = predict every gene directly
     section_standardize: bool = True

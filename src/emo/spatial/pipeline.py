@@ -13,9 +13,7 @@ from emo.io import atomic_path, file_fingerprint, params_hash
 from emo.expression import read_her2st
 from emo.expression.spatial import SPATIAL_KEY
 from emo.spatial.data import spot_targets
-from emo.spatial.features import extract_spot_features
 from emo.spatial.model import SpotModel, SpotModelConfig, fit_spot_model, section_design, target_basis
-from emo.spatial.tiles import read_image, spot_tiles
 
 
 def count_sections(data_dir: str | Path) -> list[str]:
@@ -27,27 +25,30 @@ def grid_xy(adata: ad.AnnData) -> np.ndarray:
 
 
 def section_features(adata: ad.AnnData, config: SpotModelConfig, cache_dir: str | Path | None = None) -> np.ndarray:
-    """Frozen multi-scale features of every spot of a section (one tile per spot and tile size)."""
+    """Frozen multi-scale features of every spot of a section: one spot-centred tile store per tile
+    size (`emo.slides.tile_slide_at`, `tile_px` pixels a side) and its feature store (`emo.features`)."""
+    import tempfile
+
+    from emo.features import FeatureStore, extract_features
+    from emo.slides import TilingConfig, tile_slide_at
+
     info = adata.uns[SPATIAL_KEY]
     section, image_path = info["section_id"], info["image_path"]
     if not image_path:
         raise EmoError(f"section {section}: no image under images/ (counts only); it cannot be a train or test section")
-    parts, image = [], None
-    for size_um in config.tile_sizes_um:
-        key = params_hash({"image": file_fingerprint(image_path), "spots": adata.obsm["spatial"].tolist(),
-                           "tile_size_um": size_um, "tile_px": config.tile_px, "mpp": info["mpp"],
-                           "backbone": "efficientnet_lite0/multistage"})
-        cached = Path(cache_dir) / f"{section}_{key}.npy" if cache_dir else None
-        if cached is not None and cached.exists():
-            parts.append(np.load(cached))
-            continue
-        image = image or read_image(image_path)
-        feats = extract_spot_features(spot_tiles(image, adata.obsm["spatial"], size_um, info["mpp"], config.tile_px))
-        if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(cached) as tmp, open(tmp, "wb") as fh:
-                np.save(fh, feats)
-        parts.append(feats)
+    parts = []
+    with tempfile.TemporaryDirectory(prefix="emo-spatial-") as scratch:
+        for size_um in config.tile_sizes_um:
+            key = params_hash({"image": file_fingerprint(image_path), "spots": adata.obsm["spatial"].tolist(),
+                               "tile_size_um": size_um, "tile_px": config.tile_px, "mpp": info["mpp"]})
+            work = Path(cache_dir or scratch) / f"{section}_{key}"
+            store = work / "tiles" / f"{section}.h5"
+            if not store.exists():
+                tiling = TilingConfig(mpp=info["mpp"], target_mpp=size_um / config.tile_px, normalize=False)
+                tile_slide_at(image_path, adata.obsm["spatial"], store, size_um,
+                              tile_ids=list(adata.obs_names), config=tiling)
+            feature_dir = extract_features(work / "tiles", work, backbone=config.backbone, workers=0, progress=False)
+            parts.append(FeatureStore(next(feature_dir.glob("*.h5"))).features)
     return np.concatenate(parts, axis=1)
 
 
