@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "classifier",
     "features",
     "run",
+    "spatial",
     "tile",
 )
 

@@ -1,0 +1,63 @@
+"""`emo spatial train|predict`: spot-level models on spatial-transcriptomics sections (her2st layout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from emo.cli._apps import app
+
+spatial_app = typer.Typer(help="Spot-level training and prediction on spatial-transcriptomics sections.",
+                          no_args_is_help=True)
+app.add_typer(spatial_app, name="spatial")
+
+
+def _genes(spec: str) -> list[str]:
+    from emo.panels import resolve_genes
+
+    path = Path(spec)
+    return path.read_text().split() if path.is_file() else resolve_genes(spec)
+
+
+@spatial_app.command("train")
+def train(
+    data: Path = typer.Option(..., help="her2st-layout folder: images/<S>.jpg, counts/<S>.tsv.gz, spots/<S>.tsv"),
+    sections: str = typer.Option(..., help="comma-separated training sections (they need images)"),
+    genes: str = typer.Option(..., help="gene list file (one per line), panel name or comma-separated genes"),
+    out: Path = typer.Option(..., help="model folder to write (manifest.json + weights.safetensors)"),
+    hold_out: str = typer.Option("", help="sections whose counts must not shape the target components (test sections)"),
+    tile_sizes_um: str = typer.Option("224,100,448", help="tile sizes around each spot in µm"),
+    backbone: str = typer.Option("efficientnet_lite0_ms", help="frozen feature backbone (see `emo features --help`)"),
+    alpha: float = typer.Option(3.0, help="ridge penalty per feature"),
+    components: int = typer.Option(10, help="target principal components learned from all count sections (0 = off)"),
+    context_radius: float = typer.Option(1.5, help="neighbour radius in spot pitches for spot context (0 = off)"),
+    cache: Path | None = typer.Option(None, help="feature cache folder"),
+) -> None:
+    """Train a spot-level model over all genes at once on frozen multi-scale features."""
+    from emo.spatial import SpotModelConfig, train_spot_model
+
+    config = SpotModelConfig(tile_sizes_um=tuple(float(v) for v in tile_sizes_um.split(",")), backbone=backbone,
+                             alpha=alpha, n_components=components or None, context_radius=context_radius)
+    model = train_spot_model(data, [s for s in sections.split(",") if s], _genes(genes), config,
+                             exclude_from_basis=[s for s in hold_out.split(",") if s], cache_dir=cache,
+                             progress=lambda s: typer.echo(f"features: {s}"))
+    typer.echo(f"model: {model.save(out)}")
+
+
+@spatial_app.command("predict")
+def predict(
+    model: Path = typer.Option(..., help="model folder from `emo spatial train`"),
+    data: Path = typer.Option(..., help="her2st-layout folder"),
+    sections: str = typer.Option(..., help="comma-separated sections to predict (they need images)"),
+    out: Path = typer.Option(..., help="output folder: <S>.csv, spots × genes of normalised log1p expression"),
+    cache: Path | None = typer.Option(None, help="feature cache folder"),
+) -> None:
+    """Predict every spot of each section with a trained spot-level model."""
+    from emo.io import write_table_atomic
+    from emo.spatial import SpotModel, predict_section
+
+    fitted = SpotModel.load(model)
+    for section in (s for s in sections.split(",") if s):
+        pred, _ = predict_section(fitted, data, section, cache)
+        typer.echo(f"{section}: {write_table_atomic(out / f'{section}.csv', pred, index=True)}")
