@@ -10,8 +10,9 @@ Measured, each in this run and on the same tiles:
   (d) peer: histolab 0.7.0 GridTiler (installed only for the benchmark:
       `pip install --no-deps --target ~/.cache/emo-bench/peers histolab==0.7.0`), on the CMU slide whole
       and on the big slide restricted to a window of --peer-tiles² tiles (it takes minutes per slide).
-(a), (b), (c) are the best of --repeats runs, alternated (the machine may be shared);
-cpu_ratio_to_ceiling compares CPU seconds per tile (all threads), which load from other jobs barely moves.
+(a), (b), (c) run in --repeats interleaved rounds (the machine may be shared); ratio_to_ceiling is the
+median of the per-round b/a, cpu_ratio_to_ceiling the median of the per-round ratio of CPU seconds per
+tile (all threads), which load from other jobs barely moves.
 Last line: RESULT ratio_to_ceiling=<b/a> ratio_to_peer=<b/d> ...  (big slide; no timing asserts).
 """
 
@@ -84,6 +85,12 @@ def _raw_reads(args: tuple[str, np.ndarray, int]) -> int:
     return len(coords)
 
 
+def _warm(_: int) -> None:
+    import pyvips  # noqa: F401
+
+    time.sleep(0.2)  # hold this worker so that the next task starts another
+
+
 def ceiling(path: Path, coords: np.ndarray, size: int, workers: int) -> tuple[float, str]:
     results = {}
     parts = [c for c in np.array_split(coords, workers) if len(c)]
@@ -91,7 +98,7 @@ def ceiling(path: Path, coords: np.ndarray, size: int, workers: int) -> tuple[fl
 
     os.environ["VIPS_CONCURRENCY"] = "1"  # one decode thread per process: the processes are the parallelism
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:  # libvips threads don't survive fork
-        pool.submit(int, 0).result()  # start the workers before timing
+        list(pool.map(_warm, range(workers)))  # start every worker and import pyvips before timing
         start = time.perf_counter()
         list(pool.map(_raw_reads, [(str(path), p, size) for p in parts]))
         results["pyvips-per-tile-x%d-processes" % workers] = len(coords) / (time.perf_counter() - start)
@@ -116,7 +123,7 @@ def ceiling(path: Path, coords: np.ndarray, size: int, workers: int) -> tuple[fl
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(read, runs))
     results["pyvips-strips-x%d-threads" % workers] = len(coords) / (time.perf_counter() - start)
-    CPU_MS["ceiling"] = min(CPU_MS.get("ceiling", 1e9), (_cpu() - cpu) * 1000 / len(coords))
+    CPU_MS["ceiling"] = (_cpu() - cpu) * 1000 / len(coords)
     best = max(results, key=results.get)
     return results[best], best
 
@@ -184,32 +191,48 @@ def run_emo(path: Path, normalize: bool, workdir: Path):
     seconds = time.perf_counter() - start
     n_read = row["n_kept"] + row["n_dropped_sharpness"]
     key = f"emo{'_macenko' if normalize else ''}"
-    CPU_MS[key] = min(CPU_MS.get(key, 1e9), (_cpu() - cpu) * 1000 / n_read)
+    CPU_MS[key] = (_cpu() - cpu) * 1000 / n_read
     return TileStore(out), n_read / seconds, row, seconds
 
 
 def bench_slide(path: Path, workers: int, peer_tiles: int | None, label: str, repeats: int) -> dict[str, float]:
-    """Best of `repeats` for (a), (b), (c), alternating them so that load from other jobs hits all alike."""
+    """(a), (b), (c) measured `repeats` times, interleaved (ceiling first on odd rounds) so that load from
+    other jobs hits them alike; ratios are taken within a round and their median reported."""
     workdir = Path(tempfile.mkdtemp(prefix="emo-bench-"))
     try:
         with open(path, "rb") as fh:  # warm the page cache so every method reads from memory
             while fh.read(1 << 24):
                 pass
-        a = b = c = 0.0
-        CPU_MS.clear()
-        for _ in range(repeats):
-            store, rate_b, row, _ = run_emo(path, False, workdir)
-            size0 = int(round(store.attrs["tile_size_level0"]))
-            rate_a, how = ceiling(path, store.coords_px, size0, workers)
+        store = run_emo(path, False, workdir)[0]  # imports and first-touch costs out of the timings
+        size0 = int(round(store.attrs["tile_size_level0"]))
+        rounds = []
+        for i in range(repeats):
+            CPU_MS.clear()
+            if i % 2:
+                rate_a, how = ceiling(path, store.coords_px, size0, workers)
+                store, rate_b, row, _ = run_emo(path, False, workdir)
+            else:
+                store, rate_b, row, _ = run_emo(path, False, workdir)
+                rate_a, how = ceiling(path, store.coords_px, size0, workers)
             store_c, rate_c, _, _ = run_emo(path, True, workdir)
-            a, b, c = max(a, rate_a), max(b, rate_b), max(c, rate_c)
+            rounds.append({"a": rate_a, "b": rate_b, "c": rate_c, "how": how, **{f"cpu_{k}": v for k, v in CPU_MS.items()}})
+            print(f"  round {i + 1}: ceiling {rate_a:.1f} ({how}), emo {rate_b:.1f}, emo+Macenko {rate_c:.1f} tiles/s; "
+                  f"b/a {rate_b / rate_a:.2f}; CPU ms/tile ceiling {CPU_MS['ceiling']:.1f}, emo {CPU_MS['emo']:.1f}, "
+                  f"emo+Macenko {CPU_MS['emo_macenko']:.1f}; load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+
+        def med(key):
+            return float(np.median([r[key] for r in rounds]))
+
+        a, b, c = med("a"), med("b"), med("c")
+        ratio = float(np.median([r["b"] / r["a"] for r in rounds]))
+        cpu_ratio = float(np.median([r["cpu_ceiling"] / r["cpu_emo"] for r in rounds]))
         print(f"[{label}] {path.name}: {row['n_kept']} kept + {row['n_dropped_sharpness']} blurry of "
-              f"{store.attrs['n_tiles_grid']} grid tiles, reader {row['reader']}, level {row['level']}, best of {repeats}")  # fmt: skip
-        print(f"  (a) ceiling, raw level-0 reads of the same tiles ({how}): {a:.1f} tiles/s")
-        print(f"  (b) emo tile, no normalisation: {b:.1f} tiles/s")
+              f"{store.attrs['n_tiles_grid']} grid tiles, reader {row['reader']}, level {row['level']}, median of {repeats}")  # fmt: skip
+        print(f"  (a) ceiling, raw level-0 reads of the same tiles: {a:.1f} tiles/s")
+        print(f"  (b) emo tile, no normalisation: {b:.1f} tiles/s  (median b/a {ratio:.2f})")
         print(f"  (c) emo tile, Macenko: {c:.1f} tiles/s")
-        cpu = dict(CPU_MS)
-        print(f"  CPU ms per tile: ceiling (raw strips) {cpu['ceiling']:.1f}, emo {cpu['emo']:.1f}, emo+Macenko {cpu['emo_macenko']:.1f}")
+        print(f"  CPU ms per tile: ceiling (raw strips) {med('cpu_ceiling'):.1f}, emo {med('cpu_emo'):.1f}, "
+              f"emo+Macenko {med('cpu_emo_macenko'):.1f}  (median ceiling/emo {cpu_ratio:.2f})")  # fmt: skip
         start = time.perf_counter()
         for _ in store_c.iter_batches(32):
             pass
@@ -221,8 +244,8 @@ def bench_slide(path: Path, workers: int, peer_tiles: int | None, label: str, re
             window = (int(c0[0]), int(c0[1]), int(c0[0] + peer_tiles * size0), int(c0[1] + peer_tiles * size0))
         d = peer_histolab(path, size0, window)
         if d:
-            print(f"  (d) peer histolab: {d:.2f} tiles/s;  b/a = {b / a:.2f}, b/d = {b / d:.1f}")
-        return {"a": a, "b": b, "c": c, "d": d or float("nan"), "e": e, "cpu_ratio": cpu["ceiling"] / cpu["emo"]}
+            print(f"  (d) peer histolab: {d:.2f} tiles/s;  b/a = {ratio:.2f}, b/d = {b / d:.1f}")
+        return {"a": a, "b": b, "c": c, "d": d or float("nan"), "e": e, "ratio": ratio, "cpu_ratio": cpu_ratio}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -233,7 +256,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=40_000, help="side of the generated slide in px")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--peer-tiles", type=int, default=4, help="peer window on the big slide, in tiles per side")
-    parser.add_argument("--repeats", type=int, default=3, help="best of N for (a), (b), (c)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of (a), (b), (c); medians reported")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     big = args.cache / f"synthetic-he-{args.size}.tif"
@@ -245,11 +268,11 @@ def main() -> None:
     real = bench_slide(CMU, args.workers, None, "real", args.repeats)
     res = bench_slide(big, args.workers, args.peer_tiles, "big", args.repeats)
     print(
-        f"RESULT ratio_to_ceiling={res['b'] / res['a']:.3f} ratio_to_peer={res['b'] / res['d']:.2f} "
+        f"RESULT ratio_to_ceiling={res['ratio']:.3f} ratio_to_peer={res['b'] / res['d']:.2f} "
         f"tiles_per_s_emo={res['b']:.1f} tiles_per_s_ceiling={res['a']:.1f} tiles_per_s_emo_macenko={res['c']:.1f} "
         f"tiles_per_s_peer={res['d']:.2f} tiles_per_s_read_normalised={res['e']:.1f} "
-        f"cpu_ratio_to_ceiling={res['cpu_ratio']:.3f} "
-        f"real_ratio_to_ceiling={real['b'] / real['a']:.3f} real_ratio_to_peer={real['b'] / real['d']:.2f}"
+        f"cpu_ratio_to_ceiling={res['cpu_ratio']:.3f} load_average={os.getloadavg()[0]:.1f} "
+        f"real_ratio_to_ceiling={real['ratio']:.3f} real_ratio_to_peer={real['b'] / real['d']:.2f}"
     )
 
 

@@ -122,13 +122,18 @@ def _tiff_levels(path: Path) -> tuple[list[tuple[int, int]], list[int | tuple[in
 
 
 def _vips_scaled(img, out_w: int, out_h: int) -> np.ndarray:
-    """Resample a libvips image to (out_w, out_h): lanczos3 `reduce` when shrinking, `resize` otherwise."""
+    """Resample a libvips image to (out_w, out_h): `reduce` when shrinking, `resize` otherwise.
+
+    Linear kernel, as PIL's BILINEAR in `SlideReader.read_scaled`: libvips widens it by the shrink
+    factor, so it averages every source pixel (no aliasing) and costs about half of lanczos3, which
+    was a fifth of a tile's CPU (decode being the rest).
+    """
     w, h = img.width, img.height
     if (w, h) != (out_w, out_h):
         if out_w <= w and out_h <= h:
-            img = img.reduce(w / out_w, h / out_h)
+            img = img.reduce(w / out_w, h / out_h, kernel="linear")
         else:
-            img = img.resize(out_w / w, vscale=out_h / h)
+            img = img.resize(out_w / w, vscale=out_h / h, kernel="linear")
         if (img.width, img.height) != (out_w, out_h):  # rounding in libvips: pad/crop by ≤ 1 px
             img = img.embed(0, 0, out_w, out_h, extend="copy")
     return img.numpy()
