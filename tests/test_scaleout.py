@@ -210,3 +210,33 @@ def test_failing_gene_is_reported_while_the_others_finish(paper_inputs, trained_
     _train(paper_inputs, out, genes="ESR1")
     assert {p.name: p.stat().st_mtime_ns for p in (out / "genes" / "ESR1").iterdir()} == stamp
     assert json.loads((out / "manifest.json").read_text())["failed_genes"] == {}
+
+
+# ---------------------------------------------------------------- features
+
+
+FEATURES = dict(backbone="timm:resnet10t", weights="none", input_size=64, batch_size=32, workers=0, progress=False)
+
+
+def _features(folder):
+    from emo.features import FeatureStore
+
+    return {p.stem: FeatureStore(p).features for p in sorted(folder.glob("*.h5"))}
+
+
+def test_features_fan_out_over_ray_in_slide_jobs(tiled_locally, ray_executor, tmp_path):  # noqa: F811
+    from emo.features import extract_features
+
+    tiles = tiled_locally[0] / "tiles"
+    local = _features(extract_features(tiles, tmp_path / "local", **FEATURES))
+    seen = []
+    folder = extract_features(tiles, tmp_path / "ray", executor=ray_executor, slides_per_job=1,
+                              on_slide_done=lambda sid, path, status: seen.append((sid, status)), **FEATURES)
+    assert sorted(seen) == [("A", "computed"), ("B", "computed")]
+    ray = _features(folder)
+    assert local.keys() == ray.keys() == {"A", "B"}
+    for sid in local:
+        np.testing.assert_array_equal(local[sid], ray[sid])
+    seen.clear()  # finished slides are not sent out again
+    extract_features(tiles, tmp_path / "ray", executor=ray_executor, on_slide_done=lambda s, p, st: seen.append(st), **FEATURES)
+    assert seen == ["cached", "cached"]
