@@ -6,6 +6,7 @@ real single-node SLURM; a failing slide or gene is reported while the others fin
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import h5py
@@ -28,6 +29,38 @@ PROTOCOL = PaperProtocolConfig(
 
 def _partition() -> str:
     return subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout.split()[0].rstrip("*")
+
+
+# ---------------------------------------------------------------- isolation of crashes
+
+
+def fail_or_die(item: tuple[str, str]) -> str:
+    """Counts its attempts; `bad` raises, `die` kills its worker, the others succeed."""
+    kind, folder = item
+    with open(f"{folder}/{kind}.attempts", "a") as f:
+        f.write(".")
+    if kind.startswith("bad"):
+        raise ValueError(f"{kind} is broken")
+    if kind == "die":
+        os._exit(1)
+    return kind
+
+
+def test_only_crashes_are_isolated_and_exceptions_are_not_rerun(tmp_path):
+    from emo.executors import get_executor, map_isolated
+
+    kinds = ["ok1", "bad1", "die", "ok2"]
+    with get_executor("local", workers=2, retries=1, progress=False) as executor:
+        results, failures = map_isolated(executor, fail_or_die, [(k, str(tmp_path)) for k in kinds], desc="x")
+        assert results[0] == "ok1" and results[3] == "ok2"  # finished despite the crash beside them
+        assert sorted(failures) == [1, 2] and failures[1].startswith("ValueError: bad1 is broken")
+        assert failures[2].startswith("worker crashed: ")
+        assert len((tmp_path / "die.attempts").read_text()) >= 2  # retried (and alone if others crashed with it)
+        # exceptions raised by fn: one try + one retry each, never re-run in isolation
+        (tmp_path / "x").mkdir()
+        results, failures = map_isolated(executor, fail_or_die, [(k, str(tmp_path / "x")) for k in ("bad2", "bad3")], desc="x")
+    assert results == [None, None] and sorted(failures) == [0, 1]
+    assert [len((tmp_path / "x" / f"{k}.attempts").read_text()) for k in ("bad2", "bad3")] == [2, 2]
 
 
 # ---------------------------------------------------------------- slides
@@ -92,7 +125,6 @@ def test_tiling_on_slurm_gives_the_local_tile_stores(slides, tiled_locally, slur
 
 
 def test_tile_cli_takes_an_executor(slides, tiled_locally, tmp_path):
-    import os
     import sys
 
     res = subprocess.run([sys.executable, "-m", "emo", "tile", *map(str, slides[:2]), "--out", str(tmp_path),

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from emo.errors import EmoError
-from emo.executors.base import Executor, ExecutorError
+from emo.executors.base import CRASHED, Executor, ExecutorError
 
 _EXECUTORS = {
     "local": ("emo.executors.local", "LocalExecutor"),
@@ -72,16 +72,18 @@ def stage_executor(
 def map_isolated(executor: Executor, fn: Callable[[Any], Any], items: Sequence[Any], *, desc: str) -> tuple[list[Any], dict[int, str]]:
     """`executor.map` that never raises for failed items: returns (results, {index: error}).
 
-    A crashing worker takes the items in flight beside it down too, so items that failed together
-    are tried once more each on its own (one item per map) before they are reported.
+    A crashing worker (or SLURM chunk) takes the items in flight beside it down too, so items whose
+    worker crashed, when several did, are tried once more each on its own (one item per map) before
+    they are reported; an exception raised by `fn` is reported as it is.
     """
     items = list(items)
     try:
         return executor.map(fn, items, desc=desc), {}
     except ExecutorError as exc:
         results, failures = list(exc.results), dict(exc.failures)
-    if len(failures) > 1:
-        for i in sorted(failures):
+    crashed = [i for i in sorted(failures) if failures[i].startswith(CRASHED)]
+    if len(crashed) > 1:
+        for i in crashed:
             try:
                 results[i] = executor.map(fn, [items[i]], desc=desc)[0]
                 del failures[i]

@@ -355,7 +355,7 @@ def _crashed(job: tuple, error: str) -> dict[str, Any]:
     slide = job[0]
     return {c: None for c in SUMMARY_COLUMNS} | {
         "slide_id": slide_id_of(slide), "slide_path": str(slide.absolute()), "status": "failed",
-        "error": f"{slide}: worker crashed ({error}); corrupt slide? the other slides are done, re-run to retry it",
+        "error": f"{slide}: {error}; corrupt slide? the other slides are done, re-run to retry it",
     }  # fmt: skip
 
 
