@@ -10,6 +10,11 @@ loading the model). Each executor's outputs are checked equal to local 1-worker'
 projected cost of the paper's cohort (7.28 M tiles, 17,695 genes, protocol at its upper bound of
 500 epochs × 150 steps + 313 tuning batches per epoch) from the per-unit costs measured here.
 
+At the default (small) sizes a local pool pays its start-up (spawning processes that import torch,
+seconds each) in every stage call, while Ray's workers stay warm across stages; grow --slides,
+--genes and --steps to see the per-item scaling. Features "local1" is one process with in-process
+tile reading (torch's own threads), "local2" adds 2 loader processes.
+
     python benchmarks/scaling.py [--slides 4] [--genes 4] [--steps 3]
 """
 
