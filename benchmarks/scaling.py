@@ -1,154 +1,151 @@
-"""Scale-out of emo's two embarrassingly parallel loops: feature extraction (slides) and per-gene
-training (genes), on the local executor with 1 and 2 workers and on a local Ray cluster.
+"""Scale-out of emo's embarrassingly parallel loops, measured on the real stage functions:
+`tile_slides` over real slides, `extract_features` over their tiles, and `train_paper_protocol` over
+genes — each on the local executor with 1 and 2 workers and on a local Ray cluster (2 CPUs).
 
-Real work only: tiles are cut from real H&E (CMU-1-Small-Region), features come from the default
-backbone (`emo.models.create_backbone`), and each gene trains a small torch head with Adam on those
-features. Each worker runs torch single-threaded, so the ratios show process-level scaling. Every
-executor maps the work twice: the first (cold) call pays worker start-up (spawning, importing torch,
-loading the backbone), the second (warm) is the throughput the ratios are computed from. Ends with
-the projected cost of the paper's cohort (7.28 M tiles, 17,695 genes; the paper: ~300,000 GPU hours).
+Slides are copies (symlinks) of the real H&E slide CMU-1-Small-Region; features come from the
+default backbone (EfficientNet-Lite0, real weights); genes train the paper protocol's per-gene CNN
+(a small backbone and few steps by default: `--backbone torchvision:inception_v3 --input-size 299`
+for the paper's). Every call includes what a real stage pays (spawning workers or Ray tasks,
+loading the model). Each executor's outputs are checked equal to local 1-worker's. Ends with the
+projected cost of the paper's cohort (7.28 M tiles, 17,695 genes, protocol at its upper bound of
+500 epochs × 150 steps + 313 tuning batches per epoch) from the per-unit costs measured here.
 
-    python benchmarks/scaling.py [--items 8] [--tiles-per-item 16] [--genes 16] [--steps 300]
+At the default (small) sizes a local pool pays its start-up (spawning processes that import torch,
+seconds each) in every stage call, while Ray's workers stay warm across stages; grow --slides,
+--genes and --steps to see the per-item scaling. Features "local1" is one process with in-process
+tile reading (torch's own threads), "local2" adds 2 loader processes.
+
+    python benchmarks/scaling.py [--slides 4] [--genes 4] [--steps 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 PAPER_TILES = 7.28e6
 PAPER_GENES = 17_695
+PAPER_EPOCHS, PAPER_STEPS, PAPER_BATCH, PAPER_TUNE_BATCHES = 500, 150, 32, 313
 PAPER_GPU_HOURS = 300_000
 
-_BACKBONE = {}
+
+def write_targets(path: Path, slide_ids: list[str], genes: list[str]) -> Path:
+    import anndata
+    import pandas as pd
+
+    half = len(slide_ids) // 2
+    obs = pd.DataFrame({"patient_id": slide_ids, "cohort": "bench", "slide_id": slide_ids,
+                        "split": ["train"] * half + ["tune"] * (len(slide_ids) - half)},
+                       index=pd.Index([f"P{s}" for s in slide_ids], name="sample_id"))
+    y = np.random.default_rng(0).normal(size=(len(slide_ids), len(genes))).astype(np.float32)
+    anndata.AnnData(X=y, obs=obs, var=pd.DataFrame(index=pd.Index(genes, name="gene"))).write_h5ad(path)
+    return path
 
 
-def extract(batch: np.ndarray) -> np.ndarray:
-    """uint8 tiles [k, s, s, 3] → features [k, dim] with the default backbone (cached per process)."""
-    import torch
+def store_arrays(folder: Path, key: str) -> dict[str, np.ndarray]:
+    import h5py
 
-    from emo.models import create_backbone
-
-    torch.set_num_threads(1)
-    if "model" not in _BACKBONE:
-        _BACKBONE["model"] = create_backbone()
-    model = _BACKBONE["model"]
-    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255
-    x = (x - torch.tensor(model.mean)[:, None, None]) / torch.tensor(model.std)[:, None, None]
-    with torch.inference_mode():
-        return model(x).numpy()
+    out = {}
+    for p in sorted(folder.glob("*.h5")):
+        with h5py.File(p, "r") as f:
+            out[p.stem] = f[key][...]
+    return out
 
 
-def train_gene(job: tuple[np.ndarray, np.ndarray, int]) -> float:
-    """One gene: a 2-layer head trained with Adam on real features; returns the final training MSE."""
-    import torch
+def gene_losses(model_dir: Path) -> dict[str, list[float]]:
+    import pandas as pd
 
-    features, target, steps = job
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    x, y = torch.from_numpy(features), torch.from_numpy(target)
-    head = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
-    opt = torch.optim.Adam(head.parameters(), lr=1e-3)
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = torch.nn.functional.mse_loss(head(x).squeeze(1), y)
-        loss.backward()
-        opt.step()
-    return float(loss.detach())
-
-
-def real_tiles(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """n tissue tiles of size px from the real H&E slide, at random tissue positions."""
-    import openslide
-
-    from emo.demo import find_source_slide
-
-    slide = openslide.OpenSlide(str(find_source_slide()))
-    image = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
-    rng = np.random.default_rng(seed)
-    tiles = []
-    while len(tiles) < n:
-        y, x = rng.integers(0, image.shape[0] - size), rng.integers(0, image.shape[1] - size)
-        tile = image[y : y + size, x : x + size]
-        if (tile.mean(axis=2) < 215).mean() > 0.5:
-            tiles.append(tile)
-    return np.stack(tiles)
-
-
-def timed(executor, fn, items, desc):
-    """(cold seconds, warm seconds, warm results): the same map twice on the same executor."""
-    times, out = [], None
-    for _ in range(2):
-        start = time.perf_counter()
-        out = executor.map(fn, items, desc=desc)
-        times.append(time.perf_counter() - start)
-    return times[0], times[1], out
+    return {d.name: pd.read_csv(d / "history.csv")["tune_loss"].tolist() for d in sorted((model_dir / "genes").iterdir())}
 
 
 def main() -> None:
+    from emo.demo import find_source_slide
     from emo.executors import get_executor
-    from emo.models import create_backbone
+    from emo.features import extract_features
+    from emo.slides import TilingConfig, tile_slides
+    from emo.training.paper import PaperProtocolConfig, train_paper_protocol
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--items", type=int, default=8, help="feature batches (stand-in for slides)")
-    ap.add_argument("--tiles-per-item", type=int, default=16)
-    ap.add_argument("--genes", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=300, help="Adam steps per gene")
+    ap.add_argument("--slides", type=int, default=4)
+    ap.add_argument("--genes", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3, help="paper-protocol steps per epoch (2 epochs)")
+    ap.add_argument("--backbone", default="timm:resnet10t", help="paper-protocol CNN")
+    ap.add_argument("--input-size", type=int, default=128)
     args = ap.parse_args()
 
-    size = create_backbone().input_size
-    tiles = real_tiles(args.items * args.tiles_per_item, size)
-    batches = list(tiles.reshape(args.items, args.tiles_per_item, size, size, 3))
+    tmp = Path(tempfile.mkdtemp(prefix="emo-scaling-"))
+    source = find_source_slide()
+    slides = []
+    for k in range(args.slides):
+        slides.append(tmp / "slides" / f"S{k}.svs")
+        slides[-1].parent.mkdir(exist_ok=True)
+        slides[-1].symlink_to(source)
+    tiling = TilingConfig(tile_size_um=100, target_mpp=1.0)
+    genes = [f"G{g}" for g in range(args.genes)]
+    targets = write_targets(tmp / "targets.h5ad", [s.stem for s in slides], genes)
+    protocol = PaperProtocolConfig(backbone=args.backbone, weights="none", input_size=args.input_size, batch_size=8,
+                                   steps_per_epoch=args.steps, tuning_batches=1, max_epochs=2, keep_best=1, keep_random=0)
 
-    runs = {"local1": get_executor("local", workers=1, progress=False), "local2": get_executor("local", workers=2, progress=False)}
     t0 = time.perf_counter()
-    runs["ray"] = get_executor("ray", cluster_cpus=2, progress=False)
+    ray = get_executor("ray", cluster_cpus=2, progress=False)
     ray_start = time.perf_counter() - t0
+    runs = {"local1": dict(workers=1), "local2": dict(workers=2), "ray": dict(executor=ray)}
+    secs: dict[str, dict[str, float]] = {"tiling": {}, "features": {}, "genes": {}}
+    outputs: dict[str, dict[str, object]] = {"tiling": {}, "features": {}, "genes": {}}
+    for name, kw in runs.items():
+        out = tmp / name
+        start = time.perf_counter()
+        summary = tile_slides(slides, out, tiling, **kw)
+        secs["tiling"][name] = time.perf_counter() - start
+        assert (summary["status"] == "ok").all(), summary["error"].tolist()
+        outputs["tiling"][name] = store_arrays(out / "tiles", "coords_px")
 
-    feat_s, feats, cold = {}, {}, {}
-    for name, ex in runs.items():
-        cold[name], feat_s[name], out = timed(ex, extract, batches, f"features ({name})")
-        feats[name] = np.concatenate(out)
-    for name in ("local2", "ray"):
-        assert np.allclose(feats[name], feats["local1"], atol=1e-5), f"{name} features differ from local"
-    features = feats["local1"]
+        # features: local = one process with 0 (1 worker) or 2 loader processes; ray = slide jobs
+        fkw = {"workers": 0} if name == "local1" else {"workers": 2} if name == "local2" else \
+            {"workers": 0, "executor": ray, "slides_per_job": max(1, args.slides // 2)}
+        start = time.perf_counter()
+        folder = extract_features(out / "tiles", out, batch_size=32, progress=False, **fkw)
+        secs["features"][name] = time.perf_counter() - start
+        outputs["features"][name] = store_arrays(folder, "features")
 
-    rng = np.random.default_rng(0)
-    weights = rng.standard_normal((features.shape[1], args.genes)).astype(np.float32) / np.sqrt(features.shape[1])
-    targets = (features @ weights + 0.1 * rng.standard_normal((len(features), args.genes))).astype(np.float32)
-    jobs = [(features, targets[:, g].copy(), args.steps) for g in range(args.genes)]
-    train_s, losses = {}, {}
-    for name, ex in runs.items():
-        _, train_s[name], losses[name] = timed(ex, train_gene, jobs, f"genes ({name})")
-    for name in ("local2", "ray"):
-        assert np.allclose(losses[name], losses["local1"], rtol=1e-4), f"{name} training differs from local"
-    for ex in runs.values():
-        ex.close()
+        start = time.perf_counter()
+        train_paper_protocol(out / "tiles", targets, out / "model", None, protocol, **kw)
+        secs["genes"][name] = time.perf_counter() - start
+        outputs["genes"][name] = gene_losses(out / "model")
+    ray.close()
+    for stage, by_run in outputs.items():
+        for name in ("local2", "ray"):
+            ref, got = by_run["local1"], by_run[name]
+            same = ref.keys() == got.keys() and all(np.array_equal(ref[k], got[k]) for k in ref)
+            assert same, f"{stage} on {name} differs from local1"
 
-    n_tiles = len(tiles)
-    tile_s = feat_s["local1"] / n_tiles  # one core, in-process: the per-tile cost
-    gene_s = train_s["local1"] / args.genes
-    for label, secs, unit in (("features", feat_s, f"{n_tiles} tiles"), ("training", train_s, f"{args.genes} genes")):
-        print(f"{label} ({unit}): " + ", ".join(f"{k} {v:.2f}s (x{secs['local1'] / v:.2f})" for k, v in secs.items()))
-    print("first (cold) feature call: " + ", ".join(f"{k} {v:.2f}s" for k, v in cold.items()))
-    print(f"ray cluster start: {ray_start:.1f}s; per tile {tile_s * 1e3:.1f} ms, per gene {gene_s:.2f} s ({args.steps} steps, 1 core)")
-    paper_feat_h = tile_s * PAPER_TILES / 3600
-    paper_gene_h = gene_s * PAPER_GENES / 3600
-    print(
-        f"paper cohort ({PAPER_TILES / 1e6:.2f} M tiles, {PAPER_GENES} genes): features {paper_feat_h:,.0f} core-h "
-        f"+ per-gene heads {paper_gene_h:,.0f} core-h on this CPU, vs ~{PAPER_GPU_HOURS:,} GPU-h for per-gene CNNs"
-    )
+    n_tiles = sum(len(v) for v in outputs["tiling"]["local1"].values())
+    for stage, by_run in secs.items():
+        unit = f"{args.slides} slides" if stage == "tiling" else f"{n_tiles} tiles" if stage == "features" else f"{args.genes} genes"
+        print(f"{stage} ({unit}): " + ", ".join(f"{k} {v:.2f}s (x{by_run['local1'] / v:.2f})" for k, v in by_run.items()))
+    print(f"ray cluster start {ray_start:.1f}s; outputs identical across executors")
+
+    # per-unit costs on one local worker (start-up included, so these are upper bounds)
+    tile_s = secs["tiling"]["local1"] / n_tiles
+    feat_s = secs["features"]["local1"] / n_tiles
+    step_s = secs["genes"]["local1"] / (args.genes * 2 * (args.steps + 1))  # 2 epochs of steps + 1 tuning batch
+    paper_steps = PAPER_EPOCHS * (PAPER_STEPS + PAPER_TUNE_BATCHES) * PAPER_BATCH / protocol.batch_size
+    core_h = {"tiling": tile_s * PAPER_TILES / 3600, "features": feat_s * PAPER_TILES / 3600,
+              "paper_protocol": step_s * paper_steps * PAPER_GENES / 3600}
+    print(f"paper cohort on this CPU, 1 core each ({args.backbone} at {args.input_size}px for the per-gene CNNs; "
+          f"benchmarks/cost_model.py costs Inception V3): tiling {core_h['tiling']:,.0f} core-h, default-path features "
+          f"{core_h['features']:,.0f} core-h, per-gene protocol {core_h['paper_protocol']:,.0f} core-h "
+          f"(the paper: ~{PAPER_GPU_HOURS:,} GPU-h)")
     print(
         "RESULT "
-        + " ".join(f"features_{k}_s={v:.2f}" for k, v in feat_s.items())
-        + " " + " ".join(f"train_{k}_s={v:.2f}" for k, v in train_s.items())
-        + f" features_speedup_local2={feat_s['local1'] / feat_s['local2']:.2f} features_speedup_ray={feat_s['local1'] / feat_s['ray']:.2f}"
-        + f" train_speedup_local2={train_s['local1'] / train_s['local2']:.2f} train_speedup_ray={train_s['local1'] / train_s['ray']:.2f}"
-        + " " + " ".join(f"features_cold_{k}_s={v:.2f}" for k, v in cold.items())
-        + f" ray_start_s={ray_start:.1f} paper_features_core_h={paper_feat_h:.0f} paper_train_core_h={paper_gene_h:.0f}"
-        + f" paper_gpu_h={PAPER_GPU_HOURS}"
+        + " ".join(f"{stage}_{k}_s={v:.2f}" for stage, by_run in secs.items() for k, v in by_run.items())
+        + " " + " ".join(f"{stage}_speedup_{k}={by_run['local1'] / by_run[k]:.2f}" for stage, by_run in secs.items() for k in ("local2", "ray"))
+        + f" ray_start_s={ray_start:.1f}"
+        + " " + " ".join(f"paper_{k}_core_h={v:.0f}" for k, v in core_h.items())
     )
 
 

@@ -25,11 +25,14 @@ def features(
     workers: int = typer.Option(2, "--workers", help="Loader processes reading and normalising tiles (0: in-process)."),
     pooling: Optional[str] = typer.Option(None, "--pooling", help="avg, or multistage (append pooled earlier stages; timm only)."),
     input_size: Optional[int] = typer.Option(None, "--input-size", help="Resize tiles to this many px instead of the backbone's native input size."),
+    executor: str = typer.Option("local", "--executor", help="local: one process feeding one device (fastest on a machine); ray or slurm: "
+                                                             "slides split into jobs that run where the cluster puts them."),
+    slides_per_job: int = typer.Option(8, "--slides-per-job", min=1, help="Slides per ray/slurm job."),
 ) -> None:
     """Run a backbone once over every kept tile; finished slides are skipped when backbone and tiles are unchanged."""
     from emo.features import extract_features
 
     folder = extract_features(tile_dir, out, backbone=backbone, weights=weights, batch_size=batch_size,
                               device=device, workers=workers, pooling=pooling,
-                              input_size=input_size)
+                              input_size=input_size, executor=executor, slides_per_job=slides_per_job)
     typer.echo(f"features: {folder}")

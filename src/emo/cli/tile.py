@@ -16,7 +16,8 @@ def tile(
     mpp: float | None = typer.Option(None, "--mpp", help="Level-0 µm/px, for slides without it (plain images: her2st photos are 0.688)."),
     tile_um: float = typer.Option(271.0, "--tile-um", help="Tile side in µm."),
     target_mpp: float = typer.Option(0.453, "--target-mpp", help="µm/px of the output tiles (0.453 = 20×; 271 µm → 598 px)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Slides processed in parallel worker processes."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Slides processed in parallel worker processes (--executor local)."),
+    executor: str = typer.Option("local", "--executor", help="Where slides run: local (process pool), ray (a Ray cluster; RAY_ADDRESS or a local one), slurm (a job array; job files in OUT/tiles/.slurm)."),
     roi: Path | None = typer.Option(None, "--roi", help="QuPath GeoJSON or binary mask image, or a folder of <slide_id>.geojson / <slide_id>_mask.png."),
     min_roi: float | None = typer.Option(None, "--min-roi", help="Keep tiles with at least this fraction inside the ROI (default: centre inside)."),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="Macenko stain normalisation (stains estimated per slide)."),
@@ -45,7 +46,7 @@ def tile(
     except ValueError as exc:
         first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": ("?",), "msg": str(exc)}
         raise EmoError(f"invalid option {first['loc'][0]}: {first['msg']}") from None
-    summary = tile_slides(find_slides(slides), out, config, workers=workers)
+    summary = tile_slides(find_slides(slides), out, config, workers=workers, executor=executor)
     ok = summary["status"].isin(["ok", "skipped"])
     kept = int(summary.loc[ok, "n_kept"].sum())
     typer.echo(f"{int(ok.sum())}/{len(summary)} slides tiled, {kept} tiles kept → {out / 'tiles'} (summary.csv)")

@@ -11,6 +11,10 @@ from emo.errors import EmoError
 #: outcome of one attempt at one item: (True, result) or (False, "ExcType: message")
 Outcome = tuple[bool, Any]
 
+#: prefix of failures where the process or job running the item died (not an exception in fn):
+#: items running beside it may have died with it
+CRASHED = "worker crashed: "
+
 
 class ExecutorError(EmoError):
     """Some items failed after all retries; `.failures` maps item index → error, `.results` keeps the rest."""

@@ -9,7 +9,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from emo.errors import EmoError
-from emo.executors.base import Executor, Outcome, call_item, describe_exception
+from emo.executors.base import CRASHED, Executor, Outcome, call_item, describe_exception
 
 
 class LocalExecutor(Executor):
@@ -48,7 +48,7 @@ class LocalExecutor(Executor):
             try:
                 outcomes[futures[future]] = future.result()
             except Exception as exc:  # worker died (BrokenProcessPool) or result not picklable
-                outcomes[futures[future]] = (False, describe_exception(exc))
+                outcomes[futures[future]] = (False, CRASHED + describe_exception(exc))
             done(outcomes[futures[future]][0])
         if any(isinstance(f.exception(), BrokenProcessPool) for f in futures):
             self.close()  # a dead worker breaks the pool: the retry round starts a fresh one

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from emo.errors import EmoError
-from emo.executors.base import Executor, Outcome, call_item, describe_exception
+from emo.executors.base import CRASHED, Executor, Outcome, call_item, describe_exception
 
 
 def driver_pythonpath() -> str:
@@ -72,7 +72,7 @@ class RayExecutor(Executor):
                 try:
                     outcomes[refs[ref]] = ray.get(ref)
                 except Exception as exc:  # worker crashed or task could not run
-                    outcomes[refs[ref]] = (False, describe_exception(exc))
+                    outcomes[refs[ref]] = (False, CRASHED + describe_exception(exc))
                 done(outcomes[refs[ref]][0])
         return outcomes
 

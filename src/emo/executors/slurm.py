@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from emo.errors import EmoError
-from emo.executors.base import Executor, Outcome, call_item, describe_exception
+from emo.executors.base import CRASHED, Executor, Outcome, call_item, describe_exception
 from emo.executors.ray import driver_pythonpath
 
 SCRATCH_ENV = ("SLURM_TMPDIR", "TMPDIR")
@@ -154,9 +154,9 @@ class SlurmExecutor(Executor):
                         try:
                             chunk_outcomes = job.result()
                         except Exception as exc:  # the job itself failed: timeout, OOM, node failure
-                            chunk_outcomes = [(False, f"SLURM job {job.job_id} failed: {describe_exception(exc)}")] * len(chunks[k])
+                            chunk_outcomes = [(False, f"{CRASHED}SLURM job {job.job_id} failed: {describe_exception(exc)}")] * len(chunks[k])
                     elif k in gone:
-                        reason = f"SLURM job {job.job_id} left the queue without a result (cancelled, or out of time/memory; log: {job.paths.stderr})"
+                        reason = f"{CRASHED}SLURM job {job.job_id} left the queue without a result (cancelled, or out of time/memory; log: {job.paths.stderr})"
                         chunk_outcomes = [(False, reason)] * len(chunks[k])
                     else:
                         continue

@@ -72,6 +72,11 @@ class TileDataset(Dataset):
         return slide, int(index - self.offsets[slide])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.load(index)
+
+    def load(self, index: int, rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item `index`, augmented with `rng` when given: a generator owned by the caller keeps runs
+        reproducible even when batches are prepared in another thread (torch's global RNG is shared)."""
         if not 0 <= index < len(self):
             raise IndexError(index)
         slide, row = self.locate(index)
@@ -82,7 +87,7 @@ class TileDataset(Dataset):
             store = self._stores[slide] = TileStore(self.paths[slide])
         tile = store.read_tiles(np.array([row]))[0]
         if self.augment:
-            tile = random_dihedral(tile)
+            tile = random_dihedral(tile, rng)
         x = to_model_input(tile[None], self.input_size, self.mean, self.std)[0]
         label = self.labels[slide][row] if self.level == "tile" else self.labels[slide]
         return x, torch.as_tensor(label)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -25,6 +25,9 @@ from emo.errors import EmoError
 from emo.features.preprocess import to_model_input
 from emo.features.store import tile_store_params_hash
 from emo.io import atomic_path, provenance
+
+if TYPE_CHECKING:
+    from emo.executors import Executor
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +102,20 @@ def loader_context(workers: int):
     return ctx
 
 
-def extract_features(tile_dir: Path, out_dir: Path, backbone: str = "efficientnet_lite0", weights: str = "default",
-                     batch_size: int = 64, device: str | None = None, workers: int = 2, *,
+def extract_features(tile_dir: Path | Sequence[Path], out_dir: Path, backbone: str = "efficientnet_lite0",
+                     weights: str = "default", batch_size: int = 64, device: str | None = None, workers: int = 2, *,
                      pooling: str | None = None, input_size: int | None = None, progress: bool = True,
-                     on_slide_done: Callable[[str, Path, str], None] | None = None) -> Path:
+                     on_slide_done: Callable[[str, Path, str], None] | None = None,
+                     executor: str | Executor | None = None, slides_per_job: int = 8,
+                     executor_options: dict[str, Any] | None = None) -> Path:
     """Write `<out_dir>/features/<backbone>/<slide_id>.h5` for every tile store; return that folder.
 
+    `tile_dir` is a folder of tile stores (or its parent, or one store, or a list of stores).
     `on_slide_done(slide_id, path, status)` is called after each slide with status `computed` or
-    `cached` (finished earlier with the same backbone and tile store).
+    `cached` (finished earlier with the same backbone and tile store). One process with a loader
+    feeding one device is the fastest on a machine; for a cluster, `executor` = `ray` or `slurm`
+    (or such an Executor) splits the unfinished slides into jobs of `slides_per_job` slides, each
+    running this function on its slides where it lands (a local executor keeps the single loader).
     """
     from emo.models import create_backbone
     from emo.slides import TileStore
@@ -115,10 +124,15 @@ def extract_features(tile_dir: Path, out_dir: Path, backbone: str = "efficientne
         raise EmoError(f"--batch-size must be ≥ 1 (got {batch_size})")
     if workers < 0:
         raise EmoError(f"--workers must be ≥ 0 (got {workers})")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EmoError("--device cuda asked for but no CUDA GPU is visible; use --device cpu")
-    tile_paths = find_tile_stores(Path(tile_dir))
+    fan_out = _fans_out(executor)
+    if not fan_out:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise EmoError("--device cuda asked for but no CUDA GPU is visible; use --device cpu")
+    if isinstance(tile_dir, (str, Path)):
+        tile_paths = find_tile_stores(Path(tile_dir))
+    else:
+        tile_paths = [Path(p) for p in tile_dir]
     model = create_backbone(backbone, weights, pooling=pooling, input_size=input_size)
     identity = model.identity() | {"preprocess": PREPROCESS}
     out_folder = Path(out_dir) / "features" / backbone_dir_name(model.name)
@@ -135,6 +149,10 @@ def extract_features(tile_dir: Path, out_dir: Path, backbone: str = "efficientne
             continue
         jobs.append(job)
     if not jobs:
+        return out_folder
+    if fan_out:
+        options = dict(batch_size=batch_size, device=device, workers=workers, pooling=pooling, input_size=input_size)
+        _fan_out(jobs, out_dir, backbone, weights, options, executor, slides_per_job, executor_options, on_slide_done)
         return out_folder
 
     chunks = [(j, job.tile_store, np.arange(s, min(s + batch_size, job.n_tiles)))
@@ -180,6 +198,42 @@ def extract_features(tile_dir: Path, out_dir: Path, backbone: str = "efficientne
     if progress:
         print(msg)
     return out_folder
+
+
+def _fans_out(executor: str | Executor | None) -> bool:
+    from emo.executors import Executor
+    from emo.executors.local import LocalExecutor
+
+    if isinstance(executor, Executor):
+        return not isinstance(executor, LocalExecutor)
+    return executor not in (None, "local")
+
+
+def _extract_job(job: dict[str, Any]) -> list[tuple[str, str]]:
+    """One cluster job: features for its slides (a picklable top-level function for the executors)."""
+    done: list[tuple[str, str]] = []
+    extract_features([Path(p) for p in job["tile_stores"]], Path(job["out_dir"]), job["backbone"], job["weights"],
+                     progress=False, on_slide_done=lambda sid, path, status: done.append((sid, status)), **job["options"])
+    return done
+
+
+def _fan_out(jobs: list[_SlideJob], out_dir: Path, backbone: str, weights: str, options: dict[str, Any],
+             executor: str | Executor, slides_per_job: int, executor_options: dict[str, Any] | None,
+             on_slide_done: Callable[[str, Path, str], None] | None) -> None:
+    from emo.executors import stage_executor
+
+    if slides_per_job < 1:
+        raise EmoError(f"slides_per_job must be ≥ 1 (got {slides_per_job})")
+    chunks = [jobs[k : k + slides_per_job] for k in range(0, len(jobs), slides_per_job)]
+    items = [{"tile_stores": [str(j.tile_store.resolve()) for j in chunk], "out_dir": str(Path(out_dir).resolve()),
+              "backbone": backbone, "weights": weights, "options": options} for chunk in chunks]
+    folder = Path(out_dir) / "features" / ".slurm"
+    with stage_executor(executor, folder=folder, options=executor_options) as ex:
+        results = ex.map(_extract_job, items, desc="feature jobs")
+    if on_slide_done:
+        paths = {j.slide_id: j.out_path for j in jobs}
+        for sid, status in (pair for chunk in results for pair in chunk):
+            on_slide_done(sid, paths[sid], status)
 
 
 def _is_current(path: Path, identity: dict[str, Any], store_hash: str) -> bool:

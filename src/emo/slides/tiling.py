@@ -1,7 +1,8 @@
 """Slides → tile stores: tissue detection, ROI, sharpness QC, per-slide Macenko stain estimation.
 
-`tile_slide` does one slide and raises `EmoError` on bad input; `tile_slides` runs a batch in
-worker processes, skips finished slides, records failures per slide and writes `summary.csv`.
+`tile_slide` does one slide and raises `EmoError` on bad input; `tile_slides` fans a batch out
+through the executor registry (local processes, Ray, SLURM), skips finished slides, records
+failures per slide and writes `summary.csv`.
 """
 
 from __future__ import annotations
@@ -10,10 +11,9 @@ import json
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,6 +26,9 @@ from emo.slides.stain import estimate_stains, load_reference
 from emo.slides.store import write_store
 from emo.slides.thumbnails import save_thumbnail
 from emo.slides.tissue import pen_mask, tissue_mask
+
+if TYPE_CHECKING:
+    from emo.executors import Executor
 
 SUMMARY_COLUMNS = [
     "slide_id", "status", "n_kept", "n_dropped_tissue", "n_dropped_roi", "n_dropped_sharpness",
@@ -326,50 +329,12 @@ def save_tile_jpegs(store_path: Path, quality: int = 90) -> Path:
 # --- batches -------------------------------------------------------------------------------------
 
 
-def _worker_init(threads: int) -> None:
-    os.environ["VIPS_CONCURRENCY"] = str(threads)
-
-
-def map_slides(fn: Callable, items: list, workers: int = 1, desc: str = "slides", on_error: Callable | None = None) -> list:
-    """Order-preserving map over slides in `workers` processes with a progress bar.
-
-    `on_error(item, exc)` turns a crashed worker (e.g. a library segfault on a corrupt file) into a
-    result instead of aborting the batch. The one place batch parallelism lives for slides; swap
-    for `emo.executors` when it exists.
-    """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    results: list = [None] * len(items)
-    with Progress(*columns, transient=False, disable=not items) as progress:
-        task = progress.add_task(desc, total=len(items))
-        if workers <= 1 or len(items) <= 1:
-            for i, item in enumerate(items):
-                results[i] = fn(item)
-                progress.advance(task)
-            return results
-        import multiprocessing as mp
-
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(threads,)) as pool:
-            futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
-            from concurrent.futures import as_completed
-
-            for fut in as_completed(futures):
-                i = futures[fut]
-                try:
-                    results[i] = fut.result()
-                except Exception as exc:
-                    if on_error is None:
-                        raise
-                    results[i] = on_error(items[i], exc)
-                progress.advance(task)
-    return results
-
-
-def _tile_one(job: tuple[Path, Path, TilingConfig]) -> dict[str, Any]:
-    """Tile one slide of a batch; never raises (a failure becomes a summary row)."""
-    slide, out_path, config = job
+def _tile_one(job: tuple[Path, Path, TilingConfig, int | None]) -> dict[str, Any]:
+    """Tile one slide of a batch (a picklable top-level function for the executors); never raises: a
+    failure becomes a summary row."""
+    slide, out_path, config, vips_threads = job
+    if vips_threads:  # pool workers share the cores: libvips, imported lazily, gets its share
+        os.environ.setdefault("VIPS_CONCURRENCY", str(vips_threads))
     start = time.perf_counter()
     row = {c: None for c in SUMMARY_COLUMNS} | {"slide_id": slide_id_of(slide), "slide_path": str(slide.absolute()), "error": ""}
     try:
@@ -386,11 +351,11 @@ def _tile_one(job: tuple[Path, Path, TilingConfig]) -> dict[str, Any]:
         return row | {"status": "failed", "error": f"{slide}: corrupt or unreadable slide ({msg})", "seconds": round(time.perf_counter() - start, 3)}
 
 
-def _crashed(job: tuple[Path, Path, TilingConfig], exc: BaseException) -> dict[str, Any]:
+def _crashed(job: tuple, error: str) -> dict[str, Any]:
     slide = job[0]
     return {c: None for c in SUMMARY_COLUMNS} | {
         "slide_id": slide_id_of(slide), "slide_path": str(slide.absolute()), "status": "failed",
-        "error": f"{slide}: worker process crashed ({type(exc).__name__}); corrupt slide? re-run to retry the others",
+        "error": f"{slide}: {error}; corrupt slide? the other slides are done, re-run to retry it",
     }  # fmt: skip
 
 
@@ -416,10 +381,17 @@ def _finished(out_path: Path, config: TilingConfig) -> dict[str, Any] | None:
     }  # fmt: skip
 
 
-def tile_slides(slides: list[Path], out_dir: Path, config: TilingConfig | None = None, workers: int = 1):
-    """Tile a batch into `<out_dir>/tiles/`; returns (and writes) the per-slide summary table."""
+def tile_slides(slides: list[Path], out_dir: Path, config: TilingConfig | None = None, workers: int = 1, *,
+                executor: str | Executor = "local", executor_options: dict[str, Any] | None = None):
+    """Tile a batch into `<out_dir>/tiles/`; returns (and writes) the per-slide summary table.
+
+    Slides fan out through `emo.executors` (`executor` = local with `workers` processes, ray, slurm
+    with `executor_options`; SLURM job files go to `<out_dir>/tiles/.slurm` unless given). A slide
+    that fails, or whose worker crashes, becomes a `failed` row; the batch always finishes.
+    """
     import pandas as pd
 
+    from emo.executors import map_isolated, stage_executor
     from emo.io import write_table_atomic
 
     config = config or TilingConfig()
@@ -432,8 +404,13 @@ def tile_slides(slides: list[Path], out_dir: Path, config: TilingConfig | None =
         load_reference(config.stain_reference)  # fail once, before the batch, on a bad reference
     tile_dir = Path(out_dir) / "tiles"
     tile_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(s, tile_dir / f"{i}.h5", config) for s, i in zip(slides, ids)]
-    rows = map_slides(_tile_one, jobs, workers=min(workers, max(1, len(jobs))), desc="tiling slides", on_error=_crashed)
+    workers = min(workers, max(1, len(slides)))
+    vips_threads = max(1, (os.cpu_count() or 1) // workers) if executor == "local" and workers > 1 else None
+    jobs = [(s, tile_dir / f"{i}.h5", config, vips_threads) for s, i in zip(slides, ids)]
+    with stage_executor(executor, workers=workers, folder=tile_dir / ".slurm", options=executor_options) as ex:
+        rows, crashed = map_isolated(ex, _tile_one, jobs, desc="tiling slides")
+    for i, error in crashed.items():
+        rows[i] = _crashed(jobs[i], error)
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     write_table_atomic(tile_dir / "summary.csv", summary)
     return summary

@@ -2,7 +2,10 @@
 
 Every number of the protocol is a field of `PaperProtocolConfig` with the paper's value as default.
 Each gene is an independent job writing `<out>/genes/<gene>/`; its `done.json` is written last
-(atomically), so a re-run skips finished genes and restarts unfinished ones.
+(atomically), so a re-run skips finished genes and restarts unfinished ones. Genes fan out through
+`emo.executors` (local processes, Ray, a SLURM job array). A job owns all its randomness (seeded
+tile sampling, augmentation and initialisation; fixed CPU threads), so the same seed gives
+bitwise-identical checkpoints on CPU whichever executor runs it.
 """
 
 from __future__ import annotations
@@ -13,12 +16,16 @@ import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from emo.errors import EmoError
 from emo.io import atomic_path, provenance, write_json_atomic, write_table_atomic
+
+if TYPE_CHECKING:
+    from emo.executors import Executor
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,9 @@ class PaperProtocolConfig(BaseModel):
     keep_random: int = Field(10, ge=0)
     prefetch_batches: int = Field(2, ge=1)  # background buffer of two batches
     seed: int = 0
+    # torch CPU threads per gene job: fixed, because float sums (hence checkpoints) depend on it;
+    # more cores go to more genes at once (--workers / executor)
+    cpu_threads: int = Field(1, ge=1)
 
 
 class EarlyStopping:
@@ -133,11 +143,11 @@ def _prefetch(batches: Iterator, size: int) -> Iterator:
         stop.set()
 
 
-def _batches(dataset, indices: list[int], batch_size: int) -> Iterator:
+def _batches(dataset, indices: list[int], batch_size: int, rng: np.random.Generator | None = None) -> Iterator:
     import torch
 
     for s in range(0, len(indices), batch_size):
-        items = [dataset[i] for i in indices[s : s + batch_size]]
+        items = [dataset.load(i, rng) for i in indices[s : s + batch_size]]
         yield torch.stack([x for x, _ in items]), torch.stack([y for _, y in items]).float().view(-1, 1)
 
 
@@ -152,25 +162,50 @@ def _paper_cnn(config: PaperProtocolConfig):
     return nn.Sequential(backbone, nn.Linear(backbone.dim, 1)), backbone
 
 
+def _labelled(gene: str, stores: list[str], labels: dict[str, float], split: str) -> tuple[list[str], dict[str, float]]:
+    """Slides whose label for this gene is a number (a missing measurement leaves its slide out);
+    `stores` and `labels` are in the same slide order."""
+    keep = [np.isfinite(v) for v in labels.values()]
+    if not any(keep):
+        raise EmoError(f"gene {gene}: no {split} slide has a finite target (all NaN); "
+                       "fix its expression values or leave the gene out of --genes")
+    return ([p for p, k in zip(stores, keep) if k],
+            {s: v for (s, v), k in zip(labels.items(), keep) if k})
+
+
 def train_gene(job: dict) -> dict:
     """Train one gene's CNN (a picklable top-level function for the executors)."""
     import torch
 
-    from emo.features.datasets import SlideBalancedSampler, TileDataset
-
-    gene, folder = job["gene"], Path(job["folder"])
-    config = PaperProtocolConfig(**job["config"])
+    folder = Path(job["folder"])
     done = folder / "done.json"
     if done.exists():
         return json.loads(done.read_text())
+    config = PaperProtocolConfig(**job["config"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.cpu_threads)
+    try:
+        with torch.random.fork_rng(devices=[]):  # the job's seed, without touching the caller's RNG
+            return _train_gene(job, config, folder, done)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_gene(job: dict, config: PaperProtocolConfig, folder: Path, done: Path) -> dict:
+    import torch
+
+    from emo.features.datasets import SlideBalancedSampler, TileDataset
+
+    gene = job["gene"]
+    train_stores, train_labels = _labelled(gene, job["train_stores"], job["train_labels"], "train")
+    tune_stores, tune_labels = _labelled(gene, job["tune_stores"], job["tune_labels"], "tune")
     folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
     model, backbone = _paper_cnn(config)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     kw = dict(input_size=config.input_size, mean=backbone.mean, std=backbone.std)
-    train = TileDataset(job["train_stores"], job["train_labels"], augment=True, **kw)
-    tune = TileDataset(job["tune_stores"], job["tune_labels"], augment=False, **kw)
+    train = TileDataset(train_stores, train_labels, augment=True, **kw)
+    tune = TileDataset(tune_stores, tune_labels, augment=False, **kw)
     sampler = SlideBalancedSampler.for_dataset(train, config.steps_per_epoch * config.batch_size, config.seed)
     tune_idx = list(SlideBalancedSampler.for_dataset(tune, config.tuning_batches * config.batch_size, config.seed + 1))
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
@@ -180,9 +215,10 @@ def train_gene(job: dict) -> dict:
     history = []
     for epoch in range(config.max_epochs):
         sampler.set_epoch(epoch)
+        augment = np.random.default_rng([config.seed, epoch, 1])  # owned by this epoch's loader thread
         model.train()
         train_loss = 0.0
-        for x, y in _prefetch(_batches(train, list(sampler), config.batch_size), config.prefetch_batches):
+        for x, y in _prefetch(_batches(train, list(sampler), config.batch_size, augment), config.prefetch_batches):
             loss = torch.nn.functional.mse_loss(model(x.to(device)), y.to(device))
             opt.zero_grad()
             loss.backward()
@@ -216,37 +252,29 @@ def train_gene(job: dict) -> dict:
     return result
 
 
-def _map_genes(jobs: list[dict], workers: int, executor: str) -> list[dict]:
-    """Genes are independent: fan them out over local processes (or the executor registry if present)."""
-    try:
-        from emo.executors import get_executor
-    except ImportError:
-        get_executor = None
-    if get_executor is not None:
-        opts = {"workers": workers} if executor == "local" else {}
-        return get_executor(executor, **opts).map(train_gene, jobs, desc="genes")
-    if workers <= 1 or len(jobs) <= 1:
-        return [train_gene(j) for j in jobs]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(train_gene, jobs))
-
-
 def train_paper_protocol(
     tile_dir: Path,
     targets: Path,
     out_dir: Path,
     genes,
     config: PaperProtocolConfig | None = None,
-    executor: str = "local",
+    executor: str | Executor = "local",
     *,
     workers: int = 1,
+    gpus: float = 0,
+    executor_options: dict | None = None,
 ) -> Path:
-    """Train one CNN per gene on tiles labelled with their slide's expression; returns `out_dir`."""
+    """Train one CNN per gene on tiles labelled with their slide's expression; returns `out_dir`.
+
+    Genes are jobs for `executor` (local: `workers` processes; ray; slurm: a job array with its job
+    files in `<out_dir>/.slurm`, `chunk_size` genes per task via `executor_options`); `gpus` per
+    job becomes Ray's `num_gpus` or SLURM's `gpus_per_node`. Finished genes (done.json) are not
+    run again. A gene that still fails after the executor's retries is reported in an `EmoError`
+    after the others finished; the manifest then lists the finished genes and `failed_genes`.
+    """
     import h5py
 
+    from emo.executors import map_isolated, stage_executor
     from emo.training.data import load_targets, select_genes
     from emo.training.train import _slide_of
 
@@ -277,7 +305,22 @@ def train_paper_protocol(
             job[f"{name}_stores"] = [str(stores[s]) for s in ids]
             job[f"{name}_labels"] = {s: float(y[i, j]) for i, s in enumerate(ids)}
         jobs.append(job)
-    results = _map_genes(jobs, workers, executor)
+    results: list[dict | None] = [json.loads(Path(j["folder"], "done.json").read_text())
+                                  if Path(j["folder"], "done.json").exists() else None for j in jobs]
+    todo = [k for k, r in enumerate(results) if r is None]
+    failed: dict[str, str] = {}
+    if todo:
+        options = dict(executor_options or {})
+        if gpus and executor == "ray":
+            options.setdefault("num_gpus", gpus)
+        elif gpus and executor == "slurm":
+            options.setdefault("gpus_per_node", int(np.ceil(gpus)))
+        with stage_executor(executor, workers=min(workers, len(todo)), folder=out_dir / ".slurm", options=options) as ex:
+            trained, failures = map_isolated(ex, train_gene, [jobs[k] for k in todo], desc="genes")
+        for k, result in zip(todo, trained):
+            results[k] = result
+        failed = {jobs[todo[i]]["gene"]: message for i, message in failures.items()}
+    results = [r for r in results if r is not None]
     with h5py.File(next(iter(stores.values())), "r") as f:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
     geometry = {k: attrs[k].item() if hasattr(attrs[k], "item") else attrs[k]
@@ -290,13 +333,18 @@ def train_paper_protocol(
         "backbone": {"name": config.backbone, "weights": config.weights, "input_size": config.input_size},
         "tile_geometry": geometry,
         "stain_reference": attrs.get("stain_reference"),
-        "genes": genes,
+        "genes": [r["gene"] for r in results],
+        "failed_genes": failed,
         "target_normalisation": "none (the paper's normalised log expression as given in targets)",
         "protocol": config.model_dump(),
         "targets": str(targets.resolve()),
         "tuning": {r["gene"]: {k: r[k] for k in ("best_epoch", "best_tune_loss", "epochs")} for r in results},
         "provenance": prov,
     })
+    if failed:
+        shown = "; ".join(f"{g}: {m}" for g, m in list(failed.items())[:5])
+        raise EmoError(f"{out_dir}: {len(failed)} of {len(genes)} gene(s) failed ({shown}); the other genes are "
+                       "trained and kept: fix the input named and re-run (finished genes are skipped)")
     return out_dir
 
 
