@@ -259,8 +259,10 @@ def run_demo(
     planted = out_dir / "planted.json"
     wanted = {"n_slides": n_slides, "seed": seed}
     existing = json.loads(planted.read_text())["provenance"]["params"] if planted.is_file() else {}
-    if any(existing.get(k) != v for k, v in wanted.items()) or not (out_dir / "study.yaml").is_file():
+    if any(existing.get(k) != v for k, v in wanted.items()):
         make_demo_cohort(out_dir, n_slides=n_slides, seed=seed, download=download)
+    else:
+        write_demo_study(out_dir)  # this emo's study for the existing cohort
     study = load_study(out_dir / "study.yaml")
     run_study(study, executor=executor)
     return study.out_dir / "report.html"
@@ -276,10 +278,11 @@ def write_demo_study(out_dir: str | Path) -> Path:
     study = {
         "out": ".",  # report at <demo>/report.html
         "slides": {"paths": ["slides/*.tiff"], "tile_size_um": 128, "target_mpp": 0.5, "min_tissue": 0.5},
-        "expression": {"matrices": ["expression/expression.csv"], "samples": "expression/samples.csv", "reference_cohort": "demo"},
+        "expression": {"matrices": ["expression/expression.csv"], "samples": "expression/samples.csv", "reference_cohort": "demo",
+                       "fractions": [0.5, 0.15, 0.0, 0.35]},  # a large held-out test split, no selection step
         "features": {"batch_size": 64, "workers": 0},  # tile reading in-process: safe after tiling in the same process
         "training": {"protocol": "features", "head": "ridge"},
-        "evaluation": {"split": "test"},
+        "evaluation": {"splits": ["test"], "null_baseline": True},
     }
     parse_study(study, base_dir=out_dir, source="demo study")  # the demo never writes an invalid study
     text = "# emo demo study (written by emo.demo); run with `emo run study.yaml`\n" + yaml.safe_dump(study, sort_keys=False)

@@ -42,6 +42,16 @@ class ExpressionConfig(Section):
     min_variance: float = Field(0.01, ge=0)
     seed: int = 0
     stratify: str | None = None
+    fractions: list[float] | None = Field(
+        None, min_length=4, max_length=4, description="train, tune, validation, test shares of patients (null: the paper's)"
+    )
+
+    @field_validator("fractions")
+    @classmethod
+    def _sum_to_one(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (min(v) < 0 or abs(sum(v) - 1) > 1e-6):
+            raise ValueError("must be 4 non-negative shares (train, tune, validation, test) summing to 1")
+        return v
 
 
 class FeaturesConfig(Section):
@@ -65,8 +75,10 @@ class PredictionConfig(Section):
 
 
 class EvaluationConfig(Section):
-    split: str = "test"
-    thresholds: dict[str, float] = Field(default_factory=dict)
+    splits: list[str] = Field(default_factory=lambda: ["validation", "test"], min_length=1,
+                              description="each evaluated into evaluate/<split>/ (a test split after validation adds ρ concordance)")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="EvaluateConfig fields, e.g. r2_min, fdr_max, alpha")
+    null_baseline: bool = Field(True, description="also fit the head on permuted slide labels and report it beside the model")
 
 
 class AnalysesConfig(Section):
