@@ -279,7 +279,7 @@ def write_demo_study(out_dir: str | Path) -> Path:
         "out": ".",  # report at <demo>/report.html
         "slides": {"paths": ["slides/*.tiff"], "tile_size_um": 128, "target_mpp": 0.5, "min_tissue": 0.5},
         "expression": {"matrices": ["expression/expression.csv"], "samples": "expression/samples.csv", "reference_cohort": "demo",
-                       "fractions": [0.5, 0.15, 0.0, 0.35]},  # a large held-out test split, no selection step
+                       "fractions": [0.45, 0.15, 0.0, 0.4]},  # a large held-out test split, no selection step
         "features": {"batch_size": 64, "workers": 0},  # tile reading in-process: safe after tiling in the same process
         "training": {"protocol": "features", "head": "ridge"},
         "evaluation": {"splits": ["test"], "null_baseline": True},
