@@ -136,6 +136,29 @@ class StudyConfig(Section):
         return found
 
 
+    def check_files(self) -> None:
+        """Every input the study names exists, and preparing targets has what it needs; else one
+        EmoError naming the key (e.g. `expression.matrices[1]`)."""
+        self.slide_paths()
+        named: list[tuple[str, str | None]] = [("slides.roi", self.slides.roi), ("expression.targets", self.expression.targets)]
+        e = self.expression
+        named += [(f"expression.matrices[{i}]", m) for i, m in enumerate(e.matrices)]
+        named += [(f"expression.counts_matrices[{i}]", m) for i, m in enumerate(e.counts_matrices)]
+        named += [("expression.samples", e.samples)] + [(f"analyses.gmt[{i}]", g) for i, g in enumerate(self.analyses.gmt)]
+        for key, value in named:
+            if value and not self.path(value).exists():
+                raise EmoError(f"{key}: {self.path(value)} does not exist; fix the path in the study file")
+        if not e.targets:
+            if not (e.matrices or e.counts_matrices):
+                raise EmoError("expression.matrices: no expression matrix given; list one (or counts_matrices), or set expression.targets")
+            if not e.samples:
+                raise EmoError("expression.samples: no sample sheet given (sample_id, patient_id, cohort, slide_id); "
+                               "add one, or set expression.targets")
+            if not e.reference_cohort:
+                raise EmoError("expression.reference_cohort: not set; name the cohort (sample sheet `cohort` column) "
+                               "the others are aligned to")
+
+
 def load_study(path: str | Path) -> StudyConfig:
     """Read and validate a study YAML; any problem is one EmoError naming the file and the key."""
     import yaml

@@ -289,5 +289,6 @@ def run_study(config: StudyConfig, from_stage: str | None = None, executor: str 
     if name not in executor_names():
         raise EmoError(f"--executor {name}: unknown; choose one of {', '.join(executor_names())}")
     options = config.executor.options if name == config.executor.name else {}
+    config.check_files()
     ctx = StudyContext(config=config, out_dir=config.out_dir, executor_name=name, executor_options=options)
     return run_stages(STAGES, ctx, from_stage=from_stage)
