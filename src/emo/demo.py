@@ -137,7 +137,7 @@ def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float, levels: int = 3,
 
 def make_demo_cohort(
     out_dir: str | Path,
-    n_slides: int = 30,
+    n_slides: int = 48,
     grid: tuple[int, int] = (3, 4),
     n_noise_genes: int = 40,
     noise_sd: float = 0.35,
@@ -247,7 +247,7 @@ def make_demo_cohort(
 
 
 def run_demo(
-    out_dir: str | Path = "emo-demo", n_slides: int = 30, seed: int = 0, download: bool = False, executor: str | None = None
+    out_dir: str | Path = "emo-demo", n_slides: int = 48, seed: int = 0, download: bool = False, executor: str | None = None
 ) -> Path:
     """`emo demo`: make the cohort (once; an existing identical one is reused) and run the study on it;
     returns the report's path. A second call finishes in seconds."""
@@ -269,7 +269,7 @@ def run_demo(
 
 
 def write_demo_study(out_dir: str | Path) -> Path:
-    """`study.yaml` for `emo run` on the demo cohort: small tiles (≈ 1,200 over 30 slides) to stay fast."""
+    """`study.yaml` for `emo run` on the demo cohort: 128 µm tiles (≈ 1,250 over 48 slides) to stay fast."""
     import yaml
 
     from emo.io import write_text_atomic
