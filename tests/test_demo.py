@@ -146,9 +146,9 @@ def test_demo_recovers_planted_genes_on_held_out_slides_and_not_noise(demo_run):
     rho, r2 = genes["spearman_rho"], genes["r2"]
     assert rho[planted_genes].mean() > 0.5, rho[planted_genes]
     assert abs(rho[noise_genes].mean()) < 0.25, rho[noise_genes]
-    assert r2[planted_genes].median() > 0.2 > r2[noise_genes].median()
-    # the null head (permuted slide labels) explains no held-out variance of the planted genes
-    assert null.loc[planted_genes, "r2"].median() < 0 < r2[planted_genes].min()
+    assert r2[planted_genes].median() > 0.5 and r2[noise_genes].median() < 0.1, (r2[planted_genes], r2[noise_genes])
+    # the null head (permuted slide labels) explains little held-out variance of the planted genes
+    assert null.loc[planted_genes, "r2"].median() < 0.2, null.loc[planted_genes]
 
 
 def test_demo_report_has_the_demo_section_with_figures(demo_run):

@@ -158,7 +158,10 @@ def run_predict(ctx: StudyContext) -> None:
     from emo.prediction import predict
 
     p = _cfg(ctx).prediction
-    predict(model_dir(ctx), feature_dir(ctx), ctx.out_dir / "predictions", genes=_genes(p.genes), panel=p.panel)
+    if _cfg(ctx).training.protocol == "paper":  # one CNN per gene: predicts from tile pixels
+        predict(model_dir(ctx), None, ctx.out_dir / "predictions", genes=_genes(p.genes), panel=p.panel, tiles=ctx.out_dir / "tiles")
+    else:
+        predict(model_dir(ctx), feature_dir(ctx), ctx.out_dir / "predictions", genes=_genes(p.genes), panel=p.panel)
 
 
 def predictions_path(ctx: StudyContext) -> Path:
@@ -266,7 +269,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("expression", run_expression, expression_inputs, _dump("expression"), lambda ctx: [targets_path(ctx)], enabled=_has_expression),
     Stage("train", run_train, train_inputs, _dump("training"), lambda ctx: [model_dir(ctx)], ("features", "expression")),
     Stage(
-        "predict", run_predict, lambda ctx: [model_dir(ctx), feature_dir(ctx)], _dump("prediction"),
+        "predict", run_predict, lambda ctx: [model_dir(ctx), train_inputs(ctx)[0]], _dump("prediction"),
         lambda ctx: [ctx.out_dir / "predictions"], ("train",),
     ),
     Stage("evaluate", run_evaluate, evaluate_inputs, evaluate_params, lambda ctx: [ctx.out_dir / "evaluate"], ("predict",)),

@@ -92,7 +92,7 @@ def _figure(folder: Path, planted: dict) -> str:
     b64 = base64.b64encode(buf.getvalue()).decode("ascii")
     caption = ("each dot a gene, over the held-out slides; R²pred below 0 means worse than predicting the mean. "
                "The null head's ρ can stray far from 0 because ρ ignores scale: a tiny chance slope along a strong image "
-               "signal still ranks slides in that signal's order; its R²pred stays at or below 0")
+               "signal still ranks slides in that signal's order; its R²pred stays near 0")
     return f'<div class="figs"><figure><img alt="demo recovery" src="data:image/png;base64,{b64}"><figcaption>{caption}</figcaption></figure></div>'
 
 
