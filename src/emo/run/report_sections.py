@@ -110,3 +110,24 @@ def demo(genes_csv: Path, run_dir: Path) -> str:
     body += h.table(per_gene, max_rows=50, caption="planted genes")
     body += h.details("how the expression was generated (planted.json)", f"<p>{h.esc(planted.get('description', ''))}</p>")
     return body
+
+
+def _stage_records(run_dir: Path) -> list[Path]:
+    folder = run_dir / ".emo" / "stages"
+    return [folder] if any(folder.glob("*.json")) else []
+
+
+@register_section("stages", title="Study run (emo run)", order=5, find=_stage_records)
+def stages(folder: Path, run_dir: Path) -> str:
+    from emo.run.pipeline import STAGE_NAMES
+
+    records = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    order = [s for s in STAGE_NAMES if s in records] + sorted(set(records) - set(STAGE_NAMES))
+    rows = pd.DataFrame([{"stage": s, "finished": records[s].get("finished"), "inputs": len(records[s].get("inputs", {})),
+                          "emo": records[s].get("emo_version")} for s in order])
+    body = "<p>Stages last finished by <code>emo run</code> (records in <code>.emo/stages/</code>); a re-run skips a stage whose inputs and parameters are unchanged.</p>"
+    body += h.table(rows)
+    for s in order:
+        if records[s].get("params"):
+            body += h.details(f"{s} parameters", h.mapping(records[s]["params"]))
+    return body
