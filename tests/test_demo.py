@@ -154,7 +154,7 @@ def test_demo_recovers_planted_genes_on_held_out_slides_and_not_noise(demo_run):
 def test_demo_report_has_the_demo_section_with_figures(demo_run):
     out, _ = demo_run
     page = (out / "report.html").read_text()
-    for section in ('id="demo"', 'id="evaluate"', 'id="tiles"', 'id="model"', 'id="targets"'):
+    for section in ('id="stages"', 'id="demo"', 'id="evaluate"', 'id="tiles"', 'id="model"', 'id="targets"'):
         assert section in page, section
     demo = page[page.index('id="demo"'):page.index("</section>", page.index('id="demo"'))]
     assert "synthetic" in demo and "Nothing here is a biological finding" in demo
