@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -98,3 +101,112 @@ def test_missing_source_without_download_is_a_clear_error(monkeypatch, tmp_path)
     monkeypatch.setattr(emo.demo, "_candidates", lambda: [tmp_path / "nowhere.svs"])
     with pytest.raises(EmoError, match="re-run with --download"):
         emo.demo.find_source_slide(download=False)
+
+
+# ---------------------------------------------------------------- `emo demo` / `emo run` end to end
+
+DEMO_SLIDES = 48  # the default demo: its numbers are the ones users see
+
+
+def _emo(*args, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "emo", *args], capture_output=True, text=True, env=env, **kw)
+
+
+def _stage_records(run_dir: Path) -> dict[str, tuple[int, int]]:
+    return {p.stem: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted((run_dir / ".emo" / "stages").glob("*.json"))}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    from emo.demo import find_source_slide
+
+    try:
+        find_source_slide()
+    except EmoError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    out = tmp_path_factory.mktemp("emo-demo")
+    done = _emo("demo", "--out", str(out), "--slides", str(DEMO_SLIDES))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+def test_demo_recovers_planted_genes_on_held_out_slides_and_not_noise(demo_run):
+    out, done = demo_run
+    assert done.stdout.strip().splitlines()[-1] == f"report: {out / 'report.html'}"
+    planted = json.loads((out / "planted.json").read_text())
+    genes = pd.read_csv(out / "evaluate" / "test" / "genes.csv").set_index("gene")
+    null = pd.read_csv(out / "evaluate" / "test" / "genes_null.csv").set_index("gene")
+    summary = json.loads((out / "evaluate" / "test" / "summary.json").read_text())
+    assert summary["n_samples"] >= 10  # held-out slides only: never in train/tune
+    planted_genes, noise_genes = list(planted["planted_genes"]), planted["noise_genes"]
+    assert set(genes.index) == set(planted_genes) | set(noise_genes)
+    rho, r2 = genes["spearman_rho"], genes["r2"]
+    assert rho[planted_genes].mean() > 0.5, rho[planted_genes]
+    assert abs(rho[noise_genes].mean()) < 0.25, rho[noise_genes]
+    assert r2[planted_genes].median() > 0.5 and r2[noise_genes].median() < 0.1, (r2[planted_genes], r2[noise_genes])
+    # the null head (permuted slide labels) explains little held-out variance of the planted genes
+    assert null.loc[planted_genes, "r2"].median() < 0.2, null.loc[planted_genes]
+
+
+def test_demo_report_has_the_demo_section_with_figures(demo_run):
+    out, _ = demo_run
+    page = (out / "report.html").read_text()
+    for section in ('id="stages"', 'id="demo"', 'id="evaluate"', 'id="tiles"', 'id="model"', 'id="targets"'):
+        assert section in page, section
+    demo = page[page.index('id="demo"'):page.index("</section>", page.index('id="demo"'))]
+    assert "synthetic" in demo and "Nothing here is a biological finding" in demo
+    assert demo.count("data:image/png;base64,") == 1 and "MORPH_TEXTURE_1" in demo
+    assert page.count("data:image/png;base64,") >= 5
+    assert "http://" not in page.replace("http://www.w3.org", "") and "<script" not in page
+
+
+def test_second_demo_run_skips_every_stage(demo_run):
+    out, _ = demo_run
+    before = _stage_records(out)
+    again = _emo("demo", "--out", str(out), "--slides", str(DEMO_SLIDES))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert before and _stage_records(out) == before  # no stage record rewritten
+    lines = [x for x in again.stderr.splitlines() if x.startswith("stage ")]
+    assert len(lines) == 7 and all("up to date, skipped" in x for x in lines), lines  # analyze: not configured
+
+
+def test_killed_run_resumes_without_redoing_finished_slides(tmp_path):
+    """SIGKILL during the features stage; the re-run keeps every finished tile store and feature file
+    (same inode and mtime), skips the tile stage and completes."""
+    import signal
+    import time
+
+    from emo.demo import find_source_slide, make_demo_cohort
+
+    try:
+        find_source_slide()
+    except EmoError as exc:
+        pytest.skip(str(exc))
+    paths = make_demo_cohort(tmp_path, n_slides=8, grid=(2, 2), n_noise_genes=4, seed=2)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "emo", "run", str(paths["study"])], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    features = tmp_path / "features" / "efficientnet_lite0"
+    deadline = time.monotonic() + 300
+    while not list(features.glob("*.h5")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished_features = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in features.glob("*.h5")}
+    assert 1 <= len(finished_features) < 8, "kill the run while the features stage is in flight"
+    tiles = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "tiles").glob("*.h5")}
+    records = _stage_records(tmp_path)
+    assert list(records) == ["tile"] and len(tiles) == 8
+
+    done = _emo("run", str(paths["study"]))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stage tile: up to date, skipped" in done.stderr
+    assert _stage_records(tmp_path)["tile"] == records["tile"]
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "tiles").glob("*.h5")} == tiles
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in features.glob("*.h5")}
+    assert len(after) == 8 and all(after[name] == v for name, v in finished_features.items())
+    assert set(_stage_records(tmp_path)) == {"tile", "features", "expression", "train", "predict", "evaluate", "report"}
+    assert (tmp_path / "report.html").is_file()

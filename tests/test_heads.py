@@ -54,6 +54,34 @@ def test_heads_recover_planted_genes_and_not_noise(cohort, tmp_path, head):
     assert list(tuning["gene"]) == cohort["genes"] and (model_dir / "tuning.png").stat().st_size > 1000
 
 
+def _validation_r2(cohort, model_dir):
+    from sklearn.metrics import r2_score
+
+    model = load_model(model_dir)
+    stores = open_feature_stores(cohort["feature_dir"])
+    ad = anndata.read_h5ad(cohort["targets"])
+    val = (ad.obs["split"] == "validation").to_numpy()
+    pred = np.stack([model.predict_features(stores[s].read()).mean(axis=0) for s in ad.obs["slide_id"][val]])
+    y = np.asarray(ad[val, model.genes].X)
+    return {g: r2_score(y[:, i], pred[:, i]) for i, g in enumerate(model.genes)}
+
+
+def test_permuted_labels_null_baseline_loses_the_planted_signal(cohort, tmp_path):
+    """The null head sees the same features with slide labels shuffled (seeded). Its planted genes
+    explain no held-out variance (R²pred ≤ ~0). Spearman ρ is no use here: a chance slope along a
+    strong image signal, however small, ranks slides in that signal's order, so |ρ| can be large."""
+    real = _validation_r2(cohort, train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "real"))
+    null_dir = train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "null", permute_labels=True, seed=3)
+    null = _validation_r2(cohort, null_dir)
+    planted_real = np.array([real[g] for g in cohort["planted"]])
+    planted_null = np.array([null[g] for g in cohort["planted"]])
+    assert planted_real.min() > 0.6 and planted_null.max() < 0.1, (planted_real, planted_null)
+    manifest = json.loads((null_dir / "manifest.json").read_text())
+    assert manifest["permuted_labels"] is True
+    again = train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "null2", permute_labels=True, seed=3)
+    assert (again / "weights.safetensors").read_bytes() == (null_dir / "weights.safetensors").read_bytes()
+
+
 def _slide_means(cohort, split):
     stores = open_feature_stores(cohort["feature_dir"])
     ad = anndata.read_h5ad(cohort["targets"])

@@ -217,3 +217,17 @@ def test_a_stage_api_missing_from_the_install_is_a_one_line_error(tmp_path):
     with pytest.raises(EmoError, match="stage predict: emo.no_such_stage is missing from this emo install"):
         run_stages([Stage("predict", needs_missing)], StudyContext(config={}, out_dir=tmp_path), log=lambda m: None)
     assert not record_path(tmp_path, "predict").exists()
+
+
+def test_missing_files_and_settings_name_their_key(tmp_path):
+    (tmp_path / "samples.csv").write_text("sample_id\n")
+    study = {"expression": {"matrices": ["expr.csv"], "samples": "samples.csv", "reference_cohort": "a"}}
+    with pytest.raises(EmoError, match=r"^expression.matrices\[0\]: .*expr.csv does not exist; fix the path"):
+        parse_study(study, base_dir=tmp_path).check_files()
+    (tmp_path / "expr.csv").write_text("gene\n")
+    parse_study(study, base_dir=tmp_path).check_files()
+    study["expression"]["reference_cohort"] = None
+    with pytest.raises(EmoError, match=r"^expression.reference_cohort: not set"):
+        parse_study(study, base_dir=tmp_path).check_files()
+    with pytest.raises(EmoError, match=r"^analyses.gmt\[0\]: "):
+        parse_study({"expression": {"targets": "expr.csv"}, "analyses": {"gmt": ["h.gmt"]}}, base_dir=tmp_path).check_files()

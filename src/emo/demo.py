@@ -137,7 +137,7 @@ def write_pyramid_tiff(path: Path, rgb: np.ndarray, mpp: float, levels: int = 3,
 
 def make_demo_cohort(
     out_dir: str | Path,
-    n_slides: int = 30,
+    n_slides: int = 48,
     grid: tuple[int, int] = (3, 4),
     n_noise_genes: int = 40,
     noise_sd: float = 0.35,
@@ -247,7 +247,7 @@ def make_demo_cohort(
 
 
 def run_demo(
-    out_dir: str | Path = "emo-demo", n_slides: int = 30, seed: int = 0, download: bool = False, executor: str | None = None
+    out_dir: str | Path = "emo-demo", n_slides: int = 48, seed: int = 0, download: bool = False, executor: str | None = None
 ) -> Path:
     """`emo demo`: make the cohort (once; an existing identical one is reused) and run the study on it;
     returns the report's path. A second call finishes in seconds."""
@@ -259,15 +259,17 @@ def run_demo(
     planted = out_dir / "planted.json"
     wanted = {"n_slides": n_slides, "seed": seed}
     existing = json.loads(planted.read_text())["provenance"]["params"] if planted.is_file() else {}
-    if any(existing.get(k) != v for k, v in wanted.items()) or not (out_dir / "study.yaml").is_file():
+    if any(existing.get(k) != v for k, v in wanted.items()):
         make_demo_cohort(out_dir, n_slides=n_slides, seed=seed, download=download)
+    else:
+        write_demo_study(out_dir)  # this emo's study for the existing cohort
     study = load_study(out_dir / "study.yaml")
     run_study(study, executor=executor)
     return study.out_dir / "report.html"
 
 
 def write_demo_study(out_dir: str | Path) -> Path:
-    """`study.yaml` for `emo run` on the demo cohort: small tiles (≈ 1,200 over 30 slides) to stay fast."""
+    """`study.yaml` for `emo run` on the demo cohort: 128 µm tiles (≈ 1,250 over 48 slides) to stay fast."""
     import yaml
 
     from emo.io import write_text_atomic
@@ -276,10 +278,11 @@ def write_demo_study(out_dir: str | Path) -> Path:
     study = {
         "out": ".",  # report at <demo>/report.html
         "slides": {"paths": ["slides/*.tiff"], "tile_size_um": 128, "target_mpp": 0.5, "min_tissue": 0.5},
-        "expression": {"matrices": ["expression/expression.csv"], "samples": "expression/samples.csv", "reference_cohort": "demo"},
+        "expression": {"matrices": ["expression/expression.csv"], "samples": "expression/samples.csv", "reference_cohort": "demo",
+                       "fractions": [0.45, 0.15, 0.0, 0.4]},  # a large held-out test split, no selection step
         "features": {"batch_size": 64, "workers": 0},  # tile reading in-process: safe after tiling in the same process
         "training": {"protocol": "features", "head": "ridge"},
-        "evaluation": {"split": "test"},
+        "evaluation": {"splits": ["test"], "null_baseline": True},
     }
     parse_study(study, base_dir=out_dir, source="demo study")  # the demo never writes an invalid study
     text = "# emo demo study (written by emo.demo); run with `emo run study.yaml`\n" + yaml.safe_dump(study, sort_keys=False)

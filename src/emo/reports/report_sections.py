@@ -100,7 +100,12 @@ def model(path: Path, run_dir: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------ predictions
-@register_section("predictions", title="Predictions", order=40, find=lambda d: [p.parent for p in _glob(d, "**/average.csv")])
+def _prediction_dirs(run_dir: Path) -> list[Path]:
+    """Prediction folders, except the null baseline's (emo run: evaluate/null/), reported by evaluate."""
+    return [p.parent for p in _glob(run_dir, "**/average.csv") if p.parent.relative_to(run_dir).parts[:2] != ("evaluate", "null")]
+
+
+@register_section("predictions", title="Predictions", order=40, find=_prediction_dirs)
 def predictions(folder: Path, run_dir: Path) -> str:
     avg = pd.read_csv(folder / "average.csv", index_col=0)
     body = f"<p><code>{_rel(folder, run_dir)}</code>: EMO-average for {avg.shape[0]} slides × {avg.shape[1]} genes"

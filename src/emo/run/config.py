@@ -42,6 +42,16 @@ class ExpressionConfig(Section):
     min_variance: float = Field(0.01, ge=0)
     seed: int = 0
     stratify: str | None = None
+    fractions: list[float] | None = Field(
+        None, min_length=4, max_length=4, description="train, tune, validation, test shares of patients (null: the paper's)"
+    )
+
+    @field_validator("fractions")
+    @classmethod
+    def _sum_to_one(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (min(v) < 0 or abs(sum(v) - 1) > 1e-6):
+            raise ValueError("must be 4 non-negative shares (train, tune, validation, test) summing to 1")
+        return v
 
 
 class FeaturesConfig(Section):
@@ -65,8 +75,10 @@ class PredictionConfig(Section):
 
 
 class EvaluationConfig(Section):
-    split: str = "test"
-    thresholds: dict[str, float] = Field(default_factory=dict)
+    splits: list[str] = Field(default_factory=lambda: ["validation", "test"], min_length=1,
+                              description="each evaluated into evaluate/<split>/ (a test split after validation adds ρ concordance)")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="EvaluateConfig fields, e.g. r2_min, fdr_max, alpha")
+    null_baseline: bool = Field(True, description="also fit the head on permuted slide labels and report it beside the model")
 
 
 class AnalysesConfig(Section):
@@ -122,6 +134,29 @@ class StudyConfig(Section):
             else:
                 raise EmoError(f"slides.paths: {full} does not exist; fix the path")
         return found
+
+
+    def check_files(self) -> None:
+        """Every input the study names exists, and preparing targets has what it needs; else one
+        EmoError naming the key (e.g. `expression.matrices[1]`)."""
+        self.slide_paths()
+        named: list[tuple[str, str | None]] = [("slides.roi", self.slides.roi), ("expression.targets", self.expression.targets)]
+        e = self.expression
+        named += [(f"expression.matrices[{i}]", m) for i, m in enumerate(e.matrices)]
+        named += [(f"expression.counts_matrices[{i}]", m) for i, m in enumerate(e.counts_matrices)]
+        named += [("expression.samples", e.samples)] + [(f"analyses.gmt[{i}]", g) for i, g in enumerate(self.analyses.gmt)]
+        for key, value in named:
+            if value and not self.path(value).exists():
+                raise EmoError(f"{key}: {self.path(value)} does not exist; fix the path in the study file")
+        if not e.targets:
+            if not (e.matrices or e.counts_matrices):
+                raise EmoError("expression.matrices: no expression matrix given; list one (or counts_matrices), or set expression.targets")
+            if not e.samples:
+                raise EmoError("expression.samples: no sample sheet given (sample_id, patient_id, cohort, slide_id); "
+                               "add one, or set expression.targets")
+            if not e.reference_cohort:
+                raise EmoError("expression.reference_cohort: not set; name the cohort (sample sheet `cohort` column) "
+                               "the others are aligned to")
 
 
 def load_study(path: str | Path) -> StudyConfig:

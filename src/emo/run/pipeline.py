@@ -104,6 +104,7 @@ def run_expression(ctx: StudyContext) -> None:
     from emo.expression import prepare_targets
 
     e = _cfg(ctx).expression
+    options = {"fractions": tuple(e.fractions)} if e.fractions else {}
     prepare_targets(
         _paths(ctx, e.matrices),
         _cfg(ctx).path(e.samples),
@@ -114,6 +115,7 @@ def run_expression(ctx: StudyContext) -> None:
         seed=e.seed,
         stratify=e.stratify,
         external_cohorts=tuple(e.external_cohorts),
+        **options,
     )
 
 
@@ -132,7 +134,7 @@ def model_dir(ctx: StudyContext) -> Path:
 def run_train(ctx: StudyContext) -> None:
     t = _cfg(ctx).training
     if t.protocol == "paper":
-        from emo.training import PaperProtocolConfig, train_paper_protocol
+        from emo.training.paper import PaperProtocolConfig, train_paper_protocol
 
         train_paper_protocol(
             ctx.out_dir / "tiles", targets_path(ctx), model_dir(ctx), _genes(t.genes), PaperProtocolConfig(seed=t.seed),
@@ -156,26 +158,90 @@ def run_predict(ctx: StudyContext) -> None:
     from emo.prediction import predict
 
     p = _cfg(ctx).prediction
-    predict(model_dir(ctx), feature_dir(ctx), ctx.out_dir / "predictions", genes=_genes(p.genes), panel=p.panel)
+    if _cfg(ctx).training.protocol == "paper":  # one CNN per gene: predicts from tile pixels
+        predict(model_dir(ctx), None, ctx.out_dir / "predictions", genes=_genes(p.genes), panel=p.panel, tiles=ctx.out_dir / "tiles")
+    else:
+        predict(model_dir(ctx), feature_dir(ctx), ctx.out_dir / "predictions", genes=_genes(p.genes), panel=p.panel)
+
+
+def predictions_path(ctx: StudyContext) -> Path:
+    return ctx.out_dir / "predictions" / "average.h5ad"
+
+
+def _has_null(ctx: StudyContext) -> bool:
+    return _cfg(ctx).evaluation.null_baseline and _cfg(ctx).training.protocol == "features"
+
+
+def null_predictions(ctx: StudyContext) -> Path:
+    """The null baseline: the study's head refitted on permuted slide labels, predicting the same slides."""
+    from emo.prediction import predict
+    from emo.training import train_model
+
+    t = _cfg(ctx).training
+    null_dir = ctx.out_dir / "evaluate" / "null"
+    train_model(
+        feature_dir(ctx), targets_path(ctx), null_dir / "permuted_model", head=t.head, genes=_genes(t.genes), seed=t.seed,
+        permute_labels=True,
+    )
+    predict(null_dir / "permuted_model", feature_dir(ctx), null_dir / "predictions")
+    return null_dir / "predictions" / "average.h5ad"
 
 
 def run_evaluate(ctx: StudyContext) -> None:
+    """Each split in `evaluation.splits` into evaluate/<split>/; a test split after a selection split
+    also gets the ρ concordance with it; every split is compared with the null baseline when enabled."""
     from emo.analysis import evaluate
 
     v = _cfg(ctx).evaluation
-    evaluate(ctx.out_dir / "predictions", targets_path(ctx), v.split, ctx.out_dir / "evaluate", **v.thresholds)
+    null = null_predictions(ctx) if _has_null(ctx) else None
+    validation_genes = None
+    for split in v.splits:
+        options: dict[str, Any] = dict(v.thresholds)
+        if null is not None:
+            options["null_predictions"] = null
+        is_test = split.startswith("test")
+        if is_test and validation_genes is not None:
+            options["validation_genes"] = validation_genes
+        evaluate(predictions_path(ctx), targets_path(ctx), split, ctx.out_dir / "evaluate" / split, **options)
+        if not is_test:
+            validation_genes = ctx.out_dir / "evaluate" / split / "genes.csv"
+
+
+def evaluate_inputs(ctx: StudyContext) -> list[Path]:
+    return [predictions_path(ctx), targets_path(ctx)] + ([feature_dir(ctx)] if _has_null(ctx) else [])
+
+
+def evaluate_params(ctx: StudyContext) -> dict[str, Any]:
+    params = _cfg(ctx).evaluation.model_dump(mode="json")
+    if _has_null(ctx):  # the null head is the study's head
+        params["null_head"] = _cfg(ctx).training.model_dump(mode="json")
+    return params
+
+
+def _enrich_table(ctx: StudyContext) -> Path:
+    """Enrichment ranks genes by how well they are predicted on the first evaluated split."""
+    return ctx.out_dir / "evaluate" / _cfg(ctx).evaluation.splits[0] / "genes.csv"
 
 
 def run_analyze(ctx: StudyContext) -> None:
     from emo import analysis
 
     a = _cfg(ctx).analyses
-    common = {"predictions": ctx.out_dir / "predictions", "targets": targets_path(ctx)}
-    gmt = _paths(ctx, a.gmt)
-    for name, options in (("clusters", a.clusters), ("differential_expression", a.differential_expression), ("enrich", a.enrich)):
-        if options is not None:
-            extra = {"gene_sets": gmt} if name == "enrich" else {}
-            getattr(analysis, name)(**common, out_dir=ctx.out_dir / "analyze" / name, **extra, **options)
+    out = ctx.out_dir / "analyze"
+    measured, predicted = targets_path(ctx), predictions_path(ctx)
+    if a.clusters is not None:
+        analysis.clusters(measured, predicted, out / "clusters", **a.clusters)
+    if a.differential_expression is not None:
+        analysis.differential_expression(measured, predicted, out / "differential_expression", **a.differential_expression)
+    if a.enrich is not None:
+        if not a.gmt:
+            raise EmoError("analyses.enrich: needs gene-set files; list them under analyses.gmt")
+        analysis.enrich(_enrich_table(ctx), _paths(ctx, a.gmt), out / "enrich", **{"measured": measured, **a.enrich})
+
+
+def analyze_inputs(ctx: StudyContext) -> list[Path]:
+    a = _cfg(ctx).analyses
+    return [predictions_path(ctx), targets_path(ctx), *_paths(ctx, a.gmt)] + ([_enrich_table(ctx)] if a.enrich is not None else [])
 
 
 def run_report(ctx: StudyContext) -> None:
@@ -203,16 +269,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("expression", run_expression, expression_inputs, _dump("expression"), lambda ctx: [targets_path(ctx)], enabled=_has_expression),
     Stage("train", run_train, train_inputs, _dump("training"), lambda ctx: [model_dir(ctx)], ("features", "expression")),
     Stage(
-        "predict", run_predict, lambda ctx: [model_dir(ctx), feature_dir(ctx)], _dump("prediction"),
+        "predict", run_predict, lambda ctx: [model_dir(ctx), train_inputs(ctx)[0]], _dump("prediction"),
         lambda ctx: [ctx.out_dir / "predictions"], ("train",),
     ),
+    Stage("evaluate", run_evaluate, evaluate_inputs, evaluate_params, lambda ctx: [ctx.out_dir / "evaluate"], ("predict",)),
     Stage(
-        "evaluate", run_evaluate, lambda ctx: [ctx.out_dir / "predictions" / "average.h5ad", targets_path(ctx)],
-        _dump("evaluation"), lambda ctx: [ctx.out_dir / "evaluate"], ("predict",),
-    ),
-    Stage(
-        "analyze", run_analyze, lambda ctx: [ctx.out_dir / "predictions" / "average.h5ad", *_paths(ctx, _cfg(ctx).analyses.gmt)],
-        _dump("analyses"), lambda ctx: [ctx.out_dir / "analyze"], ("predict",), enabled=_has_analyses,
+        "analyze", run_analyze, analyze_inputs, _dump("analyses"), lambda ctx: [ctx.out_dir / "analyze"], ("predict", "evaluate"),
+        enabled=_has_analyses,
     ),
     Stage("report", run_report, lambda ctx: [], lambda ctx: {}, lambda ctx: [ctx.out_dir / "report.html"], ("evaluate", "analyze")),
 )
@@ -229,5 +292,6 @@ def run_study(config: StudyConfig, from_stage: str | None = None, executor: str 
     if name not in executor_names():
         raise EmoError(f"--executor {name}: unknown; choose one of {', '.join(executor_names())}")
     options = config.executor.options if name == config.executor.name else {}
+    config.check_files()
     ctx = StudyContext(config=config, out_dir=config.out_dir, executor_name=name, executor_options=options)
     return run_stages(STAGES, ctx, from_stage=from_stage)

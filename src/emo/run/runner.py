@@ -103,7 +103,8 @@ def _why_stale(stage: Stage, ctx: StudyContext, inputs: dict[str, str], params: 
     except json.JSONDecodeError:
         return "unreadable record"
     if record.get("params") != params:
-        changed = sorted(k for k in set(params) | set(record.get("params", {})) if params.get(k) != record["params"].get(k))
+        old = record.get("params", {})
+        changed = sorted(k for k in set(params) | set(old) if k not in params or k not in old or params[k] != old[k])
         return f"parameters changed: {', '.join(changed)}"
     if record.get("inputs") != inputs:
         old = record.get("inputs", {})

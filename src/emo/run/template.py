@@ -35,8 +35,10 @@ expression:
   reference_cohort: null        # cohort other cohorts' batch offsets are removed against
   external_cohorts: []          # cohorts kept out of training, for external validation
   min_variance: 0.01            # drop genes varying less than this
-  seed: 0                       # patient-level train/tune/test split
+  seed: 0                       # patient-level train/tune/validation/test split
   stratify: null                # sample-sheet column the split is balanced on (e.g. er_status)
+  fractions: null               # [train, tune, validation, test] shares of patients; null: the paper's
+                                #   [0.563, 0.14, 0.123, 0.174]
 
 features:
   backbone: efficientnet_lite0  # `emo models` lists the registry
@@ -52,17 +54,22 @@ training:
   seed: 0
 
 prediction:
-  genes: null                   # genes written to the per-tile maps (null: all)
-  panel: null                   # panel whose heatmaps are drawn, e.g. pam50
+  genes: null                   # genes drawn as heatmaps and written to GeoJSON (every gene is always
+                                #   predicted into predictions/spatial/ and average.h5ad); null: none
+  panel: null                   # a panel drawn the same way, e.g. pam50
 
 evaluation:
-  split: test                   # which split the correlations are reported on
-  thresholds: {}                # e.g. {fdr: 0.05}
+  splits: [validation, test]    # each evaluated into evaluate/<split>/ (test also gets ρ concordance
+                                #   with validation)
+  thresholds: {}                # e.g. {r2_min: 0.2, fdr_max: 0.001, alpha: 0.05}
+  null_baseline: true           # also fit the head on permuted slide labels, reported beside the model
 
-analyses:                       # each analysis runs when its options are given ({} = defaults)
-  clusters: null
-  differential_expression: null
-  enrich: null
+analyses:                       # each analysis runs when its options are given ({} = defaults); the
+                                #   options are keyword arguments of emo.analysis.<name>
+  clusters: null                # measured vs predicted clusters, e.g. {genes: pam50, k: 4}
+  differential_expression: null # e.g. {contrast: er_status, covariates: [age]} (a column of the sample sheet)
+  enrich: null                  # ranks genes by how well they are predicted (evaluate/<first split>/genes.csv),
+                                #   e.g. {score: rho, permutations: 1000}; needs gmt
   gmt: []                       # gene-set files for enrichment, e.g. hallmark.gmt
 
 executor:

@@ -146,8 +146,14 @@ def train_model(
     alphas: list[float] | None = None,
     mlp_config=None,
     allow_missing_features: bool = False,
+    permute_labels: bool = False,
 ) -> Path:
-    """Fit `head` for all selected genes at once and write the model directory; returns it."""
+    """Fit `head` for all selected genes at once and write the model directory; returns it.
+
+    `permute_labels` fits a null baseline: each fitting split's target rows (whole slides, or tiles at
+    tile level) are shuffled among its samples with `seed`, so the same head and features meet labels
+    that carry no image information — what chance and the architecture give.
+    """
     from emo.models.heads import LinearHead, MLPConfig, MLPHead, fit_ridge_path, get_head_class
     from emo.models.model import save_model
 
@@ -165,6 +171,9 @@ def train_model(
         data = _slide_level_data(adata, stores, genes, targets, allow_missing_features,
                                  cfg.tiles_per_slide if head == "mlp" else 0, seed)
     (x_tr, y_tr, bags_tr, ids_tr), (x_tu, y_tu, bags_tu, ids_tu) = data["train"], data["tune"]
+    if permute_labels:
+        rng = np.random.default_rng([seed, 0x9E11])
+        y_tr, y_tu = y_tr[rng.permutation(len(y_tr))], y_tu[rng.permutation(len(y_tu))]
     if len(y_tr) < 2 or len(y_tu) < 1:
         raise EmoError(f"{targets}: need ≥2 train and ≥1 tune samples with features (have {len(y_tr)} train, "
                        f"{len(y_tu)} tune); check the split column and the feature folder")
@@ -200,7 +209,7 @@ def train_model(
 
     first = next(iter(stores.values()))
     geometry, stain_reference = _geometry(first.attrs, source_tile_store_attrs(first))
-    prov = provenance(head=head, level=level, seed=seed, n_genes=len(genes), alphas=alphas)
+    prov = provenance(head=head, level=level, seed=seed, n_genes=len(genes), alphas=alphas, permute_labels=permute_labels)
     manifest = {
         "emo_version": prov["emo_version"],
         "created": prov["created"],
@@ -213,7 +222,8 @@ def train_model(
         "target_normalisation": "per gene (x - target_mean) / target_std on the train split for fitting; "
         "predictions are on the targets' original scale (target_mean/target_std in weights.safetensors)",
         "cohort_offsets": {c.removeprefix("offset_"): f"cohort_{c}" for c in offsets},
-        "training_data_hash": training_hash(targets, stores, genes, {"level": level, "head": head}),
+        "training_data_hash": training_hash(targets, stores, genes, {"level": level, "head": head, "permute_labels": permute_labels}),
+        "permuted_labels": permute_labels,
         "targets": str(targets.resolve()),
         "n_train": len(y_tr),
         "n_tune": len(y_tu),
