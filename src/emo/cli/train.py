@@ -36,6 +36,8 @@ def train(
     keep_best: Optional[int] = typer.Option(None, "--keep-best", help="Paper protocol: best-epoch checkpoints kept (10)."),
     keep_random: Optional[int] = typer.Option(None, "--keep-random", help="Paper protocol: random-epoch checkpoints kept (10)."),
     workers: int = typer.Option(1, "--workers", help="Paper protocol: genes trained in parallel (local processes)."),
+    executor: str = typer.Option("local", "--executor", help="Paper protocol: where gene jobs run: local | ray | slurm."),
+    gpus: float = typer.Option(0, "--gpus", help="Paper protocol: GPUs per gene job (Ray num_gpus / SLURM gpus_per_node)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Paper protocol: initial CNN weights (imagenet, none, or a file)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Paper protocol: CNN (torchvision:inception_v3; others for tests)."),
 ) -> None:
@@ -56,7 +58,8 @@ def train(
             max_epochs=max_epochs, steps_per_epoch=steps_per_epoch, tuning_batches=tuning_batches,
             batch_size=batch_size, patience=patience, min_delta=min_delta, input_size=input_size, lr=lr,
             keep_best=keep_best, keep_random=keep_random, seed=seed, weights=weights, backbone=backbone).items() if v is not None}
-        path = train_paper_protocol(tiles, targets, out, genes, PaperProtocolConfig(**overrides), workers=workers)
+        path = train_paper_protocol(tiles, targets, out, genes, PaperProtocolConfig(**overrides),
+                                    executor=executor, workers=workers, gpus=gpus)
     elif protocol == "default":
         from emo.training import train_model
         from emo.training.data import resolve_feature_dir

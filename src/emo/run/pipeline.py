@@ -23,7 +23,8 @@ def _cfg(ctx: StudyContext) -> StudyConfig:
 def _with_executor(fn: Any, ctx: StudyContext, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Hand the study's executor to stage APIs that fan out through one (`executor=` keyword)."""
     if "executor" in inspect.signature(fn).parameters:
-        kwargs["executor"] = ctx.executor()
+        # Local: the stage builds its own pool sized by its `workers` setting; Ray/SLURM: one shared executor.
+        kwargs["executor"] = "local" if ctx.executor_name == "local" else ctx.executor()
     return kwargs
 
 
@@ -138,7 +139,7 @@ def run_train(ctx: StudyContext) -> None:
 
         train_paper_protocol(
             ctx.out_dir / "tiles", targets_path(ctx), model_dir(ctx), _genes(t.genes), PaperProtocolConfig(seed=t.seed),
-            executor=ctx.executor(),
+            **_with_executor(train_paper_protocol, ctx, {}),
         )
     else:
         from emo.training import train_model
