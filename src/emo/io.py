@@ -101,3 +101,16 @@ def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 120, **savefi
         fig.savefig(tmp, format="png", dpi=dpi, **savefig_kw)
     plt.close(fig)
     return Path(path)
+
+
+def plain_attr(value: Any, arrays_as_lists: bool = False) -> Any:
+    """An HDF5 attribute as plain Python: bytes → str, numpy scalars → numbers (arrays kept, or lists)."""
+    import numpy as np
+
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    if arrays_as_lists and isinstance(value, np.ndarray):
+        return value.tolist()
+    return value

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from emo.errors import EmoError
-from emo.io import params_hash
+from emo.io import params_hash, plain_attr
 
 
 def tile_store_params_hash(store: Any) -> str:
@@ -20,20 +20,12 @@ def tile_store_params_hash(store: Any) -> str:
     keys = ("slide_path", "mpp", "tile_size_um", "target_mpp", "tile_size_px", "tile_size_level0",
             "normalize", "stain_matrix", "max_concentrations", "stain_reference", "reference_stain_matrix",
             "reference_max_concentrations", "level", "params_json")
-    params = {k: _plain(attrs[k]) for k in keys if k in attrs}
+    params = {k: plain_attr(attrs[k], arrays_as_lists=True) for k in keys if k in attrs}
     params["coords_sha256"] = hashlib.sha256(np.ascontiguousarray(store.coords_px, dtype=np.int64)).hexdigest()
     params["tile_ids_sha256"] = hashlib.sha256("\n".join(store.tile_ids).encode()).hexdigest()
     return params_hash(params)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, bytes):
-        return value.decode()
-    return value
 
 
 class FeatureStore:
@@ -45,7 +37,7 @@ class FeatureStore:
             raise EmoError(f"{self.path}: feature store not found; run `emo features` on the tile store first")
         try:
             with h5py.File(self.path, "r") as h5:
-                self.attrs = {k: _plain(v) for k, v in h5.attrs.items()}
+                self.attrs = {k: plain_attr(v, arrays_as_lists=True) for k, v in h5.attrs.items()}
                 self.coords_px = h5["coords_px"][:]
                 self.coords_um = h5["coords_um"][:]
                 self.tile_ids = [t.decode() if isinstance(t, bytes) else str(t) for t in h5["tile_id"][:]]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emo.io import atomic_path, write_text_atomic
+from emo.io import save_figure, write_text_atomic
 
 
 def slide_extent(tile_attrs: dict, thumb_shape: tuple[int, int] | None, coords_px: np.ndarray, tile_level0: float):
@@ -62,10 +62,7 @@ def heatmap_png(out: Path, gene: str, values: np.ndarray, coords_px: np.ndarray,
     ax.set_axis_off()
     ax.set_title(f"{slide_id}: predicted {gene}")
     fig.colorbar(coll, ax=ax, fraction=0.04, pad=0.02, label="predicted expression")
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100, bbox_inches="tight")
 
 
 def qupath_geojson(out: Path, tile_ids, coords_px: np.ndarray, tile_level0: float, genes: list[str],

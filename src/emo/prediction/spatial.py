@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from emo.errors import EmoError
-from emo.io import atomic_path, write_table_atomic
+from emo.io import atomic_path, plain_attr, write_table_atomic
 from emo.prediction.render import heatmap_png, qupath_geojson, slide_extent
-from emo.training.data import SlideFeatures, _attr, open_feature_stores
+from emo.training.data import SlideFeatures, open_feature_stores
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def _tile_store_info(tiles: Path | None, store) -> tuple[dict, np.ndarray | None
         if not path.is_file():
             return {}, None
     with h5py.File(path, "r") as f:
-        attrs = {k: _attr(v) for k, v in f.attrs.items()}
+        attrs = {k: plain_attr(v) for k, v in f.attrs.items()}
         attrs["_coords_px"] = f["coords_px"][...]
     thumb_path = path.with_suffix(".png")
     thumb = None
@@ -243,7 +243,7 @@ def predict(
 def _finished_with(path: Path, model_id: str) -> bool:
     try:
         with h5py.File(path, "r") as f:
-            return _attr(f["uns/emo/model_hash"][()]) == model_id
+            return plain_attr(f["uns/emo/model_hash"][()]) == model_id
     except (OSError, KeyError):
         return False
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from emo.errors import EmoError
+from emo.io import plain_attr
 from emo.slides.geometry import TileGeometry, read_tiles_at
 from emo.slides.stain import StainParams, apply_normalization, normalization_matrix
 
@@ -48,7 +49,7 @@ class TileStore:
             raise EmoError(f"{self.path}: tile store not found; run `emo tile` first")
         try:
             with h5py.File(self.path, "r") as f:
-                self.attrs: dict[str, Any] = {k: _py(v) for k, v in f.attrs.items()}
+                self.attrs: dict[str, Any] = {k: plain_attr(v) for k, v in f.attrs.items()}
                 self.coords_px = f["coords_px"][()].reshape(-1, 2).astype(np.int64)
                 self.coords_um = f["coords_um"][()].reshape(-1, 2)
                 self.tile_ids = [t.decode() if isinstance(t, bytes) else str(t) for t in f["tile_id"][()]]
@@ -134,11 +135,3 @@ class TileStore:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-
-
-def _py(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

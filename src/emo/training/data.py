@@ -13,19 +13,13 @@ import h5py
 import numpy as np
 
 from emo.errors import EmoError
-from emo.io import file_fingerprint, params_hash
+from emo.io import file_fingerprint, params_hash, plain_attr
 
 
 def _decode(values) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
-def _attr(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 @dataclass(frozen=True)
@@ -91,7 +85,7 @@ def open_feature_stores(feature_dir: Path) -> dict[str, SlideFeatures]:
     for path in sorted(feature_dir.glob("*.h5")):
         try:
             with h5py.File(path, "r") as f:
-                attrs = {k: _attr(v) for k, v in f.attrs.items()}
+                attrs = {k: plain_attr(v) for k, v in f.attrs.items()}
                 n, dim = f["features"].shape
         except (OSError, KeyError) as exc:
             raise EmoError(f"{path}: not a readable feature store ({exc}); delete it and re-run `emo features`") from None
@@ -137,7 +131,7 @@ def source_tile_store_attrs(store: SlideFeatures) -> dict:
     if not path or not Path(path).exists():
         return {}
     with h5py.File(path, "r") as f:
-        return {k: _attr(v) for k, v in f.attrs.items()}
+        return {k: plain_attr(v) for k, v in f.attrs.items()}
 
 
 def load_targets(path: Path):

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from emo.errors import EmoError
-from emo.io import atomic_path, provenance, save_figure, write_json_atomic
-from emo.training.data import _attr, feature_identity, open_feature_stores
+from emo.io import atomic_path, plain_attr, provenance, save_figure, write_json_atomic
+from emo.training.data import feature_identity, open_feature_stores
 
 LABEL_SUFFIXES = ("_labeled_coordinates.tsv", ".geojson", ".json", ".tsv", ".csv")
 
@@ -262,7 +262,7 @@ def filter_tile_stores(classifier: Path, tile_dir: Path, out_dir: Path, keep: li
         st = stores[slide_id]
         with h5py.File(path, "r") as src:
             n = len(src["coords_px"])
-            if st.n_tiles != n or st.tile_ids() != [_attr(t) for t in src["tile_id"][...]]:
+            if st.n_tiles != n or st.tile_ids() != [plain_attr(t) for t in src["tile_id"][...]]:
                 raise EmoError(f"{st.path}: rows differ from tile store {path}; re-run `emo features` on it")
             pred = model.predict(st.read()) if n else np.array([], dtype=object)
             kept = np.flatnonzero(np.isin(pred, keep))

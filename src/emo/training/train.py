@@ -170,7 +170,7 @@ def train_model(
         cfg = mlp_config or MLPConfig(seed=seed)
         data = _slide_level_data(adata, stores, genes, targets, allow_missing_features,
                                  cfg.tiles_per_slide if head == "mlp" else 0, seed)
-    (x_tr, y_tr, bags_tr, ids_tr), (x_tu, y_tu, bags_tu, ids_tu) = data["train"], data["tune"]
+    (x_tr, y_tr, bags_tr, _), (x_tu, y_tu, bags_tu, _) = data["train"], data["tune"]
     if permute_labels:
         rng = np.random.default_rng([seed, 0x9E11])
         y_tr, y_tu = y_tr[rng.permutation(len(y_tr))], y_tu[rng.permutation(len(y_tu))]
@@ -248,7 +248,7 @@ def _tuning_png(dest: Path, per_gene: pd.DataFrame, head: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from emo.io import atomic_path
+    from emo.io import save_figure
 
     panels = 2 if "alpha" in per_gene else 1
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
@@ -259,6 +259,4 @@ def _tuning_png(dest: Path, per_gene: pd.DataFrame, head: str) -> None:
         axes[0, 1].hist(np.log10(per_gene["alpha"]), bins=30, color="#55a868")
         axes[0, 1].set(xlabel="log10 chosen ridge penalty", ylabel="genes")
     fig.tight_layout()
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, dest, dpi=100)
