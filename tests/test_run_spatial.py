@@ -12,7 +12,7 @@ import yaml
 
 from emo.errors import EmoError
 from emo.expression import read_her2st
-from emo.run import load_study, parse_study, run_study
+from emo.run import SPATIAL_TEMPLATE, load_study, parse_study, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,6 +74,16 @@ def test_spatial_study_config_errors(shared_data, tmp_path):
                                  "tile_size_um": [224]}})
 
 
-def test_her2st_example_study_parses():
+def test_her2st_example_and_init_spatial_template_parse(tmp_path):
+    from typer.testing import CliRunner
+
+    from emo.cli import app
+
     config = load_study(ROOT / "docs" / "her2st-study.yaml")
     assert config.spatial.test_sections == ["C4"] and config.spatial.tile_sizes_um == [224, 100, 448]
+    result = CliRunner().invoke(app, ["init", str(tmp_path / "s.yaml"), "--spatial"])
+    assert result.exit_code == 0, result.output
+    written = load_study(tmp_path / "s.yaml")
+    assert written.spatial.train_sections == ["B4", "C2", "C3"] and written.spatial.data_dir == "her2st"
+    # every spatial key is in the template
+    assert set(yaml.safe_load(SPATIAL_TEMPLATE)["spatial"]) == set(written.spatial.model_dump())

@@ -40,8 +40,9 @@ def run(
 def init(
     path: Path = typer.Argument(Path("study.yaml"), help="where to write the template"),
     force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
+    spatial: bool = typer.Option(False, "--spatial", help="a spot-level study (her2st-layout sections) instead of slides + bulk targets"),
 ) -> None:
     """Write a commented study template to edit and pass to `emo run`."""
     from emo.run import write_template
 
-    typer.echo(f"wrote {write_template(path, force=force)}")
+    typer.echo(f"wrote {write_template(path, force=force, spatial=spatial)}")
