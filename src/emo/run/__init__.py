@@ -6,8 +6,8 @@ from emo.run.runner import Stage, StudyContext, run_stages
 from emo.run.template import SPATIAL_TEMPLATE, STUDY_TEMPLATE, write_template
 
 __all__ = [
-    "STAGES",
     "SPATIAL_TEMPLATE",
+    "STAGES",
     "STAGE_NAMES",
     "STUDY_TEMPLATE",
     "Stage",
