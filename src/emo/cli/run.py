@@ -14,12 +14,15 @@ from emo.cli._apps import app
 def run(
     study: Path = typer.Argument(..., help="study YAML (write one with `emo init`)"),
     from_stage: Optional[str] = typer.Option(
-        None, "--from", help="redo this stage and every later one: tile, features, expression, train, predict, evaluate, analyze, report"
+        None, "--from", help="redo this stage and every later one: tile, features, expression, train, predict, evaluate, analyze, report "
+        "(spatial studies: spatial_train, spatial_predict, spatial_evaluate, report)"
     ),
     executor: Optional[str] = typer.Option(None, "--executor", help="local | ray | slurm (overrides the study file)"),
 ) -> None:
     """Run a study: tile → features → expression → train → predict → evaluate → analyze → report.
 
+    With a `spatial:` section (see docs/her2st-study.yaml) the study is spot-level instead:
+    spatial_train → spatial_predict → spatial_evaluate → report.
     Stages whose inputs and parameters did not change since their last finished run are skipped.
     """
     from emo.run import load_study, run_study
@@ -37,8 +40,9 @@ def run(
 def init(
     path: Path = typer.Argument(Path("study.yaml"), help="where to write the template"),
     force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
+    spatial: bool = typer.Option(False, "--spatial", help="a spot-level study (her2st-layout sections) instead of slides + bulk targets"),
 ) -> None:
     """Write a commented study template to edit and pass to `emo run`."""
     from emo.run import write_template
 
-    typer.echo(f"wrote {write_template(path, force=force)}")
+    typer.echo(f"wrote {write_template(path, force=force, spatial=spatial)}")

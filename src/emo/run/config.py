@@ -93,8 +93,33 @@ class ExecutorConfig(Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class SpatialConfig(Section):
+    """Spot-level study (her2st layout: images/, counts/, spots/): replaces the bulk stages when set."""
+
+    data_dir: str = Field(..., description="her2st-layout folder: images/<S>.jpg, counts/<S>.tsv.gz, spots/<S>.tsv")
+    train_sections: list[str] = Field(..., min_length=1, description="sections with images to fit on")
+    test_sections: list[str] = Field(..., min_length=1, description="held-out sections with images to predict")
+    genes: str | list[str] = Field(..., description="gene-list file (one symbol per line), or panel names/genes")
+    tile_sizes_um: list[float] = Field(default_factory=lambda: [224.0, 100.0, 448.0], min_length=1)
+    backbone: str = "efficientnet_lite0_ms"
+    alpha: float = Field(3.0, gt=0, description="ridge penalty per feature")
+    n_components: int = Field(10, ge=0, description="target principal components (0: every gene directly)")
+    context_radius: float = Field(1.5, ge=0, description="neighbour radius in spot pitches (0: off)")
+    basis_sections: list[str] | None = Field(None, description="count sections for the target basis (null: all but test)")
+    cache: str | None = Field(None, description="spot-feature cache folder (null: <out>/spatial_cache)")
+
+    @field_validator("test_sections")
+    @classmethod
+    def _held_out(cls, v: list[str], info: Any) -> list[str]:
+        overlap = sorted(set(v) & set(info.data.get("train_sections") or []))
+        if overlap:
+            raise ValueError(f"sections {overlap} are also train_sections; hold test sections out")
+        return v
+
+
 class StudyConfig(Section):
     out: str = "emo-study"
+    spatial: SpatialConfig | None = Field(None, description="spot-level study instead of slides → bulk targets")
     slides: SlidesConfig = Field(default_factory=SlidesConfig)
     expression: ExpressionConfig = Field(default_factory=ExpressionConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
@@ -139,6 +164,8 @@ class StudyConfig(Section):
     def check_files(self) -> None:
         """Every input the study names exists, and preparing targets has what it needs; else one
         EmoError naming the key (e.g. `expression.matrices[1]`)."""
+        if self.spatial is not None:
+            return self._check_spatial()
         self.slide_paths()
         named: list[tuple[str, str | None]] = [("slides.roi", self.slides.roi), ("expression.targets", self.expression.targets)]
         e = self.expression
@@ -157,6 +184,26 @@ class StudyConfig(Section):
             if not e.reference_cohort:
                 raise EmoError("expression.reference_cohort: not set; name the cohort (sample sheet `cohort` column) "
                                "the others are aligned to")
+
+
+    def spatial_genes_file(self) -> Path | None:
+        g = self.spatial.genes if self.spatial else None
+        return self.path(g) if isinstance(g, str) and self.path(g).is_file() else None
+
+    def _check_spatial(self) -> None:
+        from emo.spatial.data import section_has_image
+
+        sp = self.spatial
+        data = self.path(sp.data_dir)
+        if not (data / "counts").is_dir():
+            raise EmoError(f"spatial.data_dir: {data} has no counts/ folder; point it at a her2st-layout folder")
+        for key in ("train_sections", "test_sections"):
+            for s in getattr(sp, key):
+                if not section_has_image(data, s):
+                    raise EmoError(f"spatial.{key}: section {s} has no image in {data / 'images'}; use sections with images")
+        for s in sp.train_sections + sp.test_sections + (sp.basis_sections or []):
+            if not (data / "counts" / f"{s}.tsv.gz").is_file():
+                raise EmoError(f"spatial: section {s}: {data / 'counts' / f'{s}.tsv.gz'} not found; fix the section name")
 
 
 def load_study(path: str | Path) -> StudyConfig:

@@ -284,6 +284,15 @@ STAGES: tuple[Stage, ...] = (
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
+def study_stages(config: StudyConfig) -> tuple[Stage, ...]:
+    """Bulk stages, or the spot-level ones (`emo.run.spatial`) when the study has a `spatial:` section."""
+    if config.spatial is not None:
+        from emo.run.spatial import SPATIAL_STAGES
+
+        return SPATIAL_STAGES
+    return STAGES
+
+
 def run_study(config: StudyConfig, from_stage: str | None = None, executor: str | None = None) -> dict[str, str]:
     """Run (or resume) a whole study; returns each stage's status. `executor` overrides the config's."""
     from emo.executors import executor_names
@@ -295,4 +304,4 @@ def run_study(config: StudyConfig, from_stage: str | None = None, executor: str 
     options = config.executor.options if name == config.executor.name else {}
     config.check_files()
     ctx = StudyContext(config=config, out_dir=config.out_dir, executor_name=name, executor_options=options)
-    return run_stages(STAGES, ctx, from_stage=from_stage)
+    return run_stages(study_stages(config), ctx, from_stage=from_stage)

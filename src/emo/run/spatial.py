@@ -1,0 +1,219 @@
+"""Spot-level stages of `emo run` (study `spatial:` section): spatial_train → spatial_predict →
+spatial_evaluate → report. Each calls `emo.spatial`'s public functions; records work as for bulk stages.
+
+Paths inside `<out>`: spatial_model/, spatial_predictions/<S>.csv, spatial_evaluate/ (sections.csv,
+genes_<S>.csv, r_histogram.png), report.html; spot features are cached in `spatial.cache`
+(default `<out>/spatial_cache`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from emo.errors import EmoError
+from emo.run.config import SpatialConfig, StudyConfig
+from emo.run.runner import Stage, StudyContext
+
+
+def _sp(ctx: StudyContext) -> SpatialConfig:
+    return ctx.config.spatial
+
+
+def _data(ctx: StudyContext) -> Path:
+    return ctx.config.path(_sp(ctx).data_dir)
+
+
+def _cache(ctx: StudyContext) -> Path:
+    c = _sp(ctx).cache
+    return ctx.config.path(c) if c else ctx.out_dir / "spatial_cache"
+
+
+def eval_genes(ctx: StudyContext) -> list[str]:
+    """The genes the study evaluates: a gene-list file (one symbol per line) or panel names/genes."""
+    from emo.panels import resolve_genes
+
+    cfg: StudyConfig = ctx.config
+    path = cfg.spatial_genes_file()
+    if path is not None:
+        genes = list(dict.fromkeys(g.strip() for g in path.read_text().split() if g.strip()))
+        if not genes:
+            raise EmoError(f"spatial.genes: {path} lists no genes; one symbol per line")
+        return genes
+    return resolve_genes(_sp(ctx).genes)
+
+
+def model_genes(ctx: StudyContext) -> list[str]:
+    """Evaluated genes plus the PAM50 proliferation genes (for the proliferation-score ρ)."""
+    from emo.panels import get_panel
+
+    genes = eval_genes(ctx)
+    return genes + [g for g in get_panel("pam50_proliferation") if g not in set(genes)]
+
+
+def _model_config(ctx: StudyContext):
+    from emo.spatial import SpotModelConfig
+
+    sp = _sp(ctx)
+    return SpotModelConfig(tile_sizes_um=tuple(float(v) for v in sp.tile_sizes_um), backbone=sp.backbone, alpha=sp.alpha,
+                           n_components=sp.n_components or None, context_radius=sp.context_radius)
+
+
+def _section_files(ctx: StudyContext, section: str, image: bool) -> list[Path]:
+    d = _data(ctx)
+    files = [d / "counts" / f"{section}.tsv.gz", d / "spots" / f"{section}.tsv"]
+    if image:
+        files += sorted((d / "images").glob(f"{section}.jpg")) + sorted((d / "images").glob(f"{section}_lowres.png"))
+    return [f for f in files if f.exists()]
+
+
+def _basis_pool(ctx: StudyContext) -> list[str]:
+    from emo.spatial.pipeline import count_sections
+
+    sp = _sp(ctx)
+    if not sp.n_components:
+        return []
+    return [s for s in sp.basis_sections or count_sections(_data(ctx)) if s not in set(sp.test_sections)]
+
+
+def _scale_files(ctx: StudyContext) -> list[Path]:
+    """Files `read_her2st` takes image scale from (present in the shared her2st folder)."""
+    return [p for p in (_data(ctx) / n for n in ("image_dims.json", "mpp_estimate.json")) if p.is_file()]
+
+
+# ---------------------------------------------------------------- train
+
+
+def model_dir(ctx: StudyContext) -> Path:
+    return ctx.out_dir / "spatial_model"
+
+
+def run_train(ctx: StudyContext) -> None:
+    from rich.console import Console
+
+    from emo.spatial import train_spot_model
+
+    sp = _sp(ctx)
+    log = Console(stderr=True, highlight=False).print
+    model = train_spot_model(_data(ctx), sp.train_sections, model_genes(ctx), _model_config(ctx),
+                             exclude_from_basis=sp.test_sections, basis_sections=sp.basis_sections,
+                             cache_dir=_cache(ctx), progress=lambda s: log(f"  spot features {s} done"))
+    model.save(model_dir(ctx))
+
+
+def train_inputs(ctx: StudyContext) -> list[Path]:
+    sp = _sp(ctx)
+    files = [f for s in sp.train_sections for f in _section_files(ctx, s, image=True)]
+    files += [f for s in _basis_pool(ctx) if s not in sp.train_sections for f in _section_files(ctx, s, image=False)]
+    genes_file = ctx.config.spatial_genes_file()
+    return files + _scale_files(ctx) + ([genes_file] if genes_file else [])
+
+
+def train_params(ctx: StudyContext) -> dict[str, Any]:
+    return _sp(ctx).model_dump(mode="json", exclude={"cache", "test_sections"}) | {"test_sections": _sp(ctx).test_sections}
+
+
+# ---------------------------------------------------------------- predict
+
+
+def predictions_dir(ctx: StudyContext) -> Path:
+    return ctx.out_dir / "spatial_predictions"
+
+
+def run_predict(ctx: StudyContext) -> None:
+    from emo.io import write_table_atomic
+    from emo.spatial import SpotModel, predict_section
+
+    model = SpotModel.load(model_dir(ctx))
+    for s in _sp(ctx).test_sections:
+        pred, _ = predict_section(model, _data(ctx), s, _cache(ctx))
+        write_table_atomic(predictions_dir(ctx) / f"{s}.csv", pred, index=True)
+
+
+def predict_inputs(ctx: StudyContext) -> list[Path]:
+    return [model_dir(ctx)] + [f for s in _sp(ctx).test_sections for f in _section_files(ctx, s, image=True)] + _scale_files(ctx)
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def evaluate_dir(ctx: StudyContext) -> Path:
+    return ctx.out_dir / "spatial_evaluate"
+
+
+def run_evaluate(ctx: StudyContext) -> None:
+    """Per test section: per-gene Pearson r with BH-FDR (genes_<S>.csv), and a summary row (sections.csv)."""
+    import pandas as pd
+
+    from emo.expression import read_her2st
+    from emo.io import write_json_atomic, write_table_atomic
+    from emo.panels import get_panel
+    from emo.spatial import gene_correlations, score_spearman
+    from emo.spatial.data import spot_targets
+
+    genes, prolif = eval_genes(ctx), get_panel("pam50_proliferation")
+    out = evaluate_dir(ctx)
+    rows, tables = [], {}
+    for s in _sp(ctx).test_sections:
+        pred = pd.read_csv(predictions_dir(ctx) / f"{s}.csv", index_col=0)
+        adata = read_her2st(_data(ctx), s)
+        if list(pred.index) != list(adata.obs_names):
+            raise EmoError(f"{predictions_dir(ctx) / f'{s}.csv'}: spot ids differ from section {s}; rerun with --from spatial_predict")
+        cols = list(pred.columns)
+        measured = pd.DataFrame(spot_targets(adata, cols), index=adata.obs_names, columns=cols)
+        table = gene_correlations(pred[genes].to_numpy(), measured[genes].to_numpy(), genes)
+        rho, rho_p = score_spearman(pred, measured, [g for g in prolif if g in cols])
+        write_table_atomic(out / f"genes_{s}.csv", table, index=False)
+        tables[s] = table
+        rows.append({"section": s, "n_spots": len(pred), "n_genes": len(genes), "mean_r": table.r.mean(),
+                     "median_r": table.r.median(), "n_r_positive": int((table.r > 0).sum()),
+                     "n_fdr05": int((table.fdr_bh < 0.05).sum()), "prolif_spearman": rho, "prolif_spearman_p": rho_p})
+    summary = pd.DataFrame(rows)
+    write_table_atomic(out / "sections.csv", summary, index=False)
+    write_json_atomic(out / "summary.json", {"train_sections": _sp(ctx).train_sections, "sections": rows})
+    _histogram(tables, out / "r_histogram.png")
+
+
+def _histogram(tables: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from emo.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for s, table in tables.items():
+        ax.hist(table.r, bins=40, histtype="step", label=f"{s} (mean r {table.r.mean():.3f})")
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set(xlabel="Pearson r per gene over spots (held-out section)", ylabel="genes")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def evaluate_inputs(ctx: StudyContext) -> list[Path]:
+    files = [predictions_dir(ctx)] + [f for s in _sp(ctx).test_sections for f in _section_files(ctx, s, image=False)]
+    genes_file = ctx.config.spatial_genes_file()
+    return files + ([genes_file] if genes_file else [])
+
+
+def evaluate_params(ctx: StudyContext) -> dict[str, Any]:
+    return {"genes": _sp(ctx).genes, "test_sections": _sp(ctx).test_sections}
+
+
+def _run_report(ctx: StudyContext) -> None:
+    from emo.reports import build_report
+
+    build_report(ctx.out_dir, ctx.out_dir / "report.html")
+
+
+SPATIAL_STAGES: tuple[Stage, ...] = (
+    Stage("spatial_train", run_train, train_inputs, train_params, lambda ctx: [model_dir(ctx)]),
+    Stage("spatial_predict", run_predict, predict_inputs, lambda ctx: {"test_sections": _sp(ctx).test_sections},
+          lambda ctx: [predictions_dir(ctx)], ("spatial_train",)),
+    Stage("spatial_evaluate", run_evaluate, evaluate_inputs, evaluate_params, lambda ctx: [evaluate_dir(ctx)], ("spatial_predict",)),
+    Stage("report", _run_report, lambda ctx: [], lambda ctx: {}, lambda ctx: [ctx.out_dir / "report.html"], ("spatial_evaluate",)),
+)

@@ -1,0 +1,89 @@
+"""`emo run` spot-level study on real her2st data: train B4,C2 → predict C4; a second run skips everything."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from emo.errors import EmoError
+from emo.expression import read_her2st
+from emo.run import SPATIAL_TEMPLATE, load_study, parse_study, run_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _study(tmp_path: Path, data: Path, genes: Path) -> Path:
+    study = {
+        "out": "out",
+        "spatial": {"data_dir": str(data), "train_sections": ["B4", "C2"], "test_sections": ["C4"], "genes": str(genes),
+                    "tile_sizes_um": [224], "basis_sections": ["B1", "G2"]},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_spatial_study_runs_then_skips(shared_data, tmp_path):
+    data = shared_data("her2st")
+    for name in ("images/B4.jpg", "images/C2.jpg", "images/C4.jpg"):
+        shared_data(f"her2st/{name}")
+    genes_file = shared_data("her2st/hist2st_785_genes.txt")
+    config = load_study(_study(tmp_path, data, genes_file))
+    status = run_study(config)
+    assert status == dict.fromkeys(["spatial_train", "spatial_predict", "spatial_evaluate", "report"], "ran")
+
+    out = tmp_path / "out"
+    genes = genes_file.read_text().split()
+    pred = pd.read_csv(out / "spatial_predictions" / "C4.csv", index_col=0)
+    section = read_her2st(data, "C4")  # spots with both counts and a position
+    assert list(pred.index) == list(section.obs_names) and len(pred) > 100
+    assert pred.index.str.fullmatch(r"\d+x\d+").all() and set(genes) <= set(pred.columns)
+    sections = pd.read_csv(out / "spatial_evaluate" / "sections.csv").set_index("section")
+    print(f"\nemo run spatial B4,C2 → C4: {sections.loc['C4'].to_dict()}")
+    assert sections.loc["C4", "n_genes"] == len(genes) and sections.loc["C4", "n_spots"] == len(pred)
+    assert sections.loc["C4", "mean_r"] > 0.05
+    assert (out / "spatial_evaluate" / "r_histogram.png").stat().st_size > 0
+    assert "Spot-level prediction" in (out / "report.html").read_text()
+
+    records = {p.name: p.read_text() for p in (out / ".emo" / "stages").glob("*.json")}
+    t0 = time.perf_counter()
+    again = run_study(load_study(tmp_path / "study.yaml"))
+    seconds = time.perf_counter() - t0
+    print(f"second run: {seconds:.1f}s")
+    assert set(again.values()) == {"skipped"}
+    assert {p.name: p.read_text() for p in (out / ".emo" / "stages").glob("*.json")} == records
+    assert seconds < 30
+    assert json.loads(records["spatial_train.json"])["params"]["train_sections"] == ["B4", "C2"]
+
+
+def test_spatial_study_config_errors(shared_data, tmp_path):
+    data = shared_data("her2st")
+    with pytest.raises(EmoError, match="also train_sections"):
+        parse_study({"spatial": {"data_dir": str(data), "train_sections": ["B4"], "test_sections": ["B4"], "genes": "pam50"}})
+    config = parse_study({"spatial": {"data_dir": str(data), "train_sections": ["A3"], "test_sections": ["C4"], "genes": "pam50"}},
+                         base_dir=tmp_path)
+    with pytest.raises(EmoError, match="section A3 has no image"):
+        run_study(config)
+    with pytest.raises(EmoError, match="unknown key 'spatial.tile_size_um'"):
+        parse_study({"spatial": {"data_dir": ".", "train_sections": ["B4"], "test_sections": ["C4"], "genes": "x",
+                                 "tile_size_um": [224]}})
+
+
+def test_her2st_example_and_init_spatial_template_parse(tmp_path):
+    from typer.testing import CliRunner
+
+    from emo.cli import app
+
+    config = load_study(ROOT / "docs" / "her2st-study.yaml")
+    assert config.spatial.test_sections == ["C4"] and config.spatial.tile_sizes_um == [224, 100, 448]
+    result = CliRunner().invoke(app, ["init", str(tmp_path / "s.yaml"), "--spatial"])
+    assert result.exit_code == 0, result.output
+    written = load_study(tmp_path / "s.yaml")
+    assert written.spatial.train_sections == ["B4", "C2", "C3"] and written.spatial.data_dir == "her2st"
+    # every spatial key is in the template
+    assert set(yaml.safe_load(SPATIAL_TEMPLATE)["spatial"]) == set(written.spatial.model_dump())
