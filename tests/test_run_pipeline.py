@@ -8,20 +8,13 @@ import os
 import h5py
 import pytest
 
-from emo.errors import EmoError
 
 
 @pytest.fixture
-def study(tmp_path):
-    from emo.demo import find_source_slide, make_demo_cohort
+def study(tmp_path, demo_source_slide):
+    from emo.demo import make_demo_cohort
     from emo.run import load_study
 
-    try:
-        find_source_slide()
-    except EmoError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
     paths = make_demo_cohort(tmp_path, n_slides=2, grid=(2, 2), n_noise_genes=2, seed=3)
     config = load_study(paths["study"])
     config.features.workers = 0

@@ -55,7 +55,7 @@ def _geojson(path, rings):
 
 
 def test_roi_geojson_with_hole(monkeypatch, capfd, pyramid, tmp_path):
-    roi = _geojson(tmp_path / "synthetic.geojson", [_square(0, 0, 1600, 1600), _square(450, 450, 1150, 1150)])
+    _geojson(tmp_path / "synthetic.geojson", [_square(0, 0, 1600, 1600), _square(450, 450, 1150, 1150)])
     code, out, err = run_cli(monkeypatch, capfd, pyramid, "--out", tmp_path / "o", "--roi", tmp_path, *GRID)
     assert code == 0, err
     store = TileStore(tmp_path / "o" / "tiles" / "synthetic.h5")

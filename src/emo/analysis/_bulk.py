@@ -178,19 +178,38 @@ def attach_sheet(expr: Expression, sheet: str | Path | pd.DataFrame | None, id_c
     return Expression(data=expr.data, obs=obs, source=expr.source)
 
 
+def match_samples(pred: pd.DataFrame, obs: pd.DataFrame, what: str = "predictions") -> pd.DataFrame:
+    """Rows of `pred` re-indexed by targets `sample_id` (via a sample_id column, the index, or obs slide_id).
+
+    Several slides of one sample are averaged, as EMO-average averages tiles within a slide.
+    """
+    ids = pd.Index(pred.attrs.get("sample_id", pred.index), dtype=str)
+    samples = pd.Index(obs.index.astype(str))
+    sample_of = pd.Series(samples, index=samples)
+    if "slide_id" in obs:
+        slides = obs["slide_id"].astype(str)
+        by_slide = pd.Series(samples.to_numpy(), index=slides.to_numpy())
+        by_slide = by_slide[~by_slide.index.duplicated()]
+        sample_of = pd.concat([by_slide, sample_of[~sample_of.index.isin(by_slide.index)]])
+    mapped = ids.map(sample_of)
+    keep = ~pd.isna(mapped)
+    if not keep.any():
+        raise EmoError(
+            f"{what}: none of {len(ids)} rows (e.g. {ids[0]!r}) matches a targets sample_id or obs['slide_id']; "
+            "name prediction rows by slide_id and give targets an obs column slide_id"
+        )
+    out = pred.loc[np.asarray(keep)].copy()
+    out.index = pd.Index(np.asarray(mapped[keep]), name="sample_id")
+    out.attrs = {}
+    out = out.groupby(level=0, sort=False).mean()
+    out.attrs["n_unmatched"] = int((~keep).sum())
+    return out
+
+
 def align(measured: Expression, predicted: Expression) -> tuple[Expression, Expression]:
-    """Restrict both to the shared samples (mapping predicted slide ids via obs `slide_id`), same order."""
-    pred = predicted.data
+    """Restrict both to the shared samples (predicted rows named by sample or by obs `slide_id`), same order."""
+    pred = match_samples(predicted.data, measured.obs, what=predicted.source)
     common = measured.data.index.intersection(pred.index)
-    if len(common) == 0 and "slide_id" in measured.obs.columns:
-        to_sample = pd.Series(measured.obs.index, index=measured.obs["slide_id"].astype(str))
-        to_sample = to_sample[~to_sample.index.duplicated()]
-        pred = pred.loc[pred.index.isin(to_sample.index)]
-        pred.index = to_sample.loc[pred.index].to_numpy()
-        common = measured.data.index.intersection(pred.index)
-    if len(common) == 0:
-        raise EmoError(f"{predicted.source}: no sample or slide id matches {measured.source}; "
-                       "predictions must be for the measured samples")
     obs = measured.obs.loc[common]
     return (Expression(measured.data.loc[common], obs, measured.source),
             Expression(pred.loc[common], obs, predicted.source))
@@ -200,19 +219,10 @@ def select_genes(data: pd.DataFrame, genes: str | list[str] | None, *, source: s
     """Columns for a panel/gene list (`"pam50"`, `"ESR1,PGR"`) or a genes.csv with a `selected` column."""
     if genes is None:
         return data
-    from emo.panels import resolve_genes
+    from emo.panels import read_gene_file, resolve_genes
 
     if isinstance(genes, str) and Path(genes).suffix in {".csv", ".tsv", ".parquet", ".txt"}:
-        path = Path(genes)
-        if path.suffix == ".txt":
-            wanted = [g.strip() for g in path.read_text().split() if g.strip()]
-        else:
-            table = _read_table(path)
-            if "gene" not in table.columns:
-                raise EmoError(f"{path}: needs a 'gene' column")
-            if "selected" in table.columns:
-                table = table[table["selected"].astype(str).str.lower().isin({"true", "1"})]
-            wanted = table["gene"].astype(str).tolist()
+        wanted = read_gene_file(genes)  # a missing file is an error, not a gene named like it
     else:
         wanted = resolve_genes(genes)
     present = [g for g in wanted if g in data.columns]

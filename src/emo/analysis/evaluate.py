@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from emo.analysis import stats
+from emo.analysis._bulk import match_samples
 from emo.analysis.proliferation import proliferation_genes
 from emo.errors import EmoError
 from emo.io import provenance, write_json_atomic, write_table_atomic, write_text_atomic
@@ -50,19 +51,12 @@ class EvaluateConfig:
 
 
 def read_gene_list(path: Path) -> list[str]:
-    """One gene per line (blank lines and `#` comments ignored), or a genes.csv with a `gene` column."""
-    path = Path(path)
-    if not path.exists():
+    """The selected genes of a validation run: its selected_genes.txt or genes.csv (`read_gene_file`)."""
+    from emo.panels import read_gene_file
+
+    if not Path(path).exists():
         raise EmoError(f"{path}: gene list not found; pass the selected_genes.txt written by the validation run")
-    if path.suffix == ".csv":
-        frame = pd.read_csv(path)
-        if "gene" not in frame:
-            raise EmoError(f"{path}: no 'gene' column; pass a one-gene-per-line file or an emo genes.csv")
-        if "selected" in frame:
-            frame = frame[frame["selected"].astype(bool)]
-        return frame["gene"].astype(str).tolist()
-    lines = (s.split("#", 1)[0].strip() for s in path.read_text().splitlines())
-    return [s for s in lines if s]
+    return read_gene_file(path)
 
 
 def load_predictions(path: Path) -> pd.DataFrame:
@@ -88,34 +82,6 @@ def load_predictions(path: Path) -> pd.DataFrame:
     if bad:
         raise EmoError(f"{path}: non-numeric columns {bad[:3]}; expected samples × genes with the id in the first column")
     return frame.astype(np.float64)
-
-
-def match_samples(pred: pd.DataFrame, obs: pd.DataFrame, what: str = "predictions") -> pd.DataFrame:
-    """Rows of `pred` re-indexed by targets `sample_id` (via a sample_id column, the index, or obs slide_id).
-
-    Several slides of one sample are averaged, as EMO-average averages tiles within a slide.
-    """
-    ids = pd.Index(pred.attrs.get("sample_id", pred.index), dtype=str)
-    samples = pd.Index(obs.index.astype(str))
-    sample_of = pd.Series(samples, index=samples)
-    if "slide_id" in obs:
-        slides = obs["slide_id"].astype(str)
-        by_slide = pd.Series(samples.to_numpy(), index=slides.to_numpy())
-        by_slide = by_slide[~by_slide.index.duplicated()]
-        sample_of = pd.concat([by_slide, sample_of[~sample_of.index.isin(by_slide.index)]])
-    mapped = ids.map(sample_of)
-    keep = ~pd.isna(mapped)
-    if not keep.any():
-        raise EmoError(
-            f"{what}: none of {len(ids)} rows (e.g. {ids[0]!r}) matches a targets sample_id or obs['slide_id']; "
-            "name prediction rows by slide_id and give targets an obs column slide_id"
-        )
-    out = pred.loc[np.asarray(keep)].copy()
-    out.index = pd.Index(np.asarray(mapped[keep]), name="sample_id")
-    out.attrs = {}
-    out = out.groupby(level=0, sort=False).mean()
-    out.attrs["n_unmatched"] = int((~keep).sum())
-    return out
 
 
 def gene_table(measured: pd.DataFrame, predicted: pd.DataFrame, *, r2_mask: np.ndarray | None = None) -> pd.DataFrame:

@@ -13,13 +13,6 @@ spatial_app = typer.Typer(help="Spot-level training and prediction on spatial-tr
 app.add_typer(spatial_app, name="spatial")
 
 
-def _genes(spec: str) -> list[str]:
-    from emo.panels import resolve_genes
-
-    path = Path(spec)
-    return path.read_text().split() if path.is_file() else resolve_genes(spec)
-
-
 @spatial_app.command("train")
 def train(
     data: Path = typer.Option(..., help="her2st-layout folder: images/<S>.jpg, counts/<S>.tsv.gz, spots/<S>.tsv"),
@@ -35,11 +28,12 @@ def train(
     cache: Path | None = typer.Option(None, help="feature cache folder"),
 ) -> None:
     """Train a spot-level model over all genes at once on frozen multi-scale features."""
+    from emo.panels import resolve_genes
     from emo.spatial import SpotModelConfig, train_spot_model
 
     config = SpotModelConfig(tile_sizes_um=tuple(float(v) for v in tile_sizes_um.split(",")), backbone=backbone,
                              alpha=alpha, n_components=components or None, context_radius=context_radius)
-    model = train_spot_model(data, [s for s in sections.split(",") if s], _genes(genes), config,
+    model = train_spot_model(data, [s for s in sections.split(",") if s], resolve_genes(genes), config,
                              exclude_from_basis=[s for s in hold_out.split(",") if s], cache_dir=cache,
                              progress=lambda s: typer.echo(f"features: {s}"))
     typer.echo(f"model: {model.save(out)}")

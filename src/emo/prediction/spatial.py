@@ -27,11 +27,10 @@ log = logging.getLogger(__name__)
 
 def _chosen_genes(model_genes: list[str], genes, panel) -> list[str]:
     from emo.panels import get_panel, resolve_genes
-    from emo.training.data import gene_list
 
     chosen: list[str] = []
     if genes:
-        wanted = gene_list(genes)
+        wanted = resolve_genes(genes)
         missing = [g for g in wanted if g not in model_genes]
         if missing:
             raise EmoError(f"gene(s) {', '.join(missing[:10])} not predicted by this model; choose from its manifest genes")

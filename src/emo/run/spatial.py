@@ -36,7 +36,7 @@ def eval_genes(ctx: StudyContext) -> list[str]:
     cfg: StudyConfig = ctx.config
     path = cfg.spatial_genes_file()
     if path is not None:
-        genes = list(dict.fromkeys(g.strip() for g in path.read_text().split() if g.strip()))
+        genes = resolve_genes(path)
         if not genes:
             raise EmoError(f"spatial.genes: {path} lists no genes; one symbol per line")
         return genes

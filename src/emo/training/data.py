@@ -146,21 +146,14 @@ def load_targets(path: Path):
     return adata
 
 
-def gene_list(spec) -> list[str]:
-    """Genes from `"ESR1,PGR"`, a panel name, a mix, or a text file with one gene per line."""
-    from emo.panels import resolve_genes
-
-    if isinstance(spec, (str, Path)) and "," not in str(spec) and Path(spec).is_file():
-        spec = [line.strip() for line in Path(spec).read_text().splitlines() if line.strip() and not line.startswith("#")]
-    return resolve_genes(spec)
-
-
 def select_genes(adata, genes, path: Path) -> list[str]:
     if genes is None:
         if "kept" in adata.var:  # genes dropped for low training variance are not targets
             return [str(g) for g, k in zip(adata.var_names, adata.var["kept"].astype(bool)) if k]
         return list(map(str, adata.var_names))
-    wanted = gene_list(genes)
+    from emo.panels import resolve_genes
+
+    wanted = resolve_genes(genes)
     present = set(map(str, adata.var_names))
     missing = [g for g in wanted if g not in present]
     if missing:
