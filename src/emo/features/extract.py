@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from emo.errors import EmoError
 from emo.features.preprocess import to_model_input
-from emo.features.store import tile_store_params_hash
-from emo.io import atomic_path, provenance
+from emo.features.store import tile_store_params_hash, write_feature_store
+from emo.io import provenance
 
 if TYPE_CHECKING:
     from emo.executors import Executor
@@ -252,21 +252,15 @@ def _write(job: _SlideJob, features: np.ndarray, identity: dict[str, Any], run_p
 
     store = TileStore(job.tile_store)
     prov = provenance(tile_store=str(job.tile_store.resolve()), **identity, **run_params)
-    with atomic_path(job.out_path) as tmp, h5py.File(tmp, "w") as h5:
-        h5.create_dataset("features", data=features.astype(np.float32, copy=False))
-        h5.create_dataset("coords_px", data=np.asarray(store.coords_px, dtype=np.int64).reshape(-1, 2))
-        h5.create_dataset("coords_um", data=np.asarray(store.coords_um, dtype=np.float64).reshape(-1, 2))
-        h5.create_dataset("tile_id", data=np.asarray(list(store.tile_ids), dtype=object),
-                          dtype=h5py.string_dtype())
-        h5.attrs.update({
-            "slide_id": job.slide_id,
-            "backbone": identity["backbone"],
-            "weights": identity["weights"],
-            "input_size": identity["input_size"],
-            "dim": identity["dim"],
-            "tile_store_params_hash": job.store_hash,
-            "backbone_json": json.dumps(identity, sort_keys=True),
-            "emo_version": prov["emo_version"],
-            "created": prov["created"],
-            "params_json": json.dumps(prov["params"], sort_keys=True),
-        })
+    write_feature_store(job.out_path, features, store.coords_px, store.coords_um, list(store.tile_ids), {
+        "slide_id": job.slide_id,
+        "backbone": identity["backbone"],
+        "weights": identity["weights"],
+        "input_size": identity["input_size"],
+        "dim": identity["dim"],
+        "tile_store_params_hash": job.store_hash,
+        "backbone_json": json.dumps(identity, sort_keys=True),
+        "emo_version": prov["emo_version"],
+        "created": prov["created"],
+        "params_json": json.dumps(prov["params"], sort_keys=True),
+    })

@@ -26,6 +26,19 @@ def tile_store_params_hash(store: Any) -> str:
     return params_hash(params)
 
 
+def write_feature_store(path: str | Path, features: np.ndarray, coords_px: np.ndarray, coords_um: np.ndarray,
+                        tile_ids: list[str], attrs: dict[str, Any]) -> Path:
+    """Write one feature store atomically (datasets per the artifact contract; `attrs` as given)."""
+    from emo.io import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset("features", data=np.asarray(features, dtype=np.float32))
+        h5.create_dataset("coords_px", data=np.asarray(coords_px, dtype=np.int64).reshape(-1, 2))
+        h5.create_dataset("coords_um", data=np.asarray(coords_um, dtype=np.float64).reshape(-1, 2))
+        h5.create_dataset("tile_id", data=np.asarray(list(tile_ids), dtype=object), dtype=h5py.string_dtype())
+        h5.attrs.update(attrs)
+    return path
 
 
 class FeatureStore:
