@@ -15,7 +15,7 @@ def train(
     out: Path = typer.Option(..., "--out", help="Model directory to write (manifest.json + weights.safetensors)."),
     targets: Path = typer.Option(..., "--targets", help="targets.h5ad from `emo expression prepare` (or per-tile targets)."),
     features: Optional[Path] = typer.Option(None, "--features", help="Feature folder from `emo features` (default path)."),
-    head: str = typer.Option("ridge", "--head", help="ridge (closed form, per-gene penalty) or mlp."),
+    head: str = typer.Option("ridge", "--head", help="ridge (closed form, per-gene penalty), mlp, or attention_mil (gated attention over a slide's tiles)."),
     genes: Optional[str] = typer.Option(None, "--genes", help="Genes and/or panels, e.g. 'pam50,ESR1', or a file with one gene per line (default: all)."),
     level: str = typer.Option("slide", "--level", help="slide: bulk targets, slide = mean of tiles; tile: per-tile/spot targets."),
     seed: int = typer.Option(0, "--seed", help="Random seed (MLP init, data order, tile sampling)."),

@@ -101,6 +101,7 @@ class LinearHead:
     """
 
     kind = "ridge"
+    slide_pooling = "mean"
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray):
         self.weight = np.ascontiguousarray(weight, dtype=np.float32)
@@ -161,6 +162,8 @@ class MLPHead:
     """Per-tile MLP trained with MSE on minibatches of slides, all genes together."""
 
     kind = "mlp"
+    slide_pooling = "mean"
+    config_class = MLPConfig
 
     def __init__(self, module, config: MLPConfig):
         self.module = module.eval()
@@ -179,6 +182,10 @@ class MLPHead:
                 xb = torch.from_numpy(np.asarray(x[start : start + chunk], dtype=np.float32))
                 out.append((self.module(xb) * self.module.y_std + self.module.y_mean).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.module.y_mean)), np.float32)
+
+    def pool(self, bag: np.ndarray) -> np.ndarray:
+        """Slide prediction [genes]: the mean of its tiles' predictions."""
+        return self.predict(bag).mean(axis=0)
 
     def to_tensors(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
@@ -271,7 +278,9 @@ class MLPHead:
         return cls(module, cfg), metrics
 
 
-HEADS: dict[str, type] = {"ridge": LinearHead, "mlp": MLPHead}
+from emo.models.attention_mil import AttentionMILHead  # noqa: E402 (it reuses _standardise_stats above)
+
+HEADS: dict[str, type] = {"ridge": LinearHead, "mlp": MLPHead, "attention_mil": AttentionMILHead}
 
 
 def get_head_class(kind: str) -> type:

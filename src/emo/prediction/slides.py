@@ -96,6 +96,7 @@ class _SlideSource:
     mpp: float
     predict_rows: Callable[[slice], np.ndarray]
     feature_store: SlideFeatures | None = None
+    pool: Callable[[], np.ndarray] | None = None  # the head's own slide pooling (EMO-average), else the mean
 
 
 def _feature_sources(model, feature_dir: Path, tiles: Path | None) -> dict[str, Callable[[], _SlideSource]]:
@@ -111,9 +112,10 @@ def _feature_sources(model, feature_dir: Path, tiles: Path | None) -> dict[str, 
 
     def source(st: SlideFeatures) -> _SlideSource:
         coords_px, coords_um = st.coords()
+        pool = None if getattr(model.head, "slide_pooling", "mean") == "mean" else (lambda: model.head.pool(st.read()))
         return _SlideSource(st.slide_id, st.path, st.tile_ids(), coords_px, coords_um,
                             float(st.attrs.get("mpp", np.nan)),
-                            lambda rows: model.predict_features(st.read(rows)), st)
+                            lambda rows: model.predict_features(st.read(rows)), st, pool)
 
     return {sid: (lambda st=st: source(st)) for sid, st in stores.items()}
 
@@ -156,7 +158,7 @@ def _write_spatial(dest: Path, genes: list[str], src: _SlideSource, obs: pd.Data
                 ds[start : start + len(pred)] = pred
                 total += pred.sum(axis=0, dtype=np.float64)
                 picked[start : start + len(pred)] = pred[:, col]
-            f["var/mean"][...] = total / max(len(obs), 1)
+            f["var/mean"][...] = src.pool() if src.pool is not None else total / max(len(obs), 1)
     return picked
 
 

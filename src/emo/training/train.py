@@ -144,7 +144,7 @@ def train_model(
     *,
     level: str = "slide",
     alphas: list[float] | None = None,
-    mlp_config=None,
+    mlp_config=None,  # the config of a torch head (MLPConfig, AttentionMILConfig)
     allow_missing_features: bool = False,
     permute_labels: bool = False,
 ) -> Path:
@@ -154,11 +154,13 @@ def train_model(
     tile level) are shuffled among its samples with `seed`, so the same head and features meet labels
     that carry no image information — what chance and the architecture give.
     """
-    from emo.models.heads import LinearHead, MLPConfig, MLPHead, fit_ridge_path, get_head_class
+    from emo.models.heads import LinearHead, fit_ridge_path, get_head_class
     from emo.models.model import save_model
 
     targets, out_dir = Path(targets), Path(out_dir)
-    get_head_class(head)
+    head_cls = get_head_class(head)
+    bagged = hasattr(head_cls, "config_class")  # torch heads trained on bags of tiles
+    cfg = (mlp_config or head_cls.config_class(seed=seed)) if bagged else None
     if level not in ("slide", "tile"):
         raise EmoError(f"unknown level {level!r}; choose slide or tile")
     stores = open_feature_stores(feature_dir)
@@ -167,9 +169,8 @@ def train_model(
     if level == "tile":
         data = _tile_level_data(adata, stores, genes, targets)
     else:
-        cfg = mlp_config or MLPConfig(seed=seed)
         data = _slide_level_data(adata, stores, genes, targets, allow_missing_features,
-                                 cfg.tiles_per_slide if head == "mlp" else 0, seed)
+                                 cfg.tiles_per_slide if bagged else 0, seed)
     (x_tr, y_tr, bags_tr, _), (x_tu, y_tu, bags_tu, _) = data["train"], data["tune"]
     if permute_labels:
         rng = np.random.default_rng([seed, 0x9E11])
@@ -186,16 +187,15 @@ def train_model(
         per_gene = pd.DataFrame({"gene": genes, "alpha": fit.alpha, "tune_mse_std": fit.tune_mse.min(axis=0)})
         extra = {"alphas": fit.alphas.tolist(), "alpha_median": float(np.median(fit.alpha))}
     else:
-        cfg = mlp_config or MLPConfig(seed=seed)
-        model_head, info = MLPHead.fit(bags_tr, y_tr, bags_tu, y_tu, cfg)
+        model_head, info = head_cls.fit(bags_tr, y_tr, bags_tu, y_tu, cfg)
         head_config = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
         per_gene = pd.DataFrame({"gene": genes})
         extra = {k: info[k] for k in ("best_epoch", "epochs", "tune_history")}
     tensors.update(model_head.to_tensors())
 
-    # Tuning metrics on the original scale: the slide prediction is the mean of its tile predictions.
-    if level == "slide" and head == "mlp":
-        pred_tu = np.stack([model_head.predict(b).mean(axis=0) for b in bags_tu])
+    # Tuning metrics on the original scale: the slide prediction is the head's pool of its tiles.
+    if level == "slide" and bagged:
+        pred_tu = np.stack([model_head.pool(b) for b in bags_tu])
     else:
         pred_tu = model_head.predict(x_tu)
     rho = _spearman_cols(pred_tu, y_tu)

@@ -1,0 +1,160 @@
+"""Gated-attention multiple-instance head (Ilse et al. 2018), one output per gene.
+
+A slide (or region) is a bag of tile features. Each tile gets an embedding h, an instance
+prediction s(h) for every gene and an attention score from the gated branch
+w·(tanh(V h) ⊙ sigmoid(U h)); the slide prediction is Σ softmax(score)_i s_i, so tiles that look
+informative weigh more than in the plain mean (HE2RNA/SEQUOIA-style slide models). Per-tile
+predictions (EMO-spatial) are the instance predictions s_i; EMO-average uses the attention pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from emo.errors import EmoError
+
+
+@dataclass
+class AttentionMILConfig:
+    hidden: int = 128
+    attention: int = 64
+    dropout: float = 0.25
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 16  # bags per step
+    max_epochs: int = 200
+    patience: int = 20
+    tiles_per_slide: int = 256  # tiles sampled (once, seeded) per slide for training
+    seed: int = 0
+
+
+def _module(dim: int, n_genes: int, cfg: AttentionMILConfig):
+    import torch
+    from torch import nn
+
+    class GatedAttentionMIL(nn.Module):
+        def __init__(self):
+            super().__init__()
+            for name, size in (("x_mean", dim), ("x_std", dim), ("y_mean", n_genes), ("y_std", n_genes)):
+                self.register_buffer(name, torch.zeros(size) if name.endswith("mean") else torch.ones(size))
+            self.embed = nn.Sequential(nn.Linear(dim, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout))
+            self.instance = nn.Linear(cfg.hidden, n_genes)
+            self.att_v = nn.Linear(cfg.hidden, cfg.attention)
+            self.att_u = nn.Linear(cfg.hidden, cfg.attention)
+            self.att_w = nn.Linear(cfg.attention, 1)
+
+        def tiles(self, x):
+            """Embeddings → (instance predictions [n, genes], attention logits [n]) in standardised units."""
+            h = self.embed((x - self.x_mean) / self.x_std)
+            logits = self.att_w(torch.tanh(self.att_v(h)) * torch.sigmoid(self.att_u(h))).squeeze(-1)
+            return self.instance(h), logits
+
+        def forward(self, bags: list):
+            out = []
+            for x in bags:
+                s, logits = self.tiles(x)
+                out.append(torch.softmax(logits, dim=0) @ s)
+            return torch.stack(out)
+
+    return GatedAttentionMIL()
+
+
+class AttentionMILHead:
+    """All-gene gated-attention MIL head; `pool(bag)` is the slide prediction, `predict(x)` per tile."""
+
+    kind = "attention_mil"
+    slide_pooling = "attention"
+    config_class = AttentionMILConfig
+
+    def __init__(self, module, config: AttentionMILConfig):
+        self.module = module.eval()
+        self.config = config
+
+    @property
+    def dim(self) -> int:
+        return int(self.module.x_mean.shape[0])
+
+    def _scale(self, t) -> np.ndarray:
+        return (t * self.module.y_std + self.module.y_mean).numpy()
+
+    def predict(self, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(x), chunk):
+                s, _ = self.module.tiles(torch.from_numpy(np.asarray(x[start : start + chunk], dtype=np.float32)))
+                out.append(self._scale(s))
+        return np.concatenate(out) if out else np.zeros((0, len(self.module.y_mean)), np.float32)
+
+    def pool(self, bag: np.ndarray) -> np.ndarray:
+        """Slide prediction [genes]: attention-weighted instance predictions of all its tiles."""
+        import torch
+
+        if len(bag) == 0:
+            raise EmoError("attention_mil: a slide without tiles has no prediction")
+        with torch.inference_mode():
+            return self._scale(self.module([torch.from_numpy(np.asarray(bag, dtype=np.float32))])[0])
+
+    def to_tensors(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray], config: dict) -> AttentionMILHead:
+        import torch
+
+        cfg = AttentionMILConfig(**config)
+        module = _module(tensors["x_mean"].shape[0], tensors["y_mean"].shape[0], cfg)
+        module.load_state_dict({k: torch.from_numpy(np.array(tensors[k])) for k in module.state_dict()})
+        return cls(module, cfg)
+
+    @classmethod
+    def fit(cls, train_bags: list[np.ndarray], y_train: np.ndarray, tune_bags: list[np.ndarray], y_tune: np.ndarray,
+            config: AttentionMILConfig | None = None) -> tuple[AttentionMILHead, dict]:
+        """AdamW on minibatches of bags, MSE in standardised target units; the epoch with the lowest
+        tuning MSE is kept (early stopping). Seeded; deterministic on CPU."""
+        import torch
+
+        from emo.models.heads import _standardise_stats
+
+        cfg = config or AttentionMILConfig()
+        if not tune_bags:
+            raise EmoError("attention_mil: the tuning split is empty; targets need samples with split == 'tune'")
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        x_mean, x_std = _standardise_stats(np.concatenate(train_bags).astype(np.float64))
+        y_mean, y_std = _standardise_stats(np.asarray(y_train, dtype=np.float64))
+        module = _module(train_bags[0].shape[1], y_train.shape[1], cfg)
+        for name, value in (("x_mean", x_mean), ("x_std", x_std), ("y_mean", y_mean), ("y_std", y_std)):
+            getattr(module, name).copy_(torch.from_numpy(value.astype(np.float32)))
+        yt_train = torch.from_numpy(((y_train - y_mean) / y_std).astype(np.float32))
+        yt_tune = torch.from_numpy(((y_tune - y_mean) / y_std).astype(np.float32))
+        train_t = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for b in train_bags]
+        tune_t = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for b in tune_bags]
+        opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        best, best_state, best_epoch, wait, history = np.inf, None, -1, 0, []
+        for epoch in range(cfg.max_epochs):
+            module.train()
+            order = rng.permutation(len(train_t))
+            for s in range(0, len(order), cfg.batch_size):
+                batch = order[s : s + cfg.batch_size]
+                loss = torch.nn.functional.mse_loss(module([train_t[i] for i in batch]), yt_train[batch])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            module.eval()
+            with torch.no_grad():
+                loss = float(((module(tune_t) - yt_tune) ** 2).mean())
+            history.append(loss)
+            if loss < best:
+                best, best_epoch, wait = loss, epoch, 0
+                best_state = {k: v.clone() for k, v in module.state_dict().items()}
+            else:
+                wait += 1
+                if wait >= cfg.patience:
+                    break
+        module.load_state_dict(best_state)
+        return cls(module, cfg), {"tune_mse": best, "best_epoch": best_epoch, "epochs": len(history),
+                                  "tune_history": history}
