@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-section-standardize", action="store_true", help="keep raw feature scales per section")
     ap.add_argument("--tune-fraction", type=float, default=0.2, help="training regions held for the tuning split")
     ap.add_argument("--min-spots", type=int, default=5, help="smallest region kept")
+    ap.add_argument("--shifted-grids", action="store_true",
+                    help="also train on the regions of the 8 shifted 3×3 grids (those sharing a spot with a tuning "
+                         "region are left out); test regions are always the standard grid")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-spot-baseline", action="store_true", help="skip the spot-level model averaged into regions")
     args = ap.parse_args(argv)
@@ -90,8 +94,8 @@ def run(args: argparse.Namespace, t0: float) -> int:
     genes = eval_genes + [g for g in prolif if g not in eval_genes]
     work = args.out / "work"
 
-    targets, feature_dir, spot_regions = build_region_study(args, train, test, genes, work, t0)
-    result = fit_and_score(args, targets, feature_dir, genes, eval_genes, work, t0)
+    targets, feature_dirs, spot_regions = build_region_study(args, train, test, genes, work, t0)
+    result = fit_and_score(args, targets, feature_dirs, genes, eval_genes, work, t0)
     print(f"region model ({args.head}): test regions={result['n']} mean_rho={result['mean_rho']:.4f} "
           f"n_fdr05={result['n_fdr05']} prolif_rho={result['prolif_rho']:.3f} "
           f"lme_fdr05={result['lme_fdr05']} ({time.perf_counter() - t0:.0f}s)", flush=True)
@@ -113,15 +117,15 @@ def build_region_study(args, train, test, genes, work: Path, t0: float):
     import anndata
 
     from emo.expression import read_her2st, region_pseudobulk
-    from emo.expression.st_readers import SPATIAL_KEY
-    from emo.features import write_feature_store
     from emo.io import atomic_path
     from emo.spot_models import SpotModelConfig, section_features
 
     sizes = tuple(float(v) for v in args.tile_sizes_um.split(","))
     config = SpotModelConfig(tile_sizes_um=sizes, backbone=args.backbone)
     name = f"{args.backbone}@{'+'.join(f'{s:g}' for s in sizes)}um" + ("" if args.no_section_standardize else "_sectionz")
-    feature_dir = work / "features" / name
+    feature_dir, test_dir = work / "features" / name, work / "features_test" / name
+    for folder in (feature_dir, test_dir):  # regions of an earlier run with other options must not mix in
+        shutil.rmtree(folder, ignore_errors=True)
     identity = {"backbone": name, "weights": "default", "input_size": config.tile_px, "tile_sizes_um": list(sizes),
                 "section_standardize": not args.no_section_standardize}
     rng = np.random.default_rng(args.seed)
@@ -133,28 +137,30 @@ def build_region_study(args, train, test, genes, work: Path, t0: float):
             feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-6)
         expr, spot_region = region_pseudobulk(adata, genes, min_spots=args.min_spots)
         spot_regions[section] = spot_region
-        info = adata.uns[SPATIAL_KEY]
-        half = sizes[0] / info["mpp"] / 2
-        row = adata.obs_names.get_indexer(spot_region.index)
-        centres = adata.obsm["spatial"][row]
-        for region in expr.index:
-            m = (spot_region == region).to_numpy()
-            corner = centres[m] - half
-            write_feature_store(feature_dir / f"{region}.h5", feats[row[m]], np.round(corner), corner * info["mpp"],
-                                list(spot_region.index[m]), {
-                                    "slide_id": region, "backbone": name, "weights": "default",
-                                    "input_size": config.tile_px, "dim": feats.shape[1], "mpp": info["mpp"],
-                                    "backbone_json": json.dumps(identity, sort_keys=True),
-                                    "params_json": json.dumps({"tile_size_um": sizes[0], "section": section})})
         if section in test:
             split = np.full(len(expr), "test", dtype=object)
         else:
             split = np.where(rng.random(len(expr)) < args.tune_fraction, "tune", "train").astype(object)
-        frames.append(expr)
-        obs.append(pd.DataFrame({"slide_id": expr.index, "patient_id": section, "section": section, "cohort": "her2st",
-                                 "split": split, "n_spots": spot_region.value_counts().reindex(expr.index).to_numpy()},
-                                index=expr.index))
-        print(f"  {section}: {len(expr)} regions, {len(spot_region)} spots ({time.perf_counter() - t0:.0f}s)", flush=True)
+        grids = [(expr, spot_region, split)]
+        if args.shifted_grids and section not in test:
+            tune_spots = set(spot_region.index[spot_region.isin(expr.index[split == "tune"])])
+            for offset in [(dx, dy) for dx in range(3) for dy in range(3) if (dx, dy) != (0, 0)]:
+                e, r = region_pseudobulk(adata, genes, min_spots=args.min_spots, offset=offset)
+                e = e.drop(index=r[r.index.isin(tune_spots)].unique())
+                grids.append((e, r[r.isin(e.index)], np.full(len(e), "train", dtype=object)))
+        for expr_g, spot_region_g, split_g in grids:
+            folder = test_dir if section in test else feature_dir
+            _write_region_stores(folder, adata, feats, expr_g, spot_region_g, sizes[0], {
+                "backbone": name, "weights": "default", "input_size": config.tile_px, "dim": feats.shape[1],
+                "backbone_json": json.dumps(identity, sort_keys=True)}, section)
+            frames.append(expr_g)
+            obs.append(pd.DataFrame({"slide_id": expr_g.index, "patient_id": section, "section": section,
+                                     "cohort": "her2st", "split": split_g,
+                                     "n_spots": spot_region_g.value_counts().reindex(expr_g.index).to_numpy()},
+                                    index=expr_g.index))
+        print(f"  {section}: {len(expr)} regions, {len(spot_region)} spots"
+              f"{f', {sum(len(g[0]) for g in grids[1:])} shifted-grid regions' if len(grids) > 1 else ''} "
+              f"({time.perf_counter() - t0:.0f}s)", flush=True)
     x = pd.concat(frames)
     o = pd.concat(obs)
     o.index.name = "sample_id"
@@ -162,7 +168,23 @@ def build_region_study(args, train, test, genes, work: Path, t0: float):
     targets = work / "targets.h5ad"
     with atomic_path(targets) as tmp:
         anndata.AnnData(x.to_numpy(np.float32), obs=o, var=pd.DataFrame(index=x.columns)).write_h5ad(tmp)
-    return targets, feature_dir, spot_regions
+    return targets, (feature_dir, test_dir), spot_regions
+
+
+def _write_region_stores(feature_dir: Path, adata, feats: np.ndarray, expr: pd.DataFrame, spot_region: pd.Series,
+                         tile_um: float, attrs: dict, section: str) -> None:
+    """One feature store per region: the rows of its spots' tiles (corners in image px and µm)."""
+    from emo.expression.st_readers import SPATIAL_KEY
+    from emo.features import write_feature_store
+
+    mpp = adata.uns[SPATIAL_KEY]["mpp"]
+    row = adata.obs_names.get_indexer(spot_region.index)
+    corners = adata.obsm["spatial"][row] - tile_um / mpp / 2
+    for region in expr.index:
+        m = (spot_region == region).to_numpy()
+        write_feature_store(feature_dir / f"{region}.h5", feats[row[m]], np.round(corners[m]), corners[m] * mpp,
+                            list(spot_region.index[m]), {**attrs, "slide_id": region, "mpp": mpp,
+                            "params_json": json.dumps({"tile_size_um": tile_um, "section": section})})
 
 
 def _summary(table: pd.DataFrame, eval_genes: list[str], prolif_rho: float) -> dict:
@@ -171,7 +193,7 @@ def _summary(table: pd.DataFrame, eval_genes: list[str], prolif_rho: float) -> d
             "prolif_rho": prolif_rho}
 
 
-def fit_and_score(args, targets: Path, feature_dir: Path, genes, eval_genes, work: Path, t0: float) -> dict:
+def fit_and_score(args, targets: Path, feature_dirs: tuple[Path, Path], genes, eval_genes, work: Path, t0: float) -> dict:
     """`emo train` → `emo predict` → regions.csv → `emo evaluate` and `emo analyze spatial-validation`."""
     import anndata
 
@@ -181,9 +203,10 @@ def fit_and_score(args, targets: Path, feature_dir: Path, genes, eval_genes, wor
     from emo.prediction import predict
     from emo.training import train_model
 
+    feature_dir, test_dir = feature_dirs
     model = train_model(feature_dir, targets, work / f"model_{args.head}", head=args.head, genes=genes, seed=args.seed)
     print(f"  trained {args.head} ({time.perf_counter() - t0:.0f}s)", flush=True)
-    average = predict(model, feature_dir, work / f"predictions_{args.head}") / "average.h5ad"
+    average = predict(model, test_dir, work / f"predictions_{args.head}") / "average.h5ad"
     pred = anndata.read_h5ad(average).to_df()
     meas = anndata.read_h5ad(targets)
     test = meas.obs_names[meas.obs["split"] == "test"]

@@ -15,20 +15,27 @@ from emo.errors import EmoError
 from emo.expression.st_readers import SPATIAL_KEY
 
 
-def region_of_spots(adata, block: int = 3) -> pd.Series:
-    """Region id of every spot (index = spot id), from the array coordinates `array_x`, `array_y`."""
+def region_of_spots(adata, block: int = 3, offset: tuple[int, int] = (0, 0)) -> pd.Series:
+    """Region id of every spot (index = spot id), from the array coordinates `array_x`, `array_y`.
+
+    A non-zero `offset` shifts the grid by (dx, dy) spots (more, overlapping training regions); its
+    ids get the suffix `~<dx><dy>` so they never collide with the regions of the standard grid.
+    """
     if block < 1:
         raise EmoError(f"block={block}: a region is block × block spots; use block ≥ 1")
     section = adata.uns[SPATIAL_KEY]["section_id"]
-    x = adata.obs["array_x"].to_numpy(int) // block
-    y = adata.obs["array_y"].to_numpy(int) // block
-    return pd.Series([f"{section}_{a}_{b}" for a, b in zip(x, y)], index=adata.obs_names, name="region_id")
+    dx, dy = offset
+    x = (adata.obs["array_x"].to_numpy(int) + dx) // block
+    y = (adata.obs["array_y"].to_numpy(int) + dy) // block
+    suffix = f"~{dx}{dy}" if (dx, dy) != (0, 0) else ""
+    return pd.Series([f"{section}_{a}_{b}{suffix}" for a, b in zip(x, y)], index=adata.obs_names, name="region_id")
 
 
-def region_pseudobulk(adata, genes: list[str], *, block: int = 3, min_spots: int = 5) -> tuple[pd.DataFrame, pd.Series]:
+def region_pseudobulk(adata, genes: list[str], *, block: int = 3, min_spots: int = 5,
+                      offset: tuple[int, int] = (0, 0)) -> tuple[pd.DataFrame, pd.Series]:
     """log2(CPM + 1) of each region's summed raw counts (regions × `genes`; genes absent from the
     section are 0) and the region of every spot of a kept region (regions with ≥ `min_spots` spots)."""
-    region = region_of_spots(adata, block)
+    region = region_of_spots(adata, block, offset)
     sizes = region.value_counts()
     kept = sorted(sizes.index[sizes >= min_spots])
     if not kept:
