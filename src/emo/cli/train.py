@@ -23,7 +23,7 @@ def train(
     permute_labels: bool = typer.Option(
         False, "--permute-labels", help="Null baseline: shuffle the train/tune labels among samples (seeded by --seed) before fitting."
     ),
-    protocol: str = typer.Option("default", "--protocol", help="default (shared backbone + heads) or paper (one Inception V3 per gene)."),
+    protocol: str = typer.Option("default", "--protocol", help="default (shared backbone + heads), paper (one Inception V3 per gene) or finetune (one network for all genes, end to end)."),
     tiles: Optional[Path] = typer.Option(None, "--tiles", help="Tile-store folder (needed by --protocol paper)."),
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Paper protocol: maximum epochs (500)."),
     steps_per_epoch: Optional[int] = typer.Option(None, "--steps-per-epoch", help="Paper protocol: steps per epoch (150)."),
@@ -40,13 +40,27 @@ def train(
     gpus: float = typer.Option(0, "--gpus", help="Paper protocol: GPUs per gene job (Ray num_gpus / SLURM gpus_per_node)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Paper protocol: initial CNN weights (imagenet, none, or a file)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Paper protocol: CNN (torchvision:inception_v3; others for tests)."),
+    components: Optional[int] = typer.Option(None, "--components", help="Finetune: predict this many target principal components (default: every gene)."),
+    hed_jitter: Optional[float] = typer.Option(None, "--hed-jitter", help="Finetune: σ of HED colour augmentation (0 = off)."),
 ) -> None:
     """Train a model predicting expression of all (or the chosen) genes from H&E tiles.
 
     Default: fits every gene together on cached tile features (`emo features`). `--protocol paper`
     trains one end-to-end Inception V3 per gene exactly as Wang et al. 2021 (slow; flags shrink it).
     """
-    if protocol == "paper":
+    if protocol == "finetune":
+        from emo.errors import EmoError
+        from emo.training.finetune import FinetuneConfig, train_finetune
+
+        if tiles is None or permute_labels:
+            raise EmoError("--protocol finetune needs --tiles TILE_DIR (and no --permute-labels)")
+        overrides = {k: v for k, v in dict(
+            max_epochs=max_epochs, steps_per_epoch=steps_per_epoch, tuning_batches=tuning_batches,
+            batch_size=batch_size, patience=patience, min_delta=min_delta, input_size=input_size, lr=lr, seed=seed,
+            weights=weights, backbone=backbone, n_components=components, hed_jitter=hed_jitter).items() if v is not None}
+        path = train_finetune(tiles, targets, out, genes, FinetuneConfig(**overrides), executor=executor, level=level,
+                              gpus=gpus)
+    elif protocol == "paper":
         from emo.errors import EmoError
         from emo.training.paper import PaperProtocolConfig, train_paper_protocol
 
@@ -71,5 +85,5 @@ def train(
     else:
         from emo.errors import EmoError
 
-        raise EmoError(f"unknown --protocol {protocol!r}; choose default or paper")
+        raise EmoError(f"unknown --protocol {protocol!r}; choose default, paper or finetune")
     typer.echo(f"model written to {path}")

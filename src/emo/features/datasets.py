@@ -27,6 +27,19 @@ def random_dihedral(tile: np.ndarray, rng: np.random.Generator | None = None) ->
     return np.ascontiguousarray(out[:, ::-1] if flip else out)
 
 
+def hed_jitter(tile: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Strong colour augmentation (Tellez et al. 2018): each haematoxylin/eosin/DAB channel of the
+    colour deconvolution (`skimage.color.rgb2hed`) scaled by U(1−σ, 1+σ) and shifted by U(−σ, σ)·its
+    spread, then recomposed with `hed2rgb`; uint8 [H, W, 3] in and out."""
+    from skimage.color import hed2rgb, rgb2hed
+
+    hed = rgb2hed(tile)
+    scale = rng.uniform(1 - sigma, 1 + sigma, size=3)
+    shift = rng.uniform(-sigma, sigma, size=3) * hed.reshape(-1, 3).std(axis=0)
+    rgb = hed2rgb(hed * scale + shift)
+    return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
 class TileDataset(Dataset):
     """(tile tensor [3, S, S], label) pairs over the kept tiles of several tile stores.
 
@@ -36,7 +49,8 @@ class TileDataset(Dataset):
     """
 
     def __init__(self, tile_stores: Sequence[str | Path], labels: Mapping[str, Any], *, input_size: int,
-                 mean: Sequence[float], std: Sequence[float], level: str = "slide", augment: bool = True) -> None:
+                 mean: Sequence[float], std: Sequence[float], level: str = "slide", augment: bool = True,
+                 hed_sigma: float = 0.0) -> None:
         from emo.slides import TileStore
 
         if level not in ("slide", "tile"):
@@ -59,7 +73,7 @@ class TileDataset(Dataset):
             self.labels.append(label)
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
-        self.level, self.augment = level, augment
+        self.level, self.augment, self.hed_sigma = level, augment, float(hed_sigma)
         self.input_size, self.mean, self.std = input_size, tuple(mean), tuple(std)
         self._stores: dict[int, Any] = {}
 
@@ -87,7 +101,10 @@ class TileDataset(Dataset):
             store = self._stores[slide] = TileStore(self.paths[slide])
         tile = store.read_tiles(np.array([row]))[0]
         if self.augment:
+            rng = rng or np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
             tile = random_dihedral(tile, rng)
+            if self.hed_sigma > 0:
+                tile = hed_jitter(tile, self.hed_sigma, rng)
         x = to_model_input(tile[None], self.input_size, self.mean, self.std)[0]
         label = self.labels[slide][row] if self.level == "tile" else self.labels[slide]
         return x, torch.as_tensor(label)

@@ -101,10 +101,10 @@ def load_model(model_dir: str | Path) -> Model:
 
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
-    if manifest.get("kind") == "paper_cnn":
+    if manifest.get("kind") in ("paper_cnn", "finetune_cnn"):
         raise EmoError(
-            f"{model_dir}: a paper-protocol model (one CNN per gene) predicts from tiles, not cached features; "
-            "use `emo predict --tiles` or `emo.training.paper.load_paper_model`"
+            f"{model_dir}: a {manifest['kind']} model (end-to-end CNN) predicts from tiles, not cached features; "
+            "use `emo predict --tiles` (or emo.training.paper.load_paper_model / emo.training.finetune.load_finetune_model)"
         )
     head_cls = get_head_class(manifest.get("kind", "?"))
     weights = model_dir / WEIGHTS

@@ -190,12 +190,13 @@ def predict(
 
     out_dir = Path(out_dir)
     manifest = read_manifest(model_dir)
-    if manifest.get("kind") == "paper_cnn":
+    if manifest.get("kind") in ("paper_cnn", "finetune_cnn"):
+        from emo.training.finetune import load_finetune_model
         from emo.training.paper import load_paper_model
 
         if tiles is None:
-            raise EmoError(f"{model_dir}: a paper-protocol model predicts from tiles; pass --tiles TILE_DIR")
-        model = load_paper_model(model_dir)
+            raise EmoError(f"{model_dir}: a {manifest['kind']} model predicts from tile pixels; pass --tiles TILE_DIR")
+        model = (load_paper_model if manifest["kind"] == "paper_cnn" else load_finetune_model)(model_dir)
         sources = _tile_sources(model, tiles)
     else:
         from emo.models import load_model
