@@ -24,29 +24,35 @@ def grid_xy(adata: ad.AnnData) -> np.ndarray:
     return adata.obs[["array_x", "array_y"]].to_numpy(np.float64)
 
 
-def section_features(adata: ad.AnnData, config: SpotModelConfig, cache_dir: str | Path | None = None) -> np.ndarray:
-    """Frozen multi-scale features of every spot of a section: one spot-centred tile store per tile
-    size (`emo.slides.tile_slide_at`, `tile_px` pixels a side) and its feature store (`emo.features`)."""
-    import tempfile
-
-    from emo.features import FeatureStore, extract_features
+def spot_tile_store(adata: ad.AnnData, size_um: float, tile_px: int, work_root: str | Path) -> Path:
+    """The section's spot-centred tile store (`emo.slides.tile_slide_at`, `tile_px` pixels a side),
+    made once under `work_root` in a folder keyed by image, spots and geometry."""
     from emo.slides import TilingConfig, tile_slide_at
 
     info = adata.uns[SPATIAL_KEY]
     section, image_path = info["section_id"], info["image_path"]
     if not image_path:
         raise EmoError(f"section {section}: no image under images/ (counts only); it cannot be a train or test section")
+    key = params_hash({"image": file_fingerprint(image_path), "spots": adata.obsm["spatial"].tolist(),
+                       "tile_size_um": size_um, "tile_px": tile_px, "mpp": info["mpp"]})
+    store = Path(work_root) / f"{section}_{key}" / "tiles" / f"{section}.h5"
+    if not store.exists():
+        tiling = TilingConfig(mpp=info["mpp"], target_mpp=size_um / tile_px, normalize=False)
+        tile_slide_at(image_path, adata.obsm["spatial"], store, size_um, tile_ids=list(adata.obs_names), config=tiling)
+    return store
+
+
+def section_features(adata: ad.AnnData, config: SpotModelConfig, cache_dir: str | Path | None = None) -> np.ndarray:
+    """Frozen multi-scale features of every spot of a section: one spot-centred tile store per tile
+    size (`spot_tile_store`) and its feature store (`emo.features`)."""
+    import tempfile
+
+    from emo.features import FeatureStore, extract_features
+
     parts = []
     with tempfile.TemporaryDirectory(prefix="emo-spatial-") as scratch:
         for size_um in config.tile_sizes_um:
-            key = params_hash({"image": file_fingerprint(image_path), "spots": adata.obsm["spatial"].tolist(),
-                               "tile_size_um": size_um, "tile_px": config.tile_px, "mpp": info["mpp"]})
-            work = Path(cache_dir or scratch) / f"{section}_{key}"
-            store = work / "tiles" / f"{section}.h5"
-            if not store.exists():
-                tiling = TilingConfig(mpp=info["mpp"], target_mpp=size_um / config.tile_px, normalize=False)
-                tile_slide_at(image_path, adata.obsm["spatial"], store, size_um,
-                              tile_ids=list(adata.obs_names), config=tiling)
+            work = spot_tile_store(adata, size_um, config.tile_px, cache_dir or scratch).parents[1]
             feature_dir = extract_features(work / "tiles", work, backbone=config.backbone, workers=0, progress=False)
             parts.append(FeatureStore(next(feature_dir.glob("*.h5"))).features)
     return np.concatenate(parts, axis=1)
