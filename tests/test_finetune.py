@@ -124,3 +124,26 @@ def test_hed_jitter_is_seeded_and_keeps_the_tile_at_zero_sigma(shared_data):
     a = hed_jitter(tile, 0.3, np.random.default_rng(1))
     assert np.array_equal(a, hed_jitter(tile, 0.3, np.random.default_rng(1)))
     assert np.abs(a.astype(int) - tile.astype(int)).mean() > 2
+
+
+def test_spatial_train_finetune_cli_on_a_real_section(shared_data, tmp_path):
+    """`emo spatial train --finetune` labels each her2st spot tile with its own spot; `emo spatial
+    predict` reads the fine-tuned network back and writes spots × genes."""
+    data = shared_data("her2st")
+    cfg = tmp_path / "ft.json"
+    cfg.write_text(json.dumps({**TINY, "n_components": 2}))
+    run = [sys.executable, "-m", "emo", "spatial"]
+    res = subprocess.run(run + ["train", "--data", str(data), "--sections", "C3", "--genes", "ERBB2,GRB7,MKI67",
+                                "--out", str(tmp_path / "m"), "--finetune", "--finetune-config", str(cfg),
+                                "--cache", str(tmp_path / "cache")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["kind"] == "finetune_cnn" and manifest["level"] == "tile"
+    res = subprocess.run(run + ["predict", "--model", str(tmp_path / "m"), "--data", str(data), "--sections", "C3",
+                                "--out", str(tmp_path / "p"), "--cache", str(tmp_path / "cache")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    pred = pd.read_csv(tmp_path / "p" / "C3.csv", index_col=0)
+    counts = pd.read_csv(data / "counts" / "C3.tsv.gz", sep="\t", index_col=0, usecols=[0])
+    assert list(pred.columns) == ["ERBB2", "GRB7", "MKI67"] and list(pred.index) == list(counts.index)
+    assert np.isfinite(pred.to_numpy()).all() and pred.std().min() > 0

@@ -26,10 +26,24 @@ def train(
     components: int = typer.Option(10, help="target principal components learned from all count sections (0 = off)"),
     context_radius: float = typer.Option(1.5, help="neighbour radius in spot pitches for spot context (0 = off)"),
     cache: Path | None = typer.Option(None, help="feature cache folder"),
+    finetune: bool = typer.Option(False, "--finetune", help="fine-tune one network for all genes end to end on 224 µm spot tiles instead"),
+    finetune_config: Path | None = typer.Option(None, help="with --finetune: JSON of FinetuneConfig fields (epochs, steps, input_size, hed_jitter, ...)"),
 ) -> None:
-    """Train a spot-level model over all genes at once on frozen multi-scale features."""
+    """Train a spot-level model over all genes at once on frozen multi-scale features (or --finetune)."""
     from emo.panels import resolve_genes
     from emo.spot_models import SpotModelConfig, train_spot_model
+
+    if finetune:
+        import json
+
+        from emo.spot_models.finetune import train_spot_finetune
+        from emo.training.finetune import FinetuneConfig
+
+        config = FinetuneConfig(**(json.loads(finetune_config.read_text()) if finetune_config else {}))
+        path = train_spot_finetune(data, [s for s in sections.split(",") if s], resolve_genes(genes), out, config,
+                                   cache_dir=cache)
+        typer.echo(f"model: {path}")
+        return
 
     config = SpotModelConfig(tile_sizes_um=tuple(float(v) for v in tile_sizes_um.split(",")), backbone=backbone,
                              alpha=alpha, n_components=components or None, context_radius=context_radius)
@@ -49,9 +63,14 @@ def predict(
 ) -> None:
     """Predict every spot of each section with a trained spot-level model."""
     from emo.io import write_table_atomic
-    from emo.spot_models import SpotModel, predict_section
+    import json
 
-    fitted = SpotModel.load(model)
+    from emo.spot_models import SpotModel, predict_section
+    from emo.spot_models.finetune import predict_spot_finetune
+
+    manifest = model / "manifest.json"
+    tuned = manifest.exists() and json.loads(manifest.read_text()).get("kind") == "finetune_cnn"
+    fitted = None if tuned else SpotModel.load(model)
     for section in (s for s in sections.split(",") if s):
-        pred, _ = predict_section(fitted, data, section, cache)
+        pred = predict_spot_finetune(model, data, section, cache) if tuned else predict_section(fitted, data, section, cache)[0]
         typer.echo(f"{section}: {write_table_atomic(out / f'{section}.csv', pred, index=True)}")
