@@ -83,13 +83,15 @@ class TileStore:
 
     def _open(self):
         if self._reader is None:
-            from emo.slides.readers import open_slide
+            from emo.slides.readers import READERS, open_slide
 
             if not self.slide_path.exists():
                 raise EmoError(
                     f"{self.path}: its slide {self.slide_path} is missing; restore it or pass slide_path= to TileStore"
                 )
-            reader = open_slide(self.slide_path, mpp=self.mpp)
+            served = self.attrs.get("reader")  # the reader that tiled the slide serves its tiles again
+            order = [served, *(n for n in READERS if n != served)] if served in READERS else None
+            reader = open_slide(self.slide_path, mpp=self.mpp, readers=order, target_mpp=float(self.attrs["target_mpp"]))
             level = int(self.attrs.get("level", 0))
             if level >= len(reader.level_downsamples):
                 level = 0
