@@ -314,7 +314,7 @@ class ImageReader(SlideReader):
         # libvips reads PNG pHYs, JPEG JFIF/EXIF and TIFF resolution as px/mm (1.0 when absent);
         # screen densities (72, 300 dpi) are far outside MPP_RANGE and give None
         self.mpp = _plausible(1000.0 / img.xres) if img.xres > 0 else None
-        self.mpp_source = f"image resolution ({img.xres * 25.4:g} dpi)" if self.mpp else ""
+        self.mpp_source = f"image resolution tag ({img.xres:g} px/mm)" if self.mpp else ""
 
     def read_region(self, level, x, y, w, h):
         return self._img.crop(x, y, w, h).numpy()

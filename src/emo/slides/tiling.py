@@ -71,12 +71,16 @@ class TilingConfig(BaseModel):
 
 
 def slide_id_of(path: Path) -> str:
+    """File name without its slide suffix; a DICOM WSI (one .dcm per level, UID-named) is its folder's name."""
+    if _suffix(path) == ".dcm":
+        return path.absolute().parent.name
     name = path.name
     return name[: -len(_suffix(path))] if name.lower().endswith(_suffix(path)) else path.stem
 
 
 def find_slides(inputs: Iterable[str | Path]) -> list[Path]:
-    """Expand folders into their slide files (supported suffixes, not recursive); keep files as given."""
+    """Expand folders into their slide files (supported suffixes, not recursive; the .dcm files of a folder
+    are one DICOM WSI); keep files as given."""
     slides: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -84,6 +88,8 @@ def find_slides(inputs: Iterable[str | Path]) -> list[Path]:
             found = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".") and _suffix(f) in SUPPORTED_SUFFIXES)
             if not found:
                 raise EmoError(f"{p}: no slides found (looked for {' '.join(SUPPORTED_SUFFIXES)})")
+            dicom = [f for f in found if _suffix(f) == ".dcm"]  # the levels of one DICOM WSI: OpenSlide opens any
+            found = [f for f in found if _suffix(f) != ".dcm"] + dicom[:1]
             slides.extend(found)
         else:
             slides.append(p)
