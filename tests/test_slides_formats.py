@@ -172,5 +172,5 @@ def test_mpp_disagreeing_with_the_file_is_noted(image, tmp_path):
     path = write_pyramid(tmp_path / "s.tif", image[0])
     assert not open_slide(path, mpp=0.26).warnings  # within 10 %
     reader = open_slide(path, mpp=0.3)
-    assert reader.mpp == 0.3 and reader.mpp_source.startswith("--mpp (file: 0.25 from TIFF XResolution")
+    assert reader.mpp == 0.3 and reader.mpp_source.startswith("--mpp (the file says 0.25, TIFF XResolution")
     assert len(reader.warnings) == 1 and "--mpp 0.3" in reader.warnings[0] and "0.25 µm/px" in reader.warnings[0]

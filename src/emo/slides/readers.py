@@ -399,4 +399,4 @@ def _override_mpp(reader: SlideReader, mpp: float) -> None:
             "using --mpp — drop it to use the file's value"
         )
     reader.mpp = mpp
-    reader.mpp_source = "--mpp" + (f" (file: {own:g} from {source})" if own is not None else "")
+    reader.mpp_source = "--mpp" + (f" (the file says {own:g}, {source})" if own is not None else "")

@@ -128,14 +128,14 @@ def box_fraction(mask: np.ndarray, scale: float, coords_level0: np.ndarray, size
 
 def _all_dropped(slide: Path, reader: SlideReader, geom: TileGeometry, what: str, fix: str) -> EmoError:
     """Every tile dropped: say how many slide pixels a tile spans, and blame --mpp when that is implausible."""
-    scale = f"a {geom.tile_size_um:g} µm tile spans {geom.tile_size_level0:.0f} px at {geom.mpp:g} µm/px ({reader.mpp_source})"
-    zoom = geom.target_mpp / geom.mpp  # > 1: level-0 pixels are upsampled to the target
+    scale = f"a {geom.tile_size_um:g} µm tile spans {geom.tile_size_level0:.0f} px at {geom.mpp:g} µm/px from {reader.mpp_source}"
+    zoom = geom.mpp / geom.target_mpp  # > 1: level-0 pixels are upsampled to the target
     if zoom > MAX_UPSAMPLE or geom.mpp < MIN_SCAN_MPP:
         return EmoError(
             f"{slide}: {what}; {scale}, {'upsampled' if zoom > 1 else 'downsampled'} {max(zoom, 1 / zoom):.1f}× to "
             f"{geom.tile_size_px} px: implausible for a slide scan, so the µm/px is probably wrong; check --mpp"
         )
-    return EmoError(f"{slide}: {what} ({scale}); {fix}")
+    return EmoError(f"{slide}: {what}; {scale}; {fix}")
 
 
 def _read_qc(reader, geom, coords, sample: set[int]):
