@@ -148,14 +148,20 @@ def _import_peer(name: str):
         sys.path.insert(0, str(PEER_DIR))
     os.environ.setdefault("SF_SLIDE_BACKEND", "libvips")  # slideflow: libvips, not cuCIM
     os.environ.setdefault("SF_BACKEND", "torch")
+    import logging
     import warnings
 
     warnings.filterwarnings("ignore")
+    levels = {n: logging.getLogger(n).level for n in ("", "pyvips")}
     try:
         return __import__(name)
     except Exception as exc:  # not installed, or a dependency missing
         print(f"  peer {name} unavailable ({type(exc).__name__}: {exc})")
         return None
+    finally:  # peers set the root logger to INFO, which makes libvips log every operation (and slows emo)
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
+        logging.getLogger("pyvips").setLevel(logging.WARNING)
 
 
 def peer_histolab(path: Path, tile_px: int, window: tuple[int, int, int, int] | None) -> float | None:
