@@ -51,8 +51,8 @@ def run(args: argparse.Namespace, t0: float) -> int:
 
     from emo.io import write_table_atomic
     from emo.panels import get_panel, read_gene_file
-    from emo.spatial import SpotModelConfig, gene_correlations, predict_section, score_spearman, train_spot_model
-    from emo.spatial.data import section_has_image, spot_targets
+    from emo.spot_models import SpotModelConfig, gene_correlations, predict_section, score_spearman, train_spot_model
+    from emo.spot_models.data import section_has_image, spot_targets
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     eval_genes = read_gene_file(args.genes)

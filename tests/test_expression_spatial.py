@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage, sparse
 
 from emo.errors import EmoError
-from emo.expression.spatial import (SPATIAL_KEY, add_her2st_labels, normalize_spots, read_her2st, read_spatial,
+from emo.expression.st_readers import (SPATIAL_KEY, add_her2st_labels, normalize_spots, read_her2st, read_spatial,
                                     read_spatial_h5ad, read_visium)
 
 IMAGE_SECTIONS = ["B4", "C2", "C3", "C4", "A1", "A2"]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import emo.prediction.spatial as predict_mod
+import emo.prediction.slides as predict_mod
 from emo.errors import EmoError
 from emo.prediction import predict
 from emo.training import train_model

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from emo.errors import EmoError
-from emo.spatial import SpotModel, SpotModelConfig, gene_correlations, predict_section, train_spot_model
+from emo.spot_models import SpotModel, SpotModelConfig, gene_correlations, predict_section, train_spot_model
 from emo.expression import read_her2st
-from emo.spatial.data import spot_targets
-from emo.spatial.model import target_basis
+from emo.spot_models.data import spot_targets
+from emo.spot_models.model import target_basis
 
 
 def test_gene_correlations_match_scipy():
@@ -63,7 +63,7 @@ def test_spot_model_on_her2st_beats_mean_predictor(shared_data, tmp_path):
 def test_section_without_image_is_a_clear_error(shared_data):
     data = shared_data("her2st")
     adata = read_her2st(data, "A3")
-    from emo.spatial import section_features
+    from emo.spot_models import section_features
 
     with pytest.raises(EmoError, match="A3: no image"):
         section_features(adata, SpotModelConfig())

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from emo.analysis.spatial_validation import (
+from emo.analysis.roi_validation import (
     GENE_COLUMNS,
     ROI_COLUMNS,
     SPEARMAN_COLUMNS,

@@ -7,7 +7,7 @@ from emo.analysis.de import differential_expression
 from emo.analysis.enrichment import enrich, over_representation, read_gmt
 from emo.analysis.evaluate import EvaluateConfig, evaluate
 from emo.analysis.proliferation import proliferation_map, proliferation_score
-from emo.analysis.spatial_validation import build_rois, spatial_validation
+from emo.analysis.roi_validation import build_rois, spatial_validation
 
 __all__ = [
     "EvaluateConfig",

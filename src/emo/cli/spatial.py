@@ -29,7 +29,7 @@ def train(
 ) -> None:
     """Train a spot-level model over all genes at once on frozen multi-scale features."""
     from emo.panels import resolve_genes
-    from emo.spatial import SpotModelConfig, train_spot_model
+    from emo.spot_models import SpotModelConfig, train_spot_model
 
     config = SpotModelConfig(tile_sizes_um=tuple(float(v) for v in tile_sizes_um.split(",")), backbone=backbone,
                              alpha=alpha, n_components=components or None, context_radius=context_radius)
@@ -49,7 +49,7 @@ def predict(
 ) -> None:
     """Predict every spot of each section with a trained spot-level model."""
     from emo.io import write_table_atomic
-    from emo.spatial import SpotModel, predict_section
+    from emo.spot_models import SpotModel, predict_section
 
     fitted = SpotModel.load(model)
     for section in (s for s in sections.split(",") if s):

@@ -19,7 +19,7 @@ def spatial_validation(
 ) -> None:
     """Per gene: ML mixed model measured ~ predicted + (1|slide_id), LRT of the fixed effect, BH-FDR;
     per slide and gene: Spearman ρ across ROIs (paper Fig. 4B–C, Supp. Fig. S4)."""
-    from emo.analysis.spatial_validation import spatial_validation as run
+    from emo.analysis.roi_validation import spatial_validation as run
 
     genes = run(table, out, min_variance=min_variance, fdr=fdr)
     typer.echo(f"{int((genes['fdr_bh'] < fdr).sum())} of {len(genes)} genes significant at FDR < {fdr:g}; results in {out}")
@@ -36,7 +36,7 @@ def build_rois(
     negative_controls: Optional[str] = typer.Option(None, "--negative-controls", help="Comma-separated negative-control probe names (default: probes named Neg*)."),
 ) -> None:
     """Mean EMO-spatial prediction inside each ROI joined to measured ROI expression (composite probes summed)."""
-    from emo.analysis.spatial_validation import build_rois as run
+    from emo.analysis.roi_validation import build_rois as run
 
     files: list[Path] = []
     for p in spatial:

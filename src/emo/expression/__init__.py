@@ -3,7 +3,7 @@
 from emo.expression.batch import align_cohort, apply_offsets, cohort_offsets
 from emo.expression.prepare import prepare_targets
 from emo.expression.readers import read_matrix
-from emo.expression.spatial import (add_her2st_labels, normalize_spots, read_her2st, read_her2st_labels,
+from emo.expression.st_readers import (add_her2st_labels, normalize_spots, read_her2st, read_her2st_labels,
                                     read_spatial, read_spatial_h5ad, read_visium)
 from emo.expression.splits import PAPER_FRACTIONS, SPLITS, assign_splits
 

@@ -1,5 +1,5 @@
 """Predictions: EMO-spatial (per tile) and EMO-average (per slide) from a trained model."""
 
-from emo.prediction.spatial import predict
+from emo.prediction.slides import predict
 
 __all__ = ["predict"]

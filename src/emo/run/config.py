@@ -191,7 +191,7 @@ class StudyConfig(Section):
         return self.path(g) if isinstance(g, str) and self.path(g).is_file() else None
 
     def _check_spatial(self) -> None:
-        from emo.spatial.data import section_has_image
+        from emo.spot_models.data import section_has_image
 
         sp = self.spatial
         data = self.path(sp.data_dir)

@@ -285,9 +285,9 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
 def study_stages(config: StudyConfig) -> tuple[Stage, ...]:
-    """Bulk stages, or the spot-level ones (`emo.run.spatial`) when the study has a `spatial:` section."""
+    """Bulk stages, or the spot-level ones (`emo.run.spot_study`) when the study has a `spatial:` section."""
     if config.spatial is not None:
-        from emo.run.spatial import SPATIAL_STAGES
+        from emo.run.spot_study import SPATIAL_STAGES
 
         return SPATIAL_STAGES
     return STAGES

@@ -120,7 +120,7 @@ def _stage_records(run_dir: Path) -> list[Path]:
 @register_section("stages", title="Study run (emo run)", order=5, find=_stage_records)
 def stages(folder: Path, run_dir: Path) -> str:
     from emo.run.pipeline import STAGE_NAMES
-    from emo.run.spatial import SPATIAL_STAGES
+    from emo.run.spot_study import SPATIAL_STAGES
 
     records = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
     known = [s.name for s in SPATIAL_STAGES[:-1]] + list(STAGE_NAMES)

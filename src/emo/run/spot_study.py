@@ -1,5 +1,5 @@
 """Spot-level stages of `emo run` (study `spatial:` section): spatial_train → spatial_predict →
-spatial_evaluate → report. Each calls `emo.spatial`'s public functions; records work as for bulk stages.
+spatial_evaluate → report. Each calls `emo.spot_models`'s public functions; records work as for bulk stages.
 
 Paths inside `<out>`: spatial_model/, spatial_predictions/<S>.csv, spatial_evaluate/ (sections.csv,
 genes_<S>.csv, r_histogram.png), report.html; spot features are cached in `spatial.cache`
@@ -52,7 +52,7 @@ def model_genes(ctx: StudyContext) -> list[str]:
 
 
 def _model_config(ctx: StudyContext):
-    from emo.spatial import SpotModelConfig
+    from emo.spot_models import SpotModelConfig
 
     sp = _sp(ctx)
     return SpotModelConfig(tile_sizes_um=tuple(float(v) for v in sp.tile_sizes_um), backbone=sp.backbone, alpha=sp.alpha,
@@ -68,7 +68,7 @@ def _section_files(ctx: StudyContext, section: str, image: bool) -> list[Path]:
 
 
 def _basis_pool(ctx: StudyContext) -> list[str]:
-    from emo.spatial.pipeline import count_sections
+    from emo.spot_models.pipeline import count_sections
 
     sp = _sp(ctx)
     if not sp.n_components:
@@ -91,7 +91,7 @@ def model_dir(ctx: StudyContext) -> Path:
 def run_train(ctx: StudyContext) -> None:
     from rich.console import Console
 
-    from emo.spatial import train_spot_model
+    from emo.spot_models import train_spot_model
 
     sp = _sp(ctx)
     log = Console(stderr=True, highlight=False).print
@@ -122,7 +122,7 @@ def predictions_dir(ctx: StudyContext) -> Path:
 
 def run_predict(ctx: StudyContext) -> None:
     from emo.io import write_table_atomic
-    from emo.spatial import SpotModel, predict_section
+    from emo.spot_models import SpotModel, predict_section
 
     model = SpotModel.load(model_dir(ctx))
     for s in _sp(ctx).test_sections:
@@ -148,8 +148,8 @@ def run_evaluate(ctx: StudyContext) -> None:
     from emo.expression import read_her2st
     from emo.io import write_json_atomic, write_table_atomic
     from emo.panels import get_panel
-    from emo.spatial import gene_correlations, score_spearman
-    from emo.spatial.data import spot_targets
+    from emo.spot_models import gene_correlations, score_spearman
+    from emo.spot_models.data import spot_targets
 
     genes, prolif = eval_genes(ctx), get_panel("pam50_proliferation")
     out = evaluate_dir(ctx)

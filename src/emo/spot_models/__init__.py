@@ -1,8 +1,8 @@
 """Spot-level (spatial transcriptomics) training, prediction and evaluation."""
 
-from emo.spatial.evaluate import gene_correlations, score_spearman
-from emo.spatial.model import SpotModel, SpotModelConfig, fit_spot_model
-from emo.spatial.pipeline import predict_section, section_features, train_spot_model
+from emo.spot_models.evaluate import gene_correlations, score_spearman
+from emo.spot_models.model import SpotModel, SpotModelConfig, fit_spot_model
+from emo.spot_models.pipeline import predict_section, section_features, train_spot_model
 
 __all__ = ["SpotModel", "SpotModelConfig", "fit_spot_model", "gene_correlations", "predict_section",
            "score_spearman", "section_features", "train_spot_model"]

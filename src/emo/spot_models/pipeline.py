@@ -11,9 +11,9 @@ import pandas as pd
 from emo.errors import EmoError
 from emo.io import atomic_path, file_fingerprint, params_hash
 from emo.expression import read_her2st
-from emo.expression.spatial import SPATIAL_KEY
-from emo.spatial.data import spot_targets
-from emo.spatial.model import SpotModel, SpotModelConfig, fit_spot_model, section_design, target_basis
+from emo.expression.st_readers import SPATIAL_KEY
+from emo.spot_models.data import spot_targets
+from emo.spot_models.model import SpotModel, SpotModelConfig, fit_spot_model, section_design, target_basis
 
 
 def count_sections(data_dir: str | Path) -> list[str]:
