@@ -122,5 +122,5 @@ def test_registered_dims_and_input_sizes_are_what_the_models_give():
     for name, spec in BACKBONES.items():
         model = create_backbone(name, "none")
         with torch.inference_mode():
-            y = model(torch.randn(1, 3, 64, 64))
+            y = model(torch.randn(1, 3, model.input_size, model.input_size))
         assert (model.dim, y.shape[1], model.input_size) == (spec.dim, spec.dim, spec.input_size), name
