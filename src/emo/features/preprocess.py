@@ -21,11 +21,11 @@ def to_model_input(tiles: np.ndarray | torch.Tensor, input_size: int, mean: Sequ
     """uint8 [k, H, W, 3] → float32 [k, 3, input_size, input_size] on the tiles' device, resized
     (bilinear, antialiased) and normalised.
 
-    The [k, H, W, 3] buffer is used as a channels-last [k, 3, H, W] image (no transposing copy), and
-    the /255 and mean/std are one affine map after the resize (resizing is linear), on 9× fewer pixels.
+    Channels are split while still uint8 (a quarter of the bytes), and the /255 and mean/std are one
+    affine map after the resize (resizing is linear), on 7× fewer pixels for 598-px tiles.
     """
     x = torch.as_tensor(np.ascontiguousarray(tiles)) if isinstance(tiles, np.ndarray) else tiles
-    x = x.permute(0, 3, 1, 2).float()
+    x = x.permute(0, 3, 1, 2).contiguous().float()
     if x.shape[-2:] != (input_size, input_size):
         x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", antialias=True, align_corners=False)
     std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
