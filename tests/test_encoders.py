@@ -189,6 +189,18 @@ def test_weights_map_and_offline_hub_give_one_line(monkeypatch, tmp_path):
         create_backbone("lunit_vits8", str(tmp_path / "empty"))
 
 
+def test_unreachable_hub_fails_at_once_with_one_line(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: connection refused
+    with pytest.raises(EmoError, match=r"hub unreachable \(127\.0\.0\.1: ConnectionRefusedError\)") as info:
+        create_backbone("ctranspath")
+    assert "\n" not in str(info.value) and "datasets/MahmoodLab/hest-bench" in str(info.value)
+    assert "CHIEF_CTransPath.pth" in str(info.value)
+
+
 def test_wrong_layout_is_refused_with_the_file_named(tmp_path):
     torch.save(create_backbone("resnet18", "none").model.state_dict(), tmp_path / "pytorch_model.bin")
     with pytest.raises(EmoError, match=r"pytorch_model\.bin: weights do not fit backbone phikon"):

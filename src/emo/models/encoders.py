@@ -403,14 +403,30 @@ def hub_checkpoint(name: str, preset: EncoderPreset, repo: str | None = None) ->
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
     failure = "offline (HF_HUB_OFFLINE=1)"
     if not offline:
+        failure = _unreachable(constants.ENDPOINT)
+    if not offline and not failure:
         try:
             return Path(hf_hub_download(repo, preset.hub_files[0], cache_dir=cache, repo_type=repo_type))
-        except Exception as exc:  # gated, missing, no network: one line, no traceback
+        except Exception as exc:  # gated, missing: one line, no traceback
             failure = f"download failed ({type(exc).__name__})"
     url = f"https://huggingface.co/{'datasets/' if repo_type == 'dataset' else ''}{repo}"
     raise EmoError(f"backbone {name}: checkpoint {preset.hub_files[0]} from {url} not cached and {failure} "
                    f"({preset.licence}); download it on a machine with internet and pass --weights FILE, or add "
                    f"`{name}: /path/to/{Path(preset.hub_files[0]).name}` to {weights_map_path()}")
+
+
+def _unreachable(endpoint: str, timeout_s: float = 3.0) -> str:
+    """'' when the hub answers a TCP connect within `timeout_s`; else why not. huggingface_hub would
+    retry a dead network for ~30 s before failing; one short probe fails fast instead."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout_s).close()
+    except OSError as exc:
+        return f"hub unreachable ({url.hostname}: {type(exc).__name__})"
+    return ""
 
 
 def describe(name: str) -> dict[str, Any]:
