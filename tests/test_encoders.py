@@ -105,6 +105,7 @@ def _published(name: str, model) -> tuple[str, object]:
     if preset.layout == "conch_v1":  # the whole CoCa model: text tower and caption pooler come along
         ckpt = {f"visual.{k}": v for k, v in state.items()}
         ckpt |= {"text.token_embedding.weight": torch.zeros(8, 4), "visual.attn_pool_caption.query": torch.zeros(2, 4),
+                 "visual.proj_contrast": torch.zeros(512, 512),
                  "logit_scale": torch.zeros(())}
         return file, ckpt
     if preset.layout == "conch_v15":

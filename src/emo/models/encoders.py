@@ -66,7 +66,7 @@ class EncoderPreset:
     licence: str
     create_kwargs: dict[str, Any] = field(default_factory=dict)
     extra_kwargs: str = ""  # name of a function giving non-literal timm kwargs (layers), kept out of the identity
-    pool: tuple[int, int] | None = None  # attentional pool (d_model, heads) for CONCH
+    pool: tuple[int, int, str] | None = None  # CONCH's attentional pool: (d_model, heads, kind in POOLS)
     summary: str = ""
 
     def timm_kwargs(self) -> dict[str, Any]:
@@ -90,12 +90,12 @@ PRESETS: dict[str, EncoderPreset] = {
         "swiglu", summary="UNI2-h ViT-H/14, 8 registers, SwiGLU"),
     "conch_v1": EncoderPreset(
         "vit_base_patch16_224", 448, OPENAI_CLIP, "attn_pool", 512, 90.0, "MahmoodLab/conch", ("pytorch_model.bin",),
-        "conch_v1", "CC-BY-NC-ND-4.0, gated", {**_VIT, "img_size": 448, "global_pool": ""}, pool=(512, 8),
+        "conch_v1", "CC-BY-NC-ND-4.0, gated", {**_VIT, "img_size": 448, "global_pool": ""}, pool=(512, 8, "multihead"),
         summary="CONCH v1 vision tower (CoCa ViT-B/16), contrastive attentional pool before projection"),
     "conch_v15": EncoderPreset(
         "vit_large_patch16_224", 448, IMAGENET, "attn_pool", 768, 307.0, "MahmoodLab/conchv1_5",
         ("pytorch_model_vision.bin",), "conch_v15", "CC-BY-NC-ND-4.0, gated",
-        {**_VIT, "img_size": 448, "init_values": 1.0, "global_pool": ""}, pool=(768, 8),
+        {**_VIT, "img_size": 448, "init_values": 1.0, "global_pool": ""}, pool=(768, 8, "bias_free"),
         summary="CONCH v1.5 vision tower (TITAN's patch encoder, ViT-L/16), attentional pool"),
     "virchow": EncoderPreset(
         "vit_huge_patch14_224", 224, IMAGENET, "cls+mean", 2560, 632.0, "paige-ai/Virchow", ("pytorch_model.bin",),
@@ -194,7 +194,7 @@ class ConvStem(nn.Module):
 
 
 class AttentionalPool(nn.Module):
-    """CoCa's attentional pooler as CONCH uses it: learned queries attend over the trunk's tokens
+    """The attentional pooler of CONCH v1.5: learned queries attend over the trunk's tokens
     (LayerNorm on both sides, bias-free q/kv/out projections)."""
 
     def __init__(self, d_model: int, context_dim: int, heads: int = 8, queries: int = 1) -> None:
@@ -216,17 +216,39 @@ class AttentionalPool(nn.Module):
         return self.to_out(out.transpose(1, 2).flatten(2))
 
 
+class MultiheadAttentionalPool(nn.Module):
+    """open_clip's CoCa attentional pooler as CONCH v1 publishes it: learned queries through
+    `nn.MultiheadAttention` (separate q/k/v projections with biases, context of another width)."""
+
+    def __init__(self, d_model: int, context_dim: int, heads: int = 8, queries: int = 1) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(queries, d_model))
+        self.attn = nn.MultiheadAttention(d_model, heads, kdim=context_dim, vdim=context_dim, batch_first=True)
+        self.ln_q = nn.LayerNorm(d_model)
+        self.ln_k = nn.LayerNorm(context_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.ln_k(tokens)
+        q = self.ln_q(self.query).expand(tokens.shape[0], -1, -1)
+        return self.attn(q, x, x, need_weights=False)[0]
+
+
+POOLS = {"multihead": MultiheadAttentionalPool, "bias_free": AttentionalPool}
+
+
 class EncoderModel(nn.Module):
     """timm trunk + the published read-out: [B, 3, S, S] → [B, dim]."""
 
-    def __init__(self, trunk: nn.Module, output: str, pool: tuple[int, int] | None = None) -> None:
+    def __init__(self, trunk: nn.Module, output: str, pool: tuple[int, int, str] | None = None) -> None:
         super().__init__()
         if output not in OUTPUTS:
             raise EmoError(f"encoder output {output!r} is not one of {', '.join(OUTPUTS)}")
         self.trunk, self.output = trunk, output
         if output == "attn_pool":
-            d_model, heads = pool or (trunk.num_features, 8)
-            self.attn_pool_contrast = AttentionalPool(d_model, trunk.num_features, heads)
+            if pool is None or pool[2] not in POOLS:
+                raise EmoError(f"attentional-pool output needs pool=(d_model, heads, one of {', '.join(POOLS)})")
+            d_model, heads, kind = pool
+            self.attn_pool_contrast = POOLS[kind](d_model, trunk.num_features, heads)
             self.ln_contrast = nn.LayerNorm(d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
