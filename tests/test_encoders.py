@@ -19,7 +19,7 @@ import torch
 from emo.errors import EmoError
 from emo.models import create_backbone
 from emo.models import encoders
-from emo.models.encoders import PRESETS, build_encoder, count_parameters
+from emo.models.encoders import PRESETS, build_encoder
 
 # Feature dimensions as published on each model card (issue 13), independent of the preset table.
 PUBLISHED_DIM = {
@@ -28,6 +28,13 @@ PUBLISHED_DIM = {
     "hibou_b": 768, "hibou_l": 1024, "kaiko_vitb8": 768, "lunit_vits8": 384, "ctranspath": 768, "midnight": 3072,
 }
 SMALL = {"lunit_vits8", "ctranspath"}  # built at full size in the round trip; every other preset at depth 2
+
+
+def count_parameters(preset) -> int:
+    """Parameters of the preset's image tower, built on the meta device (no memory, no weights)."""
+    with torch.device("meta"):
+        model = build_encoder(preset)
+    return sum(p.numel() for p in model.parameters())
 
 
 def test_issue_presets_are_all_registered():

@@ -176,7 +176,7 @@ def test_batched_loader_paths_match_the_previous_per_worker_path(shared_data, tm
     """598-px normalised tiles → 224 px: the CPU loader path and the accelerator path (raw decode,
     then Macenko + resize batched in torch; run here on CPU) give the previous inputs and features."""
     from emo.features.extract import model_inputs
-    from emo.features.preprocess import normalize_stains_torch
+    from emo.features.preprocess import normalize_stains
 
     slide = shared_data("slides/CMU-1-Small-Region.svs")
     tile_slides([slide], tmp_path, TilingConfig())  # the defaults: 271 µm tiles of 598 px, normalised
@@ -189,7 +189,7 @@ def test_batched_loader_paths_match_the_previous_per_worker_path(shared_data, tm
 
     (_, cpu_path), = list(model_inputs([(0, path, rows)], 224, model.mean, model.std, "cpu", workers=1))
     raw = torch.from_numpy(store.read_tiles(rows, normalize=False))
-    normalised = normalize_stains_torch(raw, store.normalization_matrix)
+    normalised = normalize_stains(raw, store.normalization_matrix)  # the GPU kernel, run on CPU
     differ = (normalised.numpy().astype(int) - store.read_tiles(rows)).astype(int)
     assert np.abs(differ).max() <= 1 and (differ != 0).mean() < 1e-4  # float32 exp/matmul ulps at truncation
     device_path = to_model_input(normalised, 224, model.mean, model.std)

@@ -2,8 +2,8 @@
 
 Loader worker processes read tiles from the slide while the model runs (on a GPU they only decode,
 and stain normalisation + resizing run batched there: `model_inputs`); slides are written one HDF5
-each, atomically, so an interrupted run resumes at the first unfinished slide. A file is reused only when its backbone
-identity and tile-store hash match; anything else is recomputed.
+each, atomically, so an interrupted run resumes at the first unfinished slide. A file is reused only
+when its backbone identity and tile-store hash match; anything else is recomputed.
 """
 
 from __future__ import annotations

@@ -271,13 +271,6 @@ def build_encoder(preset: EncoderPreset, **overrides: Any) -> EncoderModel:
     return EncoderModel(trunk, preset.output, preset.pool)
 
 
-def count_parameters(preset: EncoderPreset) -> int:
-    """Parameters of the preset's image tower, built on the meta device (no memory, no weights)."""
-    with torch.device("meta"):
-        model = build_encoder(preset)
-    return sum(p.numel() for p in model.parameters())
-
-
 # ---- published checkpoint layouts → EncoderModel keys -------------------------------------------------
 
 
