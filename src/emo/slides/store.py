@@ -73,6 +73,17 @@ class TileStore:
     def __len__(self) -> int:
         return len(self.coords_px)
 
+    @property
+    def normalization_matrix(self) -> np.ndarray | None:
+        """The 3×3 OD map `read_tiles` applies (None when the store is not stain-normalised), so raw
+        tiles can be normalised elsewhere, e.g. batched on the GPU (`emo.features.preprocess`)."""
+        if not self.normalize:
+            return None
+        source = StainParams(np.asarray(self.attrs["stain_matrix"]), np.asarray(self.attrs["max_concentrations"]))
+        target = StainParams(np.asarray(self.attrs["reference_stain_matrix"]),
+                             np.asarray(self.attrs["reference_max_concentrations"]))
+        return normalization_matrix(source, target)
+
     def __repr__(self) -> str:
         return f"TileStore({self.slide_id!r}, {len(self)} tiles of {self.tile_size_px} px at {self.attrs['target_mpp']} µm/px)"
 
@@ -104,14 +115,7 @@ class TileStore:
                 level=level,
                 level_downsample=float(reader.level_downsamples[level]),
             )
-            self._matrix = None
-            if self.normalize:
-                source = StainParams(np.asarray(self.attrs["stain_matrix"]), np.asarray(self.attrs["max_concentrations"]))
-                target = StainParams(
-                    np.asarray(self.attrs["reference_stain_matrix"]),
-                    np.asarray(self.attrs["reference_max_concentrations"]),
-                )
-                self._matrix = normalization_matrix(source, target)
+            self._matrix = self.normalization_matrix
             self._reader = reader
         return self._reader
 
