@@ -247,6 +247,23 @@ def _is_current(path: Path, identity: dict[str, Any], store_hash: str) -> bool:
         return False
 
 
+def clam_coords(h5: h5py.File, store) -> None:
+    """`coords` as CLAM and TRIDENT read it: level-0 top-left px with the patch geometry in its attrs.
+
+    `patch_size` is CLAM's: pixels read at `patch_level`; `patch_size_level0` is TRIDENT's footprint.
+    """
+    level0 = float(store.attrs["tile_size_level0"])
+    coords = h5.create_dataset("coords", data=np.asarray(store.coords_px, dtype=np.int64).reshape(-1, 2))
+    coords.attrs.update({
+        "patch_size": round(level0 / float(store.attrs.get("level_downsample", 1.0))),
+        "patch_size_level0": round(level0),
+        "patch_level": int(store.attrs.get("level", 0)),
+        "mpp": float(store.attrs["mpp"]),
+        "target_mpp": float(store.attrs["target_mpp"]),
+        "target_patch_size": int(store.attrs["tile_size_px"]),
+    })
+
+
 def _write(job: _SlideJob, features: np.ndarray, identity: dict[str, Any], run_params: dict[str, Any]) -> None:
     from emo.slides import TileStore
 
@@ -255,6 +272,7 @@ def _write(job: _SlideJob, features: np.ndarray, identity: dict[str, Any], run_p
     with atomic_path(job.out_path) as tmp, h5py.File(tmp, "w") as h5:
         h5.create_dataset("features", data=features.astype(np.float32, copy=False))
         h5.create_dataset("coords_px", data=np.asarray(store.coords_px, dtype=np.int64).reshape(-1, 2))
+        clam_coords(h5, store)
         h5.create_dataset("coords_um", data=np.asarray(store.coords_um, dtype=np.float64).reshape(-1, 2))
         h5.create_dataset("tile_id", data=np.asarray(list(store.tile_ids), dtype=object),
                           dtype=h5py.string_dtype())
