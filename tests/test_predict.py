@@ -15,6 +15,7 @@ import emo.prediction.slides as predict_mod
 from emo.errors import EmoError
 from emo.prediction import predict
 from emo.training import train_model
+from scverse_plots import assert_scanpy_and_squidpy_plot
 from training_cohort import make_cohort, write_feature_store
 
 
@@ -48,6 +49,10 @@ def test_spatial_h5ad_round_trips_and_average_is_tile_mean(trained, tmp_path):
         np.testing.assert_allclose(ad.obsm["spatial"], coords_px + size / 2)
         np.testing.assert_allclose(avg.X[i], ad.X.astype(np.float64).mean(axis=0), rtol=1e-6, atol=1e-6)
         assert ad.uns["emo"]["slide_id"] == slide_id
+    assert_scanpy_and_squidpy_plot(ad, "PLANT0")
+    sf = ad.uns["spatial"][slide_id]["scalefactors"]
+    assert sf["spot_diameter_fullres"] == pytest.approx(size)
+    assert ad.uns["spatial"][slide_id]["images"]["lowres"].shape[1] <= 600
     ad = anndata.read_h5ad(out / "spatial" / f"{trained['slides'][0]}.h5ad")
     from emo.models import load_model
 

@@ -20,6 +20,7 @@ import pandas as pd
 from emo.errors import EmoError
 from emo.io import atomic_path, plain_attr, write_table_atomic
 from emo.prediction.render import heatmap_png, qupath_geojson, slide_extent
+from emo.slides.spatial_uns import image_spatial_uns
 from emo.training.data import SlideFeatures, open_feature_stores
 
 log = logging.getLogger(__name__)
@@ -135,12 +136,12 @@ def _tile_sources(model, tiles: Path) -> dict[str, Callable[[], _SlideSource]]:
 
 
 def _write_spatial(dest: Path, genes: list[str], src: _SlideSource, obs: pd.DataFrame, centres: np.ndarray,
-                   uns: dict, chunk_tiles: int, chosen: list[str]) -> np.ndarray:
+                   uns: dict, chunk_tiles: int, chosen: list[str], spatial: dict) -> np.ndarray:
     """Write the slide's AnnData skeleton with anndata, then fill X in float32 chunks with h5py."""
     import anndata
 
     var = pd.DataFrame({"mean": np.zeros(len(genes))}, index=pd.Index(genes, name="gene"))
-    skeleton = anndata.AnnData(obs=obs, var=var, obsm={"spatial": centres}, uns={"emo": uns})
+    skeleton = anndata.AnnData(obs=obs, var=var, obsm={"spatial": centres}, uns={"emo": uns, "spatial": spatial})
     col = [genes.index(g) for g in chosen]
     picked = np.zeros((len(obs), len(col)), dtype=np.float32)
     with atomic_path(dest) as tmp:
@@ -228,7 +229,10 @@ def predict(
                "backbone": str(manifest.get("backbone", {}).get("name")), "tile_size_level0": size,
                "mpp": float(tile_attrs.get("mpp", src.mpp)), "spatial_units": "level-0 px (tile centres)"}
         part = dest.with_name(f".{dest.name}.part")
-        picked = _write_spatial(part, model.genes, src, obs, src.coords_px + size / 2.0, uns, chunk_tiles, chosen)
+        spatial = image_spatial_uns(slide_id, tile_attrs.get("slide_path"), tile_attrs.get("slide_width"), size,
+                                    {"mpp": uns["mpp"]}, fallback=thumb)
+        picked = _write_spatial(part, model.genes, src, obs, src.coords_px + size / 2.0, uns, chunk_tiles, chosen,
+                                spatial)
         if chosen:
             extent = slide_extent(tile_attrs, None if thumb is None else thumb.shape[:2], src.coords_px, size)
             for j, gene in enumerate(chosen):
