@@ -68,12 +68,14 @@ def spatial(
 ) -> None:
     """Read spatial transcriptomics into one representation: raw counts, spot centres in image pixels, µm/px."""
     from emo.expression import add_her2st_labels, read_spatial
+    from emo.expression.st_readers import scanpy_spatial
     from emo.io import atomic_path
 
     kwargs = {"image_path": image} if image is not None else {}
     adata = read_spatial(path, section, **kwargs)
     if labels:
         add_her2st_labels(adata, path)
+    scanpy_spatial(adata)
     with atomic_path(out) as tmp:
         adata.write_h5ad(tmp)
     meta = adata.uns["emo_spatial"]

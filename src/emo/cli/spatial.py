@@ -44,14 +44,14 @@ def predict(
     model: Path = typer.Option(..., help="model folder from `emo spatial train`"),
     data: Path = typer.Option(..., help="her2st-layout folder"),
     sections: str = typer.Option(..., help="comma-separated sections to predict (they need images)"),
-    out: Path = typer.Option(..., help="output folder: <S>.csv, spots × genes of normalised log1p expression"),
+    out: Path = typer.Option(..., help="output folder: <S>.csv, spots × genes of normalised log1p expression, and <S>.h5ad for scanpy/squidpy"),
     cache: Path | None = typer.Option(None, help="feature cache folder"),
 ) -> None:
     """Predict every spot of each section with a trained spot-level model."""
-    from emo.io import write_table_atomic
-    from emo.spot_models import SpotModel, predict_section
+    from emo.spot_models import SpotModel, predict_section, write_spot_predictions
 
     fitted = SpotModel.load(model)
     for section in (s for s in sections.split(",") if s):
-        pred, _ = predict_section(fitted, data, section, cache)
-        typer.echo(f"{section}: {write_table_atomic(out / f'{section}.csv', pred, index=True)}")
+        pred, measured = predict_section(fitted, data, section, cache)
+        csv, h5ad = write_spot_predictions(out, section, pred, measured, model)
+        typer.echo(f"{section}: {csv}, {h5ad}")

@@ -283,6 +283,21 @@ def read_spatial(path: str | Path, section: str | None = None, **kwargs):
     raise EmoError(f"{path}: not a spatial dataset (.h5ad, Visium outs/ folder, or counts/ + spots/ folders)")
 
 
+def scanpy_spatial(adata):
+    """`adata` as scanpy/squidpy plot it as is: `uns["spatial"][section]` (H&E thumbnails, scale
+    factors for `obsm["spatial"]`) and the raw counts also in `layers["counts"]`. Modified in place."""
+    from emo.slides.spatial_uns import image_spatial_uns
+
+    meta = adata.uns[SPATIAL_KEY]
+    if not isinstance(adata.uns.get("spatial"), dict) or not adata.uns["spatial"]:
+        adata.uns["spatial"] = image_spatial_uns(
+            str(meta["section_id"]), meta.get("image_path") or None, None,
+            float(meta["spot_diameter_um"]) / float(meta["mpp"]), {"mpp": float(meta["mpp"]), "source": meta.get("source")})
+    if "counts" not in adata.layers:
+        adata.layers["counts"] = adata.X.copy()
+    return adata
+
+
 def normalize_spots(adata, target_sum: float = 1e4):
     """Spot targets: each spot scaled to `target_sum` total counts, then log1p; counts kept in layers.
 

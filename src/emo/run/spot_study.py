@@ -1,7 +1,7 @@
 """Spot-level stages of `emo run` (study `spatial:` section): spatial_train → spatial_predict →
 spatial_evaluate → report. Each calls `emo.spot_models`'s public functions; records work as for bulk stages.
 
-Paths inside `<out>`: spatial_model/, spatial_predictions/<S>.csv, spatial_evaluate/ (sections.csv,
+Paths inside `<out>`: spatial_model/, spatial_predictions/<S>.csv + <S>.h5ad, spatial_evaluate/ (sections.csv,
 genes_<S>.csv, r_histogram.png), report.html; spot features are cached in `spatial.cache`
 (default `<out>/spatial_cache`).
 """
@@ -121,13 +121,12 @@ def predictions_dir(ctx: StudyContext) -> Path:
 
 
 def run_predict(ctx: StudyContext) -> None:
-    from emo.io import write_table_atomic
-    from emo.spot_models import SpotModel, predict_section
+    from emo.spot_models import SpotModel, predict_section, write_spot_predictions
 
     model = SpotModel.load(model_dir(ctx))
     for s in _sp(ctx).test_sections:
-        pred, _ = predict_section(model, _data(ctx), s, _cache(ctx))
-        write_table_atomic(predictions_dir(ctx) / f"{s}.csv", pred, index=True)
+        pred, measured = predict_section(model, _data(ctx), s, _cache(ctx))
+        write_spot_predictions(predictions_dir(ctx), s, pred, measured, model_dir(ctx))
 
 
 def predict_inputs(ctx: StudyContext) -> list[Path]:
