@@ -280,7 +280,7 @@ def _plot(png: Path, results: dict[str, pd.DataFrame]) -> None:
 
 def report_section(directory: str | Path) -> str:
     """HTML for `emo report`: DE counts, top genes and the figure ('' when DE was not run)."""
-    from emo.reports.html import figure, table
+    from emo.reports.html import esc, figure, table
 
     d = Path(directory)
     if not (d / "de_measured.csv").exists():
@@ -289,8 +289,8 @@ def report_section(directory: str | Path) -> str:
 
     summary = json.loads((d / "de_summary.json").read_text()) if (d / "de_summary.json").exists() else {}
     m = summary.get("measured", {})
-    lines = [f"<h2>Differential expression ({m.get('contrast', 'contrast')})</h2>",
-             f"<p>{m.get('n_significant', '?')} genes significant in measured expression"]
+    lines = [f"<p>Contrast {esc(m.get('contrast', 'contrast'))}: {m.get('n_significant', '?')} genes significant in "
+             "measured expression"]
     if "predicted" in summary:
         lines[-1] += (f", {summary['predicted'].get('n_significant', '?')} in predicted, "
                       f"{summary.get('n_concordant', '?')} concordant (same sign, both FDR &lt; {summary['alpha']})")

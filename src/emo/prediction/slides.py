@@ -19,7 +19,7 @@ import pandas as pd
 
 from emo.errors import EmoError
 from emo.io import atomic_path, plain_attr, write_table_atomic
-from emo.prediction.render import heatmap_png, qupath_geojson, slide_extent
+from emo.prediction.render import heatmap_png, qupath_geojson
 from emo.slides.spatial_uns import image_spatial_uns
 from emo.training.data import SlideFeatures, open_feature_stores
 
@@ -233,12 +233,10 @@ def predict(
                                     {"mpp": uns["mpp"]}, fallback=thumb)
         picked = _write_spatial(part, model.genes, src, obs, src.coords_px + size / 2.0, uns, chunk_tiles, chosen,
                                 spatial)
-        if chosen:
-            extent = slide_extent(tile_attrs, None if thumb is None else thumb.shape[:2], src.coords_px, size)
-            for j, gene in enumerate(chosen):
-                heatmap_png(out_dir / "heatmaps" / slide_id / f"{gene}.png", gene, picked[:, j], src.coords_px, size,
-                            thumb, extent, slide_id)
-        qupath_geojson(out_dir / "geojson" / f"{slide_id}.geojson", src.tile_ids, src.coords_px, size, chosen, picked)
+        for j, gene in enumerate(chosen):
+            heatmap_png(out_dir / "heatmaps" / slide_id / f"{gene}.png", gene, picked[:, j], src.coords_px + size / 2.0,
+                        spatial[slide_id], slide_id, uns["mpp"])
+        qupath_geojson(out_dir / "geojson" / f"{slide_id}.geojson", slide_id, src.tile_ids, src.coords_px, size, chosen, picked)
         part.replace(dest)  # the slide's completion marker
     return write_average(out_dir, model.genes, sorted(sources))
 
