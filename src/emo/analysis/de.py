@@ -254,6 +254,7 @@ def _plot(png: Path, results: dict[str, pd.DataFrame]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from emo.analysis import plots
     from emo.io import save_figure
 
     sources = [s for s in ("measured", "predicted") if s in results]
@@ -273,6 +274,7 @@ def _plot(png: Path, results: dict[str, pd.DataFrame]) -> None:
                    c=np.where(c["concordant"], "#c0392b", "#7f8c8d"))
         ax.axhline(0, color="k", lw=0.5)
         ax.axvline(0, color="k", lw=0.5)
+        plots.identity_line(ax)
         ax.set(xlabel="β measured", ylabel="β predicted", title=f"concordant: {int(c['concordant'].sum())}")
     fig.tight_layout()
     save_figure(fig, png, dpi=120)

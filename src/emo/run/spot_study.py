@@ -2,18 +2,21 @@
 spatial_evaluate → report. Each calls `emo.spot_models`'s public functions; records work as for bulk stages.
 
 Paths inside `<out>`: spatial_model/, spatial_predictions/<S>.csv + <S>.h5ad, spatial_evaluate/ (sections.csv,
-genes_<S>.csv, r_histogram.png), report.html; spot features are cached in `spatial.cache`
+genes_<S>.csv, maps_<S>.png, r_histogram.png), report.html; spot features are cached in `spatial.cache`
 (default `<out>/spatial_cache`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emo.errors import EmoError
 from emo.run.config import SpatialConfig, StudyConfig
 from emo.run.runner import Stage, StudyContext
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _sp(ctx: StudyContext) -> SpatialConfig:
@@ -163,6 +166,7 @@ def run_evaluate(ctx: StudyContext) -> None:
         table = gene_correlations(pred[genes].to_numpy(), measured[genes].to_numpy(), genes)
         rho, rho_p = score_spearman(pred, measured, [g for g in prolif if g in cols])
         write_table_atomic(out / f"genes_{s}.csv", table, index=False)
+        expression_maps_png(predictions_dir(ctx) / f"{s}.h5ad", measured, pred, table, out / f"maps_{s}.png")
         tables[s] = table
         rows.append({"section": s, "n_spots": len(pred), "n_genes": len(genes), "mean_r": table.r.mean(),
                      "median_r": table.r.median(), "n_r_positive": int((table.r > 0).sum()),
@@ -171,6 +175,34 @@ def run_evaluate(ctx: StudyContext) -> None:
     write_table_atomic(out / "sections.csv", summary, index=False)
     write_json_atomic(out / "summary.json", {"train_sections": _sp(ctx).train_sections, "sections": rows})
     _histogram(tables, out / "r_histogram.png")
+
+
+def expression_maps_png(pred_h5ad: Path, measured: pd.DataFrame, pred: pd.DataFrame, table: pd.DataFrame,
+                        path: Path, n_genes: int = 4) -> Path:
+    """Measured (top row) and predicted (bottom row) expression of the best-predicted genes over the section's
+    H&E, spot by spot; each panel has its own colour scale (predictions are shrunk towards the mean)."""
+    import anndata
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from emo.io import save_figure
+    from emo.prediction.render import expression_map
+
+    adata = anndata.read_h5ad(pred_h5ad)
+    (section,) = adata.uns["spatial"]
+    lib, mpp = adata.uns["spatial"][section], float(adata.uns["emo_spatial"]["mpp"])
+    genes = table.sort_values("r", ascending=False)["gene"].head(n_genes).tolist()
+    r = table.set_index("gene")["r"]
+    fig, axes = plt.subplots(2, len(genes), figsize=(4.2 * len(genes), 7.6), squeeze=False)
+    for j, gene in enumerate(genes):
+        for i, (what, frame) in enumerate((("measured", measured), ("predicted", pred))):
+            expression_map(axes[i, j], lib, adata.obsm["spatial"], frame.loc[adata.obs_names, gene].to_numpy(),
+                           square=False, mpp=mpp, label=f"{what} log1p expression",
+                           title=f"{section} {what}: {gene}" + (f" (r = {r[gene]:.2f})" if i else ""))
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=90, bbox_inches="tight")
 
 
 def _histogram(tables: dict, path: Path) -> None:
