@@ -148,6 +148,38 @@ def test_demo_report_has_the_demo_section_with_figures(demo_run):
     assert "http://" not in page.replace("http://www.w3.org", "") and "<script" not in page
 
 
+def _section(page: str, name: str) -> str:
+    start = page.index(f'id="{name}"')
+    return page[start:page.index("</section>", start)]
+
+
+def test_demo_report_reads_for_a_pathologist(demo_run):
+    """Maps of the top genes over the H&E, a model summary in words with provenance folded away, plain
+    labels, the empty panel table explained, every figure linked to an existing file, one <h2> per section."""
+    import re
+    from urllib.parse import unquote
+
+    out, _ = demo_run
+    page = (out / "report.html").read_text()
+    assert page.count("<h2>") == page.count("<section ")  # fragments add no headings of their own
+    predictions = _section(page, "predictions")
+    assert "data:image/png;base64," in predictions and "Predicted expression per tile over the H&amp;E" in predictions
+    assert re.search(r'href="predictions/spatial/demo_\d+\.h5ad"', predictions)
+    model = _section(page, "model")
+    for label in ("image features", "efficientnet_lite0, 1280-dimensional", "penalty range", "training data"):
+        assert label in model, label
+    assert "<details><summary>provenance" in model and "params_hash" in model.split("<details><summary>provenance")[1]
+    evaluate = _section(page, "evaluate")
+    assert "fdr_lt_" not in page and "genes with FDR &lt; 0.05" in evaluate
+    assert "No gene of these clinical panels is among the evaluated genes" in evaluate
+    figures = re.findall(r"<figure.*?</figure>", page, flags=re.S)
+    assert len(figures) >= 5
+    for fig in figures:
+        links = re.findall(r'href="([^"]+)"', fig)
+        assert links, fig[:200]
+        assert all((out / unquote(link)).is_file() for link in links), links
+
+
 def test_second_demo_run_skips_every_stage(demo_run):
     out, _ = demo_run
     before = _stage_records(out)
