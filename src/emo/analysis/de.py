@@ -274,7 +274,7 @@ def _plot(png: Path, results: dict[str, pd.DataFrame]) -> None:
                    c=np.where(c["concordant"], "#c0392b", "#7f8c8d"))
         ax.axhline(0, color="k", lw=0.5)
         ax.axvline(0, color="k", lw=0.5)
-        plots.identity_line(ax)
+        plots.identity_line(ax, c["beta_measured"], c["beta_predicted"])
         ax.set(xlabel="β measured", ylabel="β predicted", title=f"concordant: {int(c['concordant'].sum())}")
     fig.tight_layout()
     save_figure(fig, png, dpi=120)

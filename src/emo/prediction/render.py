@@ -38,7 +38,10 @@ def expression_map(ax, spatial_lib: dict | None, centres: np.ndarray, values: np
     else:
         patches = [Circle((x, y), d / 2) for x, y in centres]
     values = np.asarray(values, dtype=np.float64)
-    coll = PatchCollection(patches, cmap="viridis", alpha=0.8, linewidths=0)
+    # the H&E shows through tiles; small spots are nearly opaque, with a white rim that sets dark (low)
+    # values off against haematoxylin
+    coll = PatchCollection(patches, cmap="viridis", alpha=0.65 if square else 0.9, linewidths=0 if square else 0.4,
+                           edgecolors="white")
     coll.set_array(values)
     if clim is None and len(values):
         clim = tuple(np.nanpercentile(values, [2, 98]))

@@ -20,7 +20,7 @@ h2{color:#24344d;border-bottom:1px solid #eee;padding-bottom:.2em}h3{margin-bott
 table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
 table.kv th{text-align:left;background:#f3f5f8}table.kv td{text-align:left;max-width:70em;word-break:break-all}
 thead th{background:#f3f5f8}.scroll{overflow-x:auto}.note{color:#777;font-size:.85em}
-.figs{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0;max-width:640px}figure.wide{max-width:100%}figure img{max-width:100%;border:1px solid #eee}
+.figs{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0;max-width:100%}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.8em;color:#555}details{margin:.4em 0}summary{cursor:pointer;color:#24344d}
 code{background:#f3f5f8;padding:0 3px}.error{color:#b00}
 """

@@ -33,6 +33,8 @@ LABELS = {
     "n_dropped_sharpness": "dropped: blurred", "mpp": "µm per pixel", "n_panel": "genes in panel",
     "n_evaluated": "evaluated", "n_selected": "selected", "n_validated": "validated", "selected_genes": "selected genes",
     "n_samples": "samples", "n_slides": "slides", "n_rois": "annotated regions", "n_tiles": "tiles",
+    "alpha_median": "median chosen penalty", "mse_mean": "mean squared error (standardised)",
+    "spearman_median": "median Spearman ρ", "n_r_positive": "genes with r > 0",
 }
 
 
@@ -74,7 +76,7 @@ def plot(fig: Any, caption: str, sources: Iterable[str | Path] = (), dpi: int = 
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     b64 = base64.b64encode(buf.getvalue()).decode("ascii")
-    return (f'<figure class=wide><img alt="{esc(caption)}" src="data:image/png;base64,{b64}">'
+    return (f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{b64}">'
             f"<figcaption>{esc(caption)}{source_links(sources)}</figcaption></figure>")
 
 

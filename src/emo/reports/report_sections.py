@@ -87,7 +87,8 @@ def targets(path: Path, run_dir: Path) -> str:
 
 # ------------------------------------------------------------------------------------ model
 def _manifests(run_dir: Path) -> list[Path]:
-    return [p for p in _glob(run_dir, "**/manifest.json") if any(part.startswith("model") for part in p.relative_to(run_dir).parts[:-1])]
+    return [p for p in _glob(run_dir, "**/manifest.json")
+            if any(part.startswith("model") or part.endswith("_model") for part in p.relative_to(run_dir).parts[:-1])]
 
 
 def _penalty_range(m: dict) -> str:
@@ -99,8 +100,26 @@ def _penalty_range(m: dict) -> str:
     return text + (f"; median chosen {tuning['alpha_median']:.3g})" if "alpha_median" in tuning else ")")
 
 
+def _spot_model_summary(m: dict) -> dict[str, str]:
+    c = m["config"]
+    sizes = ", ".join(f"{v:g}" for v in c.get("tile_sizes_um", []))
+    return {
+        "model": f"{m.get('kind', '?')} (spot-level)",
+        "image features": f"{c.get('backbone', '?')} on spot-centred tiles of {sizes} µm ({c.get('tile_px', '?')} px)",
+        "head": (f"ridge onto {c.get('n_components') or 'every gene (no'} target principal components"
+                 f"{')' if not c.get('n_components') else ''}, neighbour context {c.get('context_radius', 0)} spot pitches"),
+        "penalty": f"α = {c.get('alpha', '?')} per feature",
+        "genes": str(len(m.get("genes") or [])),
+        "training data": f"sections {', '.join(m.get('train_sections', []))}"
+                         + (f"; target basis from {', '.join(m['basis_sections'])}" if m.get("basis_sections") else ""),
+        "created": f"{m.get('created', '')} with emo {m.get('emo_version', '?')}",
+    }
+
+
 def model_summary(m: dict) -> dict[str, str]:
     """The manifest in a reader's words: what the model is, what it was trained on, how it was tuned."""
+    if isinstance(m.get("config"), dict) and "train_sections" in m:
+        return _spot_model_summary(m)
     backbone = m.get("backbone") if isinstance(m.get("backbone"), dict) else {}
     geometry = m.get("tile_geometry") if isinstance(m.get("tile_geometry"), dict) else {}
     head = m.get("head") or m.get("kind", "?")
