@@ -180,6 +180,23 @@ def test_demo_report_reads_for_a_pathologist(demo_run):
         assert all((out / unquote(link)).is_file() for link in links), links
 
 
+def test_demo_outputs_open_in_scanpy_squidpy_and_qupath(demo_run):
+    import anndata
+
+    from scverse_plots import assert_scanpy_and_squidpy_plot
+
+    out, _ = demo_run
+    adata = anndata.read_h5ad(out / "predictions" / "spatial" / "demo_01.h5ad")
+    lib = adata.uns["spatial"]["demo_01"]
+    import openslide
+
+    width = openslide.OpenSlide(str(out / "slides" / "demo_01.tiff")).dimensions[0]
+    assert lib["images"]["hires"].shape[1] == round(width * lib["scalefactors"]["tissue_hires_scalef"])
+    assert_scanpy_and_squidpy_plot(adata, "MORPH_DENSITY_1")
+    geo = json.loads((out / "predictions" / "geojson" / "demo_01.geojson").read_text())
+    assert len(geo["features"]) == adata.n_obs and geo["features"][0]["properties"]["classification"]["name"] == "EMO tile"
+
+
 def test_second_demo_run_skips_every_stage(demo_run):
     out, _ = demo_run
     before = _stage_records(out)
