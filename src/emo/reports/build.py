@@ -79,7 +79,7 @@ def _blocks(run_dir: Path) -> list[dict]:
     for section in sections():
         items = []
         for path in section.find(run_dir):
-            if path in claimed and section.name != "overview":
+            if path in claimed:
                 continue
             try:
                 body = section.render(path, run_dir)

@@ -1,4 +1,4 @@
-"""Built-in report sections: run overview, tiling QC, targets, model, predictions, evaluation,
+"""Built-in report sections: tiling QC, targets, model, predictions, evaluation,
 spatial validation and a generic section for anything under analyze/*/."""
 
 from __future__ import annotations
@@ -26,26 +26,8 @@ def _json(path: Path) -> dict:
         return {}
 
 
-def _params(folder: Path) -> str:
-    out = ""
-    for name in ("params.json",):
-        if (folder / name).exists():
-            out += h.details(f"parameters ({name})", h.mapping(_json(folder / name)))
-    return out
-
-
 def _rel(path: Path, run_dir: Path) -> str:
     return h.esc(path.relative_to(run_dir)) if path != run_dir else "."
-
-
-# ------------------------------------------------------------------------------------ overview
-@register_section("overview", title="Run", order=0, find=lambda run_dir: [run_dir])
-def overview(path: Path, run_dir: Path) -> str:
-    params = _glob(run_dir, "**/params.json")
-    body = "<p>Every parameters file found under the run folder:</p>" if params else ""
-    for p in params:
-        body += h.details(str(p.relative_to(run_dir)), h.mapping(_json(p)))
-    return body
 
 
 # ------------------------------------------------------------------------------------ tiling
@@ -62,7 +44,7 @@ def tiles(folder: Path, run_dir: Path) -> str:
     if pngs:
         body += "<p class=note>Kept tiles outlined in green on each slide's thumbnail.</p>"
     body += h.images(pngs, limit=6)
-    return body + _params(folder)
+    return body
 
 
 # ------------------------------------------------------------------------------------ targets
@@ -241,7 +223,7 @@ def predictions(folder: Path, run_dir: Path) -> str:
     pngs = sorted((folder / "heatmaps").rglob("*.png")) if (folder / "heatmaps").is_dir() else []
     if pngs:
         body += h.details(f"heatmaps of the chosen genes ({len(pngs)} files)", h.images(pngs, limit=12))
-    return body + _params(folder)
+    return body
 
 
 # ------------------------------------------------------------------------------------ evaluate
@@ -311,4 +293,4 @@ def analyze(folder: Path, run_dir: Path) -> str:
         body += h.csv_table(csv, max_rows=15)
     if (folder / "summary.json").exists():
         body += h.details("summary.json", h.mapping(_json(folder / "summary.json")))
-    return body + h.images(sorted(folder.glob("*.png"))) + _params(folder)
+    return body + h.images(sorted(folder.glob("*.png")))
