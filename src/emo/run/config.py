@@ -24,6 +24,7 @@ class SlidesConfig(Section):
     paths: list[str] = Field(default_factory=list, description="slide files or globs")
     mpp: float | None = Field(None, gt=0, description="level-0 µm/px for slides without scale metadata")
     roi: str | None = Field(None, description="folder of GeoJSON regions of interest, one per slide_id")
+    roi_classes: list[str] | None = Field(None, description="QuPath classes that make the ROI (null: all but Ignore*)")
     tile_size_um: float = Field(271.0, gt=0)
     target_mpp: float = Field(0.453, gt=0)
     min_tissue: float = Field(0.5, ge=0, le=1)

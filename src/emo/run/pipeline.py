@@ -60,6 +60,7 @@ def tiling_config(ctx: StudyContext):
         normalize=s.normalize,
         stain_reference=str(reference) if reference else s.stain_reference,
         roi=_cfg(ctx).path(s.roi) if s.roi else None,
+        roi_classes=s.roi_classes,
     )
 
 

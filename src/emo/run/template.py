@@ -20,6 +20,7 @@ slides:
     - slides/*.svs
   mpp: null                     # level-0 µm/px, only for slides without scale metadata
   roi: null                     # folder of <slide_id>.geojson regions to keep (null: whole tissue)
+  roi_classes: null             # QuPath classes that make the ROI, e.g. [Tumor, Stroma] (null: all but Ignore*)
   tile_size_um: 271             # tile edge in µm (the paper: 598 px at 0.453 µm/px)
   target_mpp: 0.453             # tiles are resampled to this µm/px
   min_tissue: 0.5               # drop tiles with less tissue than this fraction
