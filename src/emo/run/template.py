@@ -46,6 +46,9 @@ expression:
   stratify: null                # sample-sheet column the split is balanced on (e.g. er_status)
   fractions: null               # [train, tune, validation, test] shares of patients; null: the paper's
                                 #   [0.563, 0.14, 0.123, 0.174]
+  orientation: auto             # matrices: auto (rows/columns matched to the sheet's sample ids),
+                                #   genes-by-samples or samples-by-genes
+  on_duplicate: error           # a patient with several samples / a slide of several samples: error, first, all
 
 features:                       # `emo features`' options (ExtractionConfig)
   backbone: efficientnet_lite0  # `emo models` lists the registry
