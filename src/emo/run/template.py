@@ -21,6 +21,7 @@ slides:                         # `emo tile`'s options (TilingConfig), plus whic
   mpp: null                     # level-0 µm/px, only for slides without scale metadata
   roi: null                     # folder of <slide_id>.geojson regions to keep (null: whole tissue)
   min_roi: null                 # keep tiles with at least this fraction inside the ROI (null: centre inside)
+  roi_classes: null             # QuPath classes whose annotations make the ROI (null: all but Ignore*)
   roi_classes: null             # QuPath annotation classes that make the ROI (null: every class but Ignore*)
   tile_size_um: 271             # tile edge in µm (the paper: 598 px at 0.453 µm/px)
   target_mpp: 0.453             # tiles are resampled to this µm/px
