@@ -23,6 +23,7 @@ from emo.analysis.enrichment import EnrichConfig
 from emo.analysis.evaluate import EvaluateThresholds
 from emo.config import validation_message
 from emo.errors import EmoError
+from emo.expression.prepare import PrepareConfig
 from emo.features.config import ExtractionConfig
 from emo.slides import TilingConfig
 
@@ -48,26 +49,13 @@ class SlidesConfig(TilingConfig):
         return TilingConfig(**options)
 
 
-class ExpressionConfig(Section):
+class ExpressionConfig(PrepareConfig):
+    """The expression stage's own `PrepareConfig` plus its files (or a ready targets.h5ad)."""
+
     matrices: list[str] = Field(default_factory=list, description="expression matrices (genes × samples)")
     counts_matrices: list[str] = Field(default_factory=list, description="raw-count matrices (to be normalised)")
     samples: str | None = Field(None, description="sample sheet: sample_id, patient_id, cohort, slide_id, …")
     targets: str | None = Field(None, description="a ready targets.h5ad instead of preparing one")
-    reference_cohort: str | None = None
-    external_cohorts: list[str] = Field(default_factory=list)
-    min_variance: float = Field(0.01, ge=0)
-    seed: int = 0
-    stratify: str | None = None
-    fractions: list[float] | None = Field(
-        None, min_length=4, max_length=4, description="train, tune, validation, test shares of patients (null: the paper's)"
-    )
-
-    @field_validator("fractions")
-    @classmethod
-    def _sum_to_one(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and (min(v) < 0 or abs(sum(v) - 1) > 1e-6):
-            raise ValueError("must be 4 non-negative shares (train, tune, validation, test) summing to 1")
-        return v
 
 
 class TrainingConfig(Section):

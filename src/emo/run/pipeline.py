@@ -93,18 +93,9 @@ def run_expression(ctx: StudyContext) -> None:
     from emo.expression import prepare_targets
 
     e = _cfg(ctx).expression
-    options = {"fractions": tuple(e.fractions)} if e.fractions else {}
     prepare_targets(
-        _paths(ctx, e.matrices),
-        _cfg(ctx).path(e.samples),
-        e.reference_cohort,
-        targets_path(ctx),
-        counts_matrices=_paths(ctx, e.counts_matrices),
-        min_variance=e.min_variance,
-        seed=e.seed,
-        stratify=e.stratify,
-        external_cohorts=tuple(e.external_cohorts),
-        **options,
+        _paths(ctx, e.matrices), _cfg(ctx).path(e.samples), e.reference_cohort, targets_path(ctx),
+        counts_matrices=_paths(ctx, e.counts_matrices), **e.options(),
     )
 
 

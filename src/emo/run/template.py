@@ -21,6 +21,7 @@ slides:                         # `emo tile`'s options (TilingConfig), plus whic
   mpp: null                     # level-0 µm/px, only for slides without scale metadata
   roi: null                     # folder of <slide_id>.geojson regions to keep (null: whole tissue)
   min_roi: null                 # keep tiles with at least this fraction inside the ROI (null: centre inside)
+  roi_classes: null             # QuPath classes whose annotations make the ROI (null: all but Ignore*)
   roi_classes: null             # QuPath annotation classes that make the ROI (null: every class but Ignore*)
   tile_size_um: 271             # tile edge in µm (the paper: 598 px at 0.453 µm/px)
   target_mpp: 0.453             # tiles are resampled to this µm/px
@@ -47,6 +48,9 @@ expression:
   stratify: null                # sample-sheet column the split is balanced on (e.g. er_status)
   fractions: null               # [train, tune, validation, test] shares of patients; null: the paper's
                                 #   [0.563, 0.14, 0.123, 0.174]
+  orientation: auto             # matrices: auto (rows/columns matched to the sheet's sample ids),
+                                #   genes-by-samples or samples-by-genes
+  on_duplicate: error           # a patient with several samples / a slide of several samples: error, first, all
 
 features:                       # `emo features`' options (ExtractionConfig)
   backbone: efficientnet_lite0  # `emo models` lists the registry
