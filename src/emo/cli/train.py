@@ -67,7 +67,7 @@ def train(
                                     executor=executor, workers=workers, gpus=gpus)
     else:
         from emo.training import train_model
-        from emo.training.data import resolve_feature_dir
+        from emo.features import resolve_feature_dir
 
         if features is None:
             features = resolve_feature_dir(targets.parent / "features")

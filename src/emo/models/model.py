@@ -46,17 +46,6 @@ class Model:
     def dim(self) -> int:
         return int(self.manifest["backbone"]["dim"])
 
-    def check_features(self, identity: dict, where: str) -> None:
-        """Refuse features from another backbone or with another dimension (one line, names both)."""
-        mine = self.backbone
-        if int(identity.get("dim", -1)) != self.dim or (
-            identity.get("name") is not None and mine.get("name") is not None and identity["name"] != mine["name"]
-        ):
-            raise EmoError(
-                f"{where}: features are {identity.get('name')} dim {identity.get('dim')} but model {self.path} "
-                f"was trained on {mine.get('name')} dim {self.dim}; run `emo features --backbone {mine.get('name')}`"
-            )
-
     def predict(self, source) -> np.ndarray:
         """float32 [tiles, genes] from a feature array, a FeatureStore, or a TileStore (embedded with
         the model's backbone, checked to give the identity it was trained on)."""
@@ -66,12 +55,24 @@ class Model:
         if isinstance(source, TileStore):
             source = embed_tile_store(source, self.backbone)
         if isinstance(source, FeatureStore):
-            self.check_features({"name": source.attrs.get("backbone"), "dim": source.dim}, str(source.path))
+            check_features(self, {"name": source.attrs.get("backbone"), "dim": source.dim}, str(source.path))
             source = source.features
         x = np.asarray(source, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise EmoError(f"model {self.path}: expects features [n, {self.dim}], got {list(x.shape)}")
         return np.asarray(self.head.predict(x), dtype=np.float32)
+
+
+def check_features(model, identity: dict, where: str) -> None:
+    """Refuse features from another backbone or with another dimension than `model.backbone` (one line)."""
+    mine = model.backbone
+    if int(identity.get("dim", -1)) != int(mine.get("dim", -2)) or (
+        identity.get("name") is not None and mine.get("name") is not None and identity["name"] != mine["name"]
+    ):
+        raise EmoError(
+            f"{where}: features are {identity.get('name')} dim {identity.get('dim')} but model {model.path} "
+            f"was trained on {mine.get('name')} dim {mine.get('dim')}; run `emo features --backbone {mine.get('name')}`"
+        )
 
 
 def _weights_argument(identity: str) -> str:

@@ -20,14 +20,8 @@ import pandas as pd
 
 from emo.errors import EmoError
 from emo.io import provenance, write_table_atomic
-from emo.training.data import (
-    feature_identity,
-    load_targets,
-    open_feature_stores,
-    select_genes,
-    source_tile_store_attrs,
-    training_hash,
-)
+from emo.features.store import feature_identity, open_feature_stores
+from emo.training.data import load_targets, select_genes, source_tile_store_attrs, training_hash
 
 if TYPE_CHECKING:
     from emo.training.config import TrainConfig
@@ -116,7 +110,7 @@ def _tile_level_data(adata, stores, genes, targets):
     feats, rows_found = [], []
     for slide_id in sorted(set(slides[fit])):
         st = stores[slide_id]
-        row_of = {t: i for i, t in enumerate(st.tile_ids())}
+        row_of = {t: i for i, t in enumerate(st.tile_ids)}
         obs_rows = np.flatnonzero(fit & (slides == slide_id).to_numpy())
         store_rows = np.array([row_of.get(t, -1) for t in tiles.iloc[obs_rows]])
         if (store_rows < 0).all():
