@@ -114,3 +114,13 @@ def test_bad_backbone_requests_fail_with_one_clear_line(monkeypatch, tmp_path, n
     with pytest.raises(EmoError, match=message) as info:
         create_backbone(name, weights)
     assert "\n" not in str(info.value)
+
+
+def test_registered_dims_and_input_sizes_are_what_the_models_give():
+    from emo.models import BACKBONES
+
+    for name, spec in BACKBONES.items():
+        model = create_backbone(name, "none")
+        with torch.inference_mode():
+            y = model(torch.randn(1, 3, model.input_size, model.input_size))
+        assert (model.dim, y.shape[1], model.input_size) == (spec.dim, spec.dim, spec.input_size), name

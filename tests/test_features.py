@@ -165,6 +165,43 @@ def test_stain_normalised_real_slide_features(shared_data, tmp_path):
     assert np.abs(feats - raw).max() > 1e-2  # the loader really applied the stored normalisation
 
 
+def _previous_model_input(tiles: np.ndarray, size: int, mean, std) -> torch.Tensor:
+    """The preprocessing before issue 13 (a transposing copy, /255 at full size, then resize, mean/std)."""
+    x = torch.as_tensor(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.sub_(torch.tensor(mean).view(1, 3, 1, 1)).div_(torch.tensor(std).view(1, 3, 1, 1))
+
+
+def test_batched_loader_paths_match_the_previous_per_worker_path(shared_data, tmp_path):
+    """598-px normalised tiles → 224 px: the CPU loader path and the accelerator path (raw decode,
+    then Macenko + resize batched in torch; run here on CPU) give the previous inputs and features."""
+    from emo.features.extract import model_inputs
+    from emo.features.preprocess import normalize_stains
+
+    slide = shared_data("slides/CMU-1-Small-Region.svs")
+    tile_slides([slide], tmp_path, TilingConfig())  # the defaults: 271 µm tiles of 598 px, normalised
+    path = tmp_path / "tiles" / "CMU-1-Small-Region.h5"
+    store = TileStore(path)
+    assert store.normalize and store.tile_size_px == 598 and len(store) >= 4
+    model = create_backbone("resnet18", "none")
+    rows = np.arange(len(store))
+    before = _previous_model_input(store.read_tiles(rows), 224, model.mean, model.std)
+
+    (_, cpu_path), = list(model_inputs([(0, path, rows)], 224, model.mean, model.std, "cpu", workers=1))
+    raw = torch.from_numpy(store.read_tiles(rows, normalize=False))
+    normalised = normalize_stains(raw, store.normalization_matrix)  # the GPU kernel, run on CPU
+    differ = (normalised.numpy().astype(int) - store.read_tiles(rows)).astype(int)
+    assert np.abs(differ).max() <= 1 and (differ != 0).mean() < 1e-4  # float32 exp/matmul ulps at truncation
+    device_path = to_model_input(normalised, 224, model.mean, model.std)
+    torch.testing.assert_close(cpu_path, before, rtol=0, atol=2e-6)
+    torch.testing.assert_close(device_path, before, rtol=0, atol=0.02)  # one grey level in a few pixels
+    with torch.inference_mode():
+        f_before, f_cpu, f_dev = model(before), model(cpu_path), model(device_path)
+    torch.testing.assert_close(f_cpu, f_before, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(f_dev, f_before, rtol=1e-3, atol=1e-3)
+    assert (f_before - model(_previous_model_input(raw.numpy(), 224, model.mean, model.std))).abs().max() > 1e-2
+
+
 def test_tile_dataset_labels_and_dihedral_augmentation(tile_dir):
     paths = sorted(tile_dir.glob("*.h5"))
     stores = [TileStore(p) for p in paths]

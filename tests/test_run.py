@@ -26,8 +26,36 @@ def test_template_parses_into_study_config_with_defaults(tmp_path):
     assert config.out_dir == tmp_path / "emo-study"
     assert config.slides.tile_size_um == 271 and config.slides.target_mpp == 0.453
     assert config.expression.samples == "expression/samples.tsv"
-    # every documented key is in the template: dumping it back gives the same keys
-    assert set(yaml.safe_load(STUDY_TEMPLATE)) == set(config.model_dump(exclude={"base_dir"}))
+    # every documented key is in the template: dumping it back gives the same keys, section by section
+    written, dumped = yaml.safe_load(STUDY_TEMPLATE), config.model_dump(exclude={"base_dir"})
+    assert set(written) == set(dumped)
+    for section in ("slides", "features", "evaluation", "expression", "training"):
+        assert set(written[section]) == set(dumped[section]), section
+    assert set(written["evaluation"]["thresholds"]) == set(dumped["evaluation"]["thresholds"])
+
+
+def test_study_sections_are_the_stages_own_configs(tmp_path):
+    """The study composes the stage configs: a study option is the command-line option, validated alike."""
+    from emo.analysis import EvaluateConfig
+    from emo.analysis.clustering import ClustersConfig
+    from emo.features.config import ExtractionConfig
+    from emo.slides import TilingConfig
+
+    config = parse_study({"slides": {"min_sharpness": 25, "min_roi": 0.5, "roi": "rois"},
+                          "features": {"pooling": "multistage"},
+                          "evaluation": {"thresholds": {"r2_min": 0.3, "cohorts": ["A"]}},
+                          "analyses": {"clusters": {"k": 3, "orient": "genes"}}}, base_dir=tmp_path)
+    tiling = config.slides.tiling(config.path)
+    assert isinstance(tiling, TilingConfig) and tiling.min_sharpness == 25 and tiling.min_roi == 0.5
+    assert tiling.roi == tmp_path / "rois"
+    assert isinstance(config.features, ExtractionConfig) and config.features.pooling == "multistage"
+    assert EvaluateConfig.build(**config.evaluation.thresholds.model_dump()).r2_min == 0.3
+    assert isinstance(config.analyses.clusters, ClustersConfig)
+    assert config.analyses.clusters.orientation == "genes-by-samples"  # the old vocabulary still parses
+    with pytest.raises(EmoError, match=r"analyses.clusters.n_clusters"):
+        parse_study({"analyses": {"clusters": {"n_clusters": 3}}})
+    with pytest.raises(EmoError, match=r"evaluation.thresholds.r2_min"):
+        parse_study({"evaluation": {"thresholds": {"r2_min": "high"}}})
 
 
 @pytest.mark.parametrize(
@@ -74,7 +102,8 @@ def test_pipeline_stages_are_declared_in_dependency_order():
     for stage in STAGES:
         assert set(stage.after) <= seen, stage.name
         seen.add(stage.name)
-    assert [s.name for s in STAGES] == ["tile", "features", "expression", "train", "predict", "evaluate", "analyze", "report"]
+    assert [s.name for s in STAGES] == ["tile", "features", "expression", "train", "predict", "null", "evaluate", "analyze",
+                                        "report"]
 
 
 # ---------------------------------------------------------------- runner on toy stages

@@ -137,3 +137,61 @@ def test_bad_input_gives_one_line(monkeypatch, capfd, pyramid, tmp_path, case, w
         extra = ["--roi", _geojson(tmp_path / "roi.geojson", [ring])]
     code, _, err = run_cli(monkeypatch, capfd, slide, "--out", tmp_path / "o", *GRID, *extra)
     assert_one_line_error(code, err, *words)
+
+
+def test_tile_prints_where_mpp_came_from_and_warns_on_a_disagreeing_mpp(monkeypatch, capfd, pyramid, tmp_path):
+    code, out, err = run_cli(monkeypatch, capfd, pyramid, "--out", tmp_path / "a", *GRID)
+    assert code == 0 and "synthetic: 0.25 µm/px from TIFF XResolution (40000 px/cm), read by pyvips" in out and not err
+    code, out, err = run_cli(monkeypatch, capfd, pyramid, "--out", tmp_path / "b", "--mpp", 0.26, *GRID)
+    assert code == 0 and "0.26 µm/px from --mpp" in out and not err  # within 10 % of the file: no warning
+    code, out, err = run_cli(monkeypatch, capfd, pyramid, "--out", tmp_path / "c", "--mpp", 0.3, *GRID)
+    assert code == 0, err
+    assert err.strip().startswith("emo: warning:") and "--mpp 0.3" in err and "file's 0.25 µm/px" in err
+
+
+def test_all_tiles_dropped_at_a_wrong_mpp_points_at_mpp(monkeypatch, capfd, shared_data, tmp_path):
+    """The CMU slide is 0.499 µm/px; at --mpp 4.99 a 271 µm tile is 54 px blown up 11× and every tile is blurry."""
+    slide = shared_data("slides/CMU-1-Small-Region.svs")
+    code, _, err = run_cli(monkeypatch, capfd, slide, "--out", tmp_path, "--mpp", 4.99, "--no-normalize")
+    assert_one_line_error(code, err, "CMU-1-Small-Region.svs", "spans 54 px at 4.99 µm/px", "the file says 0.499", "check --mpp")
+    assert "rescan" not in err
+
+
+def _classified(path, features):
+    """QuPath GeoJSON export: one annotation per (class, ring); class None is unclassified."""
+    items = []
+    for name, ring in features:
+        props = {"objectType": "annotation"} | ({"classification": {"name": name, "color": [200, 0, 0]}} if name else {})
+        items.append({"type": "Feature", "properties": props, "geometry": {"type": "Polygon", "coordinates": [ring]}})
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "classes, columns, used",
+    [
+        (None, {200, 600, 1000, 1400}, ["Stroma", "Tumor", "Unclassified"]),  # all but Ignore*, whose square is cut out
+        ("Tumor", {200, 600}, ["Tumor"]),
+        ("Stroma,Unclassified", {1000, 1400}, ["Stroma", "Unclassified"]),
+        ("Tumor,Ignore*", {200, 600}, ["Ignore*", "Tumor"]),  # named, Ignore* is used like any class
+    ],
+)
+def test_roi_qupath_classes(monkeypatch, capfd, pyramid, tmp_path, classes, columns, used):
+    roi = _classified(tmp_path / "roi.geojson", [
+        ("Tumor", _square(0, 0, 800, 1600)), ("Stroma", _square(800, 0, 1200, 1600)),
+        (None, _square(1200, 0, 1600, 1600)), ("Ignore*", _square(500, 500, 700, 700)),
+    ])  # fmt: skip
+    extra = ["--roi-classes", classes] if classes else []
+    code, _, err = run_cli(monkeypatch, capfd, pyramid, "--out", tmp_path / "o", "--roi", roi, *extra, *GRID)
+    assert code == 0, err
+    store = TileStore(tmp_path / "o" / "tiles" / "synthetic.h5")
+    centres = {(int(x + 200), int(y + 200)) for x, y in store.coords_px}
+    ignored = {(600, 600)} if classes is None or "Ignore*" not in classes else set()
+    assert centres == {(x, y) for x in columns for y in (200, 600, 1000, 1400)} - ignored
+    assert json.loads(store.attrs["roi_classes"]) == used
+
+
+def test_roi_classes_not_in_the_file(monkeypatch, capfd, pyramid, tmp_path):
+    roi = _classified(tmp_path / "roi.geojson", [("Tumor", _square(0, 0, 800, 1600)), ("Ignore*", _square(900, 0, 1000, 100))])
+    code, _, err = run_cli(monkeypatch, capfd, pyramid, "--out", tmp_path / "o", "--roi", roi, "--roi-classes", "Necrosis", *GRID)
+    assert_one_line_error(code, err, "roi.geojson", "no annotation of class Necrosis", "Ignore* (1), Tumor (1)", "--roi-classes")

@@ -2,29 +2,28 @@
 
 Every analysis works on pandas frames `samples × genes` (float64) and a sample sheet indexed by the
 same sample ids. Inputs may be `targets.h5ad` / EMO-average `average.h5ad` (obs = samples), or plain
-tables (CSV/TSV/Parquet, optionally gzipped). A table's orientation is read from the header of its
-first column: `gene`/`symbol`-like → genes in rows (the usual RNA-seq matrix), `sample_id`/`slide_id`-
-like → samples in rows; anything else must be stated with `orient`.
+tables (CSV/TSV/Parquet, optionally gzipped), read by `emo.expression.readers` (the one matrix and
+table reader): a table's orientation is `auto` (from the header of its first column: `gene`/`symbol`-
+like → genes in rows, `sample_id`/`slide_id`-like → samples in rows), `genes-by-samples` or
+`samples-by-genes` (`orientation`; the old `genes`/`samples` still work).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from emo.errors import EmoError
+from emo.expression.readers import read_matrix, read_table
 
-GENE_HEADERS = {"gene", "genes", "symbol", "gene_symbol", "hgnc_symbol", "gene_name", "gene_id"}
-SAMPLE_HEADERS = {"sample_id", "slide_id", "sample", "patient_id", "barcode", "title", ""}
+#: sample-sheet / obs columns holding intrinsic subtypes, in the order they are looked for
+SUBTYPE_COLUMNS = ("pam50_subtype", "pam50", "intrinsic_subtype", "subtype", "pam50_call", "pam50_mrna")
 #: Sheet values that mean "not known" (TCGA writes them in brackets).
 MISSING_TOKENS = {"", "na", "nan", "none", "null", "unknown", "not evaluated", "not available",
                   "indeterminate", "not applicable", "not reported", "missing", "?"}
-
-Orient = Literal["auto", "genes", "samples"]
 
 
 @dataclass
@@ -36,23 +35,10 @@ class Expression:
     source: str
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    name = path.name.lower()
-    try:
-        if name.endswith(".parquet"):
-            return pd.read_parquet(path)
-        sep = "," if name.endswith((".csv", ".csv.gz")) else "\t"
-        return pd.read_csv(path, sep=sep)
-    except FileNotFoundError:
-        raise EmoError(f"{path}: file not found; check the path") from None
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise EmoError(f"{path}: cannot read as a table ({exc}); give a CSV, TSV or Parquet file") from None
-
-
 def load_expression(
     path: str | Path | pd.DataFrame,
     *,
-    orient: Orient = "auto",
+    orientation: str = "auto",
     split: str | None = None,
     log_cpm: bool = False,
 ) -> Expression:
@@ -67,7 +53,8 @@ def load_expression(
         if path.suffix == ".h5ad":
             data, obs = _read_h5ad(path)
         else:
-            data, obs = _read_matrix(path, orient)
+            data = read_matrix(path, orientation, allow_missing=True).T.rename_axis(index=None, columns=None)
+            obs = pd.DataFrame(index=data.index)
     data.index = data.index.astype(str)
     data.columns = data.columns.astype(str)
     obs.index = obs.index.astype(str)
@@ -81,7 +68,7 @@ def load_expression(
         data = data.astype(np.float64)
     except ValueError:
         raise EmoError(f"{source}: expression values are not all numeric; check the orientation "
-                       "(--orient) and that only the first column holds labels") from None
+                       "(--orientation) and that only the first column holds labels") from None
     if split is not None:
         if "split" not in obs.columns:
             raise EmoError(f"{source}: no 'split' column to select split {split!r}; use targets.h5ad or drop --split")
@@ -113,23 +100,6 @@ def _read_h5ad(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return data, adata.obs.copy()
 
 
-def _read_matrix(path: Path, orient: Orient) -> tuple[pd.DataFrame, pd.DataFrame]:
-    table = _read_table(path)
-    head = str(table.columns[0])
-    if orient == "auto":
-        key = head.strip().lower()
-        if key in GENE_HEADERS:
-            orient = "genes"
-        elif key in SAMPLE_HEADERS or key.startswith("unnamed"):
-            orient = "samples"
-        else:
-            raise EmoError(f"{path}: cannot tell whether rows are genes or samples from the first column "
-                           f"header {head!r}; pass --orient genes or --orient samples")
-    table = table.set_index(head)
-    data = table.T if orient == "genes" else table
-    return data, pd.DataFrame(index=data.index)
-
-
 def load_sheet(path: str | Path | pd.DataFrame, samples: pd.Index, id_column: str | None = None) -> pd.DataFrame:
     """Read a sample sheet and index it by the column whose values match `samples` best.
 
@@ -145,9 +115,7 @@ def load_sheet(path: str | Path | pd.DataFrame, samples: pd.Index, id_column: st
         sheet, path = path.reset_index(), "<sample sheet>"
     else:
         path = Path(path)
-        if not path.exists():
-            raise EmoError(f"{path}: file not found; check the path")
-        sheet = _read_table(path)
+        sheet = read_table(path)
     if id_column is None:
         overlaps = {c: sheet[c].astype(str).isin(wanted).sum() for c in sheet.columns}
         id_column = max(overlaps, key=overlaps.get)
@@ -238,3 +206,14 @@ def clean_labels(values: pd.Series) -> pd.Series:
     text = values.astype("string").str.strip()
     token = text.str.strip("[]").str.lower()
     return text.mask(token.isin(MISSING_TOKENS) | text.isna()).astype(object)
+
+
+def subtype_column(obs: pd.DataFrame, requested: str | None, source: str = "sample sheet") -> str | None:
+    """The intrinsic-subtype column: `requested` (which must exist), else the first of SUBTYPE_COLUMNS present."""
+    if requested:
+        if requested not in obs.columns:
+            raise EmoError(f"{source}: no subtype column {requested!r} (columns: {list(obs.columns)[:12]}); "
+                           "fix --subtype-column")
+        return requested
+    lower = {str(c).lower(): c for c in obs.columns}
+    return next((lower[c] for c in SUBTYPE_COLUMNS if c in lower), None)

@@ -19,22 +19,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pandas as pd
+from pydantic import AliasChoices, Field
 from scipy.cluster.hierarchy import fcluster, leaves_list, linkage
 from scipy.spatial.distance import pdist, squareform
 from sklearn.metrics import adjusted_rand_score
 
-from emo.analysis._bulk import align, attach_sheet, clean_labels, load_expression, select_genes
+from emo.analysis._bulk import align, attach_sheet, clean_labels, load_expression, select_genes, subtype_column
+from emo.config import StageConfig
 from emo.errors import EmoError
+from emo.expression.readers import OrientationOption
 
-__all__ = ["ClusterAnalysis", "ConsensusResult", "consensus_clustering", "ari_test", "hierarchical_order", "clusters",
+__all__ = ["ClusterAnalysis", "ClustersConfig", "ConsensusResult", "consensus_clustering", "ari_test", "hierarchical_order", "clusters",
            "report_section"]
 
 Method = Literal["hc", "kmeans"]
-SUBTYPE_COLUMNS = ("pam50_subtype", "pam50", "intrinsic_subtype", "subtype", "pam50_call", "pam50_mrna")
 
 
 @dataclass
@@ -156,50 +158,50 @@ def _zscore(frame: pd.DataFrame) -> pd.DataFrame:
     return (frame - frame.mean()) / frame.std(ddof=1)
 
 
-def _subtype_column(obs: pd.DataFrame, requested: str | None) -> str | None:
-    if requested:
-        if requested not in obs.columns:
-            raise EmoError(f"sample sheet: no subtype column {requested!r} (columns: {list(obs.columns)[:12]})")
-        return requested
-    lower = {str(c).lower(): c for c in obs.columns}
-    return next((lower[c] for c in SUBTYPE_COLUMNS if c in lower), None)
+class ClustersConfig(StageConfig):
+    """Options of `emo analyze clusters` and a study's `analyses.clusters`."""
+
+    genes: str | list[str] | None = "pam50"
+    split: str | None = None
+    k: int = Field(4, ge=2)
+    choose_k: bool = False
+    k_max: int = Field(8, ge=2)
+    n_iter: int = Field(100, ge=1)
+    item_fraction: float = Field(0.8, gt=0, le=1)
+    method: Method = "hc"
+    subtype_column: str | None = None
+    n_boot: int = Field(1000, ge=0)
+    n_perm: int = Field(1000, ge=0)
+    seed: int = 0
+    log_cpm: bool = False
+    orientation: OrientationOption = Field("auto", validation_alias=AliasChoices("orientation", "orient"))
 
 
 def clusters(
     measured: str | Path | pd.DataFrame,
     predicted: str | Path | pd.DataFrame | None = None,
     out_dir: str | Path | None = None,
+    config: ClustersConfig | None = None,
     *,
     samples: str | Path | pd.DataFrame | None = None,
     sample_column: str | None = None,
-    genes: str | list[str] | None = "pam50",
-    split: str | None = None,
-    k: int = 4,
-    choose_k: bool = False,
-    k_max: int = 8,
-    n_iter: int = 100,
-    item_fraction: float = 0.8,
-    method: Method = "hc",
-    subtype_column: str | None = None,
-    n_boot: int = 1000,
-    n_perm: int = 1000,
-    seed: int = 0,
-    log_cpm: bool = False,
-    orient: str = "auto",
     progress: bool = False,
+    **options: Any,
 ) -> ClusterAnalysis:
     """Consensus clusters of patients and genes on measured (and predicted) data, and their ARIs.
+    Keyword options override `ClustersConfig` fields.
 
     Writes `clusters_samples`, `clusters_genes`, `ari` (CSV + Parquet), `consensus_cdf.csv` (with
     `choose_k`), `clusters.json` and `heatmap.png` / `consensus.png` into `out_dir`.
     """
-    meas = attach_sheet(load_expression(measured, orient=orient, split=split, log_cpm=log_cpm),
+    cfg = ClustersConfig.build(config, what="clusters", **options)
+    meas = attach_sheet(load_expression(measured, orientation=cfg.orientation, split=cfg.split, log_cpm=cfg.log_cpm),
                         samples, sample_column)
     frames = {"measured": meas.data}
     if predicted is not None:
-        meas, pred = align(meas, load_expression(predicted, orient=orient))
+        meas, pred = align(meas, load_expression(predicted, orientation=cfg.orientation))
         frames = {"measured": meas.data, "predicted": pred.data}
-    common = [g for g in select_genes(meas.data, genes, source=meas.source).columns
+    common = [g for g in select_genes(meas.data, cfg.genes, source=meas.source).columns
               if all(g in f.columns for f in frames.values())]
     if len(common) < 3:
         raise EmoError(f"only {len(common)} panel genes present in all inputs; need at least 3")
@@ -208,14 +210,14 @@ def clusters(
     frames = {name: f.loc[complete] for name, f in frames.items()}
     varying = np.logical_and.reduce([(f.std() > 0).to_numpy() for f in frames.values()])
     notes = {"n_samples": int(complete.sum()), "dropped_samples_with_nan": int((~complete).sum()),
-             "genes_requested": genes if isinstance(genes, str) or genes is None else list(genes),
+             "genes_requested": cfg.genes if isinstance(cfg.genes, str) or cfg.genes is None else list(cfg.genes),
              "dropped_constant_genes": [g for g, v in zip(common, varying) if not v]}
     frames = {name: _zscore(f.loc[:, varying]) for name, f in frames.items()}
     z_meas = frames["measured"]
     if len(z_meas) < 10:
         raise EmoError(f"{meas.source}: only {len(z_meas)} complete samples; clustering needs at least 10")
-    ks = list(range(2, k_max + 1)) if choose_k else k
-    opts = dict(n_iter=n_iter, item_fraction=item_fraction, method=method, seed=seed, progress=progress)
+    ks = list(range(2, cfg.k_max + 1)) if cfg.choose_k else cfg.k
+    opts = dict(n_iter=cfg.n_iter, item_fraction=cfg.item_fraction, method=cfg.method, seed=cfg.seed, progress=progress)
     sample_res = {name: consensus_clustering(f.to_numpy(), ks, **opts) for name, f in frames.items()}
     gene_res = {name: consensus_clustering(f.to_numpy().T, ks, **opts) for name, f in frames.items()}
 
@@ -224,13 +226,13 @@ def clusters(
     gene_table = pd.DataFrame({name: r.labels for name, r in gene_res.items()}, index=z_meas.columns)
     gene_table.index.name = "gene"
     rows = []
-    test = dict(n_boot=n_boot, n_perm=n_perm, seed=seed)
+    test = dict(n_boot=cfg.n_boot, n_perm=cfg.n_perm, seed=cfg.seed)
     if "predicted" in frames:
         rows.append({"items": "samples", "a": "measured", "b": "predicted",
                      **ari_test(sample_table["measured"], sample_table["predicted"], **test)})
         rows.append({"items": "genes", "a": "measured", "b": "predicted",
                      **ari_test(gene_table["measured"], gene_table["predicted"], **test)})
-    sub_col = _subtype_column(meas.obs, subtype_column)
+    sub_col = subtype_column(meas.obs, cfg.subtype_column)
     if sub_col is not None:
         subtype = clean_labels(meas.obs.loc[z_meas.index, sub_col])
         sample_table["subtype"] = subtype
@@ -244,12 +246,12 @@ def clusters(
                   for name, r in res.items()}
     if out_dir is not None:
         params = {"measured": meas.source, "predicted": None if predicted is None else str(predicted),
-                  "genes": notes["genes_requested"], "k": k, "choose_k": choose_k, "k_max": k_max,
-                  "n_iter": n_iter, "item_fraction": item_fraction, "method": method, "n_boot": n_boot,
-                  "n_perm": n_perm, "seed": seed, "split": split, "log_cpm": log_cpm}
+                  "genes": notes["genes_requested"], "k": cfg.k, "choose_k": cfg.choose_k, "k_max": cfg.k_max,
+                  "n_iter": cfg.n_iter, "item_fraction": cfg.item_fraction, "method": cfg.method, "n_boot": cfg.n_boot,
+                  "n_perm": cfg.n_perm, "seed": cfg.seed, "split": cfg.split, "log_cpm": cfg.log_cpm}
         cdf = pd.concat([r.cdf.assign(items=items, data=name)
                          for items, res in (("samples", sample_res), ("genes", gene_res))
-                         for name, r in res.items()]) if choose_k else None
+                         for name, r in res.items()]) if cfg.choose_k else None
         _write(Path(out_dir), frames, sample_table, gene_table, ari, cdf, sample_res, notes, params)
     return ClusterAnalysis(ari=ari, samples=sample_table, genes=gene_table, notes=notes)
 

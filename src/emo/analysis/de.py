@@ -17,15 +17,19 @@ formulas do.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import AliasChoices, Field
 from scipy import stats
 
 from emo.analysis._bulk import Expression, align, attach_sheet, clean_labels, load_expression, select_genes
+from emo.config import StageConfig
 from emo.errors import EmoError
+from emo.expression.readers import OrientationOption
 
-__all__ = ["DEFAULT_COVARIATES", "design_matrix", "ols_contrast", "differential_expression", "report_section"]
+__all__ = ["DEConfig", "DEFAULT_COVARIATES", "design_matrix", "ols_contrast", "differential_expression", "report_section"]
 
 #: The paper's covariates → sheet column names tried (case-insensitive) for each.
 DEFAULT_COVARIATES: dict[str, tuple[str, ...]] = {
@@ -190,20 +194,27 @@ def concordance(measured: pd.DataFrame, predicted: pd.DataFrame) -> pd.DataFrame
     return both.sort_values("p_measured", kind="stable").reset_index(drop=True)
 
 
+class DEConfig(StageConfig):
+    """Options of `emo analyze de` and a study's `analyses.differential_expression`."""
+
+    contrast: str = "er_status"
+    covariates: list[str] | None = None  # None: the paper's (DEFAULT_COVARIATES) where present
+    genes: str | list[str] | None = None
+    split: str | None = None
+    alpha: float = Field(0.05, gt=0, lt=1)
+    log_cpm: bool = False
+    orientation: OrientationOption = Field("auto", validation_alias=AliasChoices("orientation", "orient"))
+
+
 def differential_expression(
     measured: str | Path | pd.DataFrame,
     predicted: str | Path | pd.DataFrame | None = None,
     out_dir: str | Path | None = None,
+    config: DEConfig | None = None,
     *,
     samples: str | Path | pd.DataFrame | None = None,
     sample_column: str | None = None,
-    contrast: str = "er_status",
-    covariates: list[str] | None = None,
-    genes: str | list[str] | None = None,
-    split: str | None = None,
-    alpha: float = 0.05,
-    log_cpm: bool = False,
-    orient: str = "auto",
+    **options: Any,
 ) -> pd.DataFrame:
     """ER (or any binary `contrast`) DE on measured and, if given, predicted expression.
 
@@ -211,17 +222,18 @@ def differential_expression(
     Writes `de_measured`, `de_predicted`, `de_concordance` (CSV + Parquet), `de_summary.json` and a
     volcano/β-scatter PNG into `out_dir`.
     """
-    meas = attach_sheet(load_expression(measured, orient=orient, split=split, log_cpm=log_cpm),
+    cfg = DEConfig.build(config, what="differential_expression", **options)
+    meas = attach_sheet(load_expression(measured, orientation=cfg.orientation, split=cfg.split, log_cpm=cfg.log_cpm),
                         samples, sample_column)
-    meas.data = select_genes(meas.data, genes, source=meas.source)
+    meas.data = select_genes(meas.data, cfg.genes, source=meas.source)
     results: dict[str, pd.DataFrame] = {}
-    summary: dict = {"alpha": alpha}
+    summary: dict = {"alpha": cfg.alpha}
     if predicted is not None:
-        pred = load_expression(predicted, orient=orient)
+        pred = load_expression(predicted, orientation=cfg.orientation)
         meas, pred = align(meas, pred)
-        pred.data = select_genes(pred.data, genes, source=pred.source)
-        results["predicted"], summary["predicted"] = _de_one(pred, contrast, covariates, alpha)
-    results["measured"], summary["measured"] = _de_one(meas, contrast, covariates, alpha)
+        pred.data = select_genes(pred.data, cfg.genes, source=pred.source)
+        results["predicted"], summary["predicted"] = _de_one(pred, cfg.contrast, cfg.covariates, cfg.alpha)
+    results["measured"], summary["measured"] = _de_one(meas, cfg.contrast, cfg.covariates, cfg.alpha)
     result = results["measured"]
     if predicted is not None:
         result = concordance(results["measured"], results["predicted"])
@@ -231,8 +243,8 @@ def differential_expression(
     if out_dir is not None:
         _write(Path(out_dir), results, summary, params={
             "measured": str(measured) if not isinstance(measured, pd.DataFrame) else "<table>",
-            "predicted": None if predicted is None else str(predicted), "contrast": contrast,
-            "covariates": covariates, "genes": genes, "split": split, "alpha": alpha, "log_cpm": log_cpm})
+            "predicted": None if predicted is None else str(predicted), "contrast": cfg.contrast,
+            "covariates": cfg.covariates, "genes": cfg.genes, "split": cfg.split, "alpha": cfg.alpha, "log_cpm": cfg.log_cpm})
     result.attrs["summary"] = summary
     return result
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
+from emo.config import StageConfig
 from emo.errors import EmoError
 
-__all__ = ["EnrichmentResult", "read_gmt", "ranking", "prerank", "over_representation",
+__all__ = ["EnrichConfig", "EnrichmentResult", "read_gmt", "ranking", "prerank", "over_representation",
            "unpredictable_variable_genes", "enrich", "report_section"]
 
 
@@ -172,47 +175,55 @@ def _variance(measured: str | Path | pd.DataFrame, split: str | None, log_cpm: b
     return load_expression(measured, split=split, log_cpm=log_cpm).data.var(ddof=1)
 
 
+class EnrichConfig(StageConfig):
+    """Options of `emo analyze enrich` and a study's `analyses.enrich`."""
+
+    score: str = "padj"
+    split: str | None = None
+    permutations: int = Field(1000, ge=1)
+    seed: int = 0
+    min_size: int = Field(15, ge=1)
+    max_size: int = Field(500, ge=1)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    threads: int = Field(1, ge=1)
+    log_cpm: bool = False
+
+
 def enrich(
     table: str | Path | pd.DataFrame,
     gene_sets: str | Path | list[str | Path],
     out_dir: str | Path | None = None,
+    config: EnrichConfig | None = None,
     *,
-    score: str = "padj",
     measured: str | Path | pd.DataFrame | None = None,
-    split: str | None = None,
-    permutations: int = 1000,
-    seed: int = 0,
-    min_size: int = 15,
-    max_size: int = 500,
-    alpha: float = 0.05,
-    threads: int = 1,
-    log_cpm: bool = False,
+    **options: Any,
 ) -> EnrichmentResult:
     """Rank-based enrichment of `table` (genes.csv or a DE table) per GMT; ORA when `measured` is given.
 
     Writes `enrich_prerank`, `enrich_ora`, `gmt_overlap` (CSV + Parquet), `enrich_<gmt>.png` (bars of
     −log10 FDR with per-set boxplots of gene ρ, or of the score) and `enrich.json` into `out_dir`.
     """
-    from emo.analysis._bulk import _read_table
+    from emo.expression.readers import read_table
 
-    frame = table.copy() if isinstance(table, pd.DataFrame) else _read_table(Path(table))
-    scores = ranking(frame, score)
+    cfg = EnrichConfig.build(config, what="enrich", **options)
+    frame = table.copy() if isinstance(table, pd.DataFrame) else read_table(Path(table))
+    scores = ranking(frame, cfg.score)
     paths = [gene_sets] if isinstance(gene_sets, (str, Path)) else list(gene_sets)
     if not paths:
         raise EmoError("no gene-set file given; pass --gene-sets FILE.gmt")
-    variance = _variance(measured, split, log_cpm) if measured is not None else None
-    query = unpredictable_variable_genes(frame, variance, alpha) if variance is not None else None
+    variance = _variance(measured, cfg.split, cfg.log_cpm) if measured is not None else None
+    query = unpredictable_variable_genes(frame, variance, cfg.alpha) if variance is not None else None
     pre, ora, overlaps, collections = [], [], [], {}
-    notes: dict = {"n_ranked": int(len(scores)), "score": score}
+    notes: dict = {"n_ranked": int(len(scores)), "score": cfg.score}
     for path in paths:
         name = Path(path).stem
         sets, overlap = read_gmt(path, scores.index)
         collections[name] = sets
         overlaps.append(overlap.assign(collection=name))
-        pre.append(prerank(scores, sets, permutations=permutations, seed=seed, min_size=min_size,
-                           max_size=max_size, threads=threads).assign(collection=name))
+        pre.append(prerank(scores, sets, permutations=cfg.permutations, seed=cfg.seed, min_size=cfg.min_size,
+                           max_size=cfg.max_size, threads=cfg.threads).assign(collection=name))
         if query is not None:
-            o = over_representation(query, scores.index, sets, min_size=min_size)
+            o = over_representation(query, scores.index, sets, min_size=cfg.min_size)
             notes[f"ora_{name}"] = dict(o.attrs)
             ora.append(o.assign(collection=name))
     result = EnrichmentResult(prerank=pd.concat(pre, ignore_index=True),
@@ -224,9 +235,9 @@ def enrich(
         values = (frame.assign(gene=frame["gene"].astype(str)).set_index("gene")["spearman_rho"]
                   if "spearman_rho" in frame.columns else scores)
         params = {"table": "<table>" if isinstance(table, pd.DataFrame) else str(table), "gene_sets": list(map(str, paths)),
-                  "score": score, "permutations": permutations, "seed": seed, "min_size": min_size,
-                  "max_size": max_size, "alpha": alpha}
-        _write(Path(out_dir), result, collections, values, alpha, notes, params)
+                  "score": cfg.score, "permutations": cfg.permutations, "seed": cfg.seed, "min_size": cfg.min_size,
+                  "max_size": cfg.max_size, "alpha": cfg.alpha}
+        _write(Path(out_dir), result, collections, values, cfg.alpha, notes, params)
     return result
 
 

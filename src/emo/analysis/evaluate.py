@@ -8,46 +8,54 @@ tested, with Bonferroni-adjusted P, and R² is skipped for external cohorts whos
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from emo.analysis import stats
-from emo.analysis._bulk import match_samples
+from emo.analysis._bulk import match_samples, subtype_column
 from emo.analysis.proliferation import proliferation_genes
+from emo.config import StageConfig
 from emo.errors import EmoError
 from emo.io import provenance, write_json_atomic, write_table_atomic, write_text_atomic
 from emo.panels import get_panel
 
-__all__ = ["EvaluateConfig", "evaluate", "gene_table", "load_predictions", "match_samples", "read_gene_list"]
+__all__ = [
+    "EvaluateConfig", "EvaluateThresholds", "Evaluation", "compute_evaluation", "evaluate", "gene_table",
+    "load_predictions", "match_samples", "plot_evaluation", "read_gene_list", "write_evaluation",
+]
 
 GENE_COLUMNS = ["gene", "n", "spearman_rho", "spearman_p", "fdr_bh", "pearson_r", "r2", "selected"]
 TEST_COLUMNS = ["p_bonferroni", "validated"]
 PANELS = ("pam50", "oncotype_dx", "endopredict")
-SUBTYPE_COLUMNS = ("subtype", "pam50_subtype", "intrinsic_subtype", "pam50")
 
 
-@dataclass
-class EvaluateConfig:
-    """Thresholds and options of one evaluation (all recorded in summary.json)."""
+class EvaluateThresholds(StageConfig):
+    """The rules and report options of an evaluation (what a study's `evaluation.thresholds` sets)."""
 
     r2_min: float = 0.2  # selection: R²pred above this ...
     fdr_max: float = 0.001  # ... and BH-FDR below this (validation split)
     alpha: float = 0.05  # test split: Bonferroni-adjusted P below this validates a gene
     fdr_report: float = 0.05  # counts "significant at FDR < 0.05" like Fig. 1
     r2_report: tuple[float, ...] = (0.2, 0.3, 0.4)
-    test: bool | None = None  # None: a split named test* is a test split
-    selected: Path | None = None  # gene list from the validation run (test splits)
     external_cohorts: tuple[str, ...] = ()  # in addition to obs["external"]
     cohorts: tuple[str, ...] = ()  # evaluate only these cohorts (default all in the split)
+    subtype_column: str | None = None
+    top: int = Field(25, ge=1)
+    figures: bool = True
+
+
+class EvaluateConfig(EvaluateThresholds):
+    """One evaluation: the thresholds plus what this run compares against (all recorded in summary.json)."""
+
+    test: bool | None = None  # None: a split named test* is a test split
+    selected: Path | None = None  # gene list from the validation run (test splits)
     null_predictions: Path | None = None  # predictions of a model trained on permuted labels
     validation_genes: Path | None = None  # genes.csv of the validation run, for ρ concordance
-    subtype_column: str | None = None
-    top: int = 25
-    figures: bool = True
 
 
 def read_gene_list(path: Path) -> list[str]:
@@ -118,15 +126,6 @@ def _counts(table: pd.DataFrame, cfg: EvaluateConfig) -> dict[str, int]:
     return out
 
 
-def _subtype_column(obs: pd.DataFrame, name: str | None) -> str | None:
-    if name:
-        if name not in obs:
-            raise EmoError(f"targets: no obs column {name!r} for subtypes; columns are {list(obs.columns)}")
-        return name
-    lower = {c.lower(): c for c in obs.columns}
-    return next((lower[c] for c in SUBTYPE_COLUMNS if c in lower), None)
-
-
 def _proliferation(measured: pd.DataFrame, predicted: pd.DataFrame, obs: pd.DataFrame, subtype: str | None) -> dict | None:
     genes = proliferation_genes(measured.columns)
     if not genes:
@@ -174,31 +173,35 @@ def _panel_summary(table: pd.DataFrame, is_test: bool) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def evaluate(
-    predictions: Path,
-    targets: Path,
-    split: str,
-    out_dir: Path,
-    config: EvaluateConfig | None = None,
-    **options: Any,
-) -> pd.DataFrame:
-    """Evaluate EMO-average predictions on one split; writes genes.csv/.parquet, summary.json and figures.
+@dataclass
+class Evaluation:
+    """What one evaluation computed; `write_evaluation` and `plot_evaluation` turn it into files."""
 
-    Keyword options override fields of `EvaluateConfig` (e.g. `r2_min=0.3`, `selected=Path(...)`).
-    Returns the per-gene table.
-    """
-    import anndata
+    config: EvaluateConfig
+    is_test: bool
+    table: pd.DataFrame  # per gene (GENE_COLUMNS [+ TEST_COLUMNS])
+    measured: pd.DataFrame  # samples × genes, aligned with `predicted`
+    predicted: pd.DataFrame
+    panels: pd.DataFrame
+    summary: dict[str, Any]
+    null_table: pd.DataFrame | None = None
+    concordance: pd.DataFrame | None = None
+    proliferation: dict[str, Any] | None = None
+    figures: list[str] = field(default_factory=list)
 
-    known = {f.name for f in fields(EvaluateConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise EmoError(f"evaluate: unknown option(s) {unknown}; options are {sorted(known)}")
-    cfg = replace(config or EvaluateConfig(), **options)
-    out_dir = Path(out_dir)
-    targets = Path(targets)
-    if not targets.exists():
-        raise EmoError(f"{targets}: targets not found; make it with `emo expression prepare`")
-    ad = anndata.read_h5ad(targets)
+
+def _apply_rules(table: pd.DataFrame, cfg: EvaluateConfig, is_test: bool, *, select: bool) -> pd.DataFrame:
+    """The paper's selection rule (validation) and Bonferroni validation (test) as table columns."""
+    if select:
+        table["selected"] = (table["r2"] > cfg.r2_min) & (table["fdr_bh"] < cfg.fdr_max)
+    if is_test:
+        table["p_bonferroni"] = stats.adjust_pvalues(table["spearman_p"], "bonferroni")
+        table["validated"] = (table["p_bonferroni"] < cfg.alpha) & (table["spearman_rho"] > 0)
+    return table
+
+
+def _split_samples(ad: Any, targets: Path, split: str, cfg: EvaluateConfig) -> tuple[pd.DataFrame, pd.Series]:
+    """Targets obs (string index) and the mask of samples in `split` (and `cohorts`)."""
     obs = ad.obs.copy()
     obs.index = obs.index.astype(str)
     if "split" not in obs:
@@ -210,6 +213,53 @@ def evaluate(
         in_split &= obs["cohort"].astype(str).isin(cfg.cohorts) if "cohort" in obs else False
         if not in_split.any():
             raise EmoError(f"{targets}: no samples of cohorts {list(cfg.cohorts)} in split {split!r}")
+    return obs, in_split
+
+
+def _null_comparison(cfg: EvaluateConfig, obs: pd.DataFrame, measured: pd.DataFrame, r2_mask: np.ndarray,
+                     is_test: bool) -> pd.DataFrame:
+    """The same statistics for the permuted-label model's predictions of the same samples."""
+    samples, genes = list(measured.index), list(measured.columns)
+    null_pred = match_samples(load_predictions(cfg.null_predictions), obs, what=str(cfg.null_predictions))
+    missing = [s for s in samples if s not in null_pred.index]
+    null_genes = [g for g in genes if g in null_pred.columns]
+    if missing or not null_genes:
+        raise EmoError(
+            f"{cfg.null_predictions}: null predictions lack {len(missing)} samples / all genes of the evaluated "
+            "split; predict the same slides with the permuted-label model"
+        )
+    null_table = gene_table(measured[null_genes], null_pred.loc[samples, null_genes], r2_mask=r2_mask)
+    return _apply_rules(null_table, cfg, is_test, select=True)
+
+
+def _concordance(table: pd.DataFrame, validation_genes: Path) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+    """ρ on this split against ρ on the validation run, gene by gene (≥ 3 shared genes)."""
+    path = Path(validation_genes)
+    if not path.exists():
+        raise EmoError(f"{path}: validation genes.csv not found; pass DIR/genes.csv of the validation run")
+    val = pd.read_csv(path).set_index("gene")["spearman_rho"]
+    both = table.set_index("gene")["spearman_rho"].to_frame("test").join(val.rename("validation"), how="inner")
+    if len(both) < 3:
+        return None
+    c_rho, c_p = stats.spearman(both["validation"].to_numpy(), both["test"].to_numpy())
+    c_r, _ = stats.pearson(both["validation"].to_numpy(), both["test"].to_numpy())
+    return both, {"n_genes": int(len(both)), "spearman_rho": float(c_rho[0]), "spearman_p": float(c_p[0]),
+                  "pearson_r": float(c_r[0])}
+
+
+def compute_evaluation(
+    predictions: Path, targets: Path, split: str, config: EvaluateConfig | None = None, **options: Any
+) -> Evaluation:
+    """Per-gene statistics, selection/validation, null comparison, concordance, panels and the
+    proliferation score of one split — nothing written. Keyword options override `EvaluateConfig` fields."""
+    import anndata
+
+    cfg = EvaluateConfig.build(config, what="evaluate", **options)
+    targets = Path(targets)
+    if not targets.exists():
+        raise EmoError(f"{targets}: targets not found; make it with `emo expression prepare`")
+    ad = anndata.read_h5ad(targets)
+    obs, in_split = _split_samples(ad, targets, split, cfg)
     is_test = split.startswith("test") if cfg.test is None else cfg.test
 
     pred = match_samples(load_predictions(predictions), obs, what=str(predictions))
@@ -236,16 +286,15 @@ def evaluate(
         external |= obs.loc[samples, "external"].fillna(False).astype(bool)
     if cfg.external_cohorts and "cohort" in obs:
         external |= obs.loc[samples, "cohort"].astype(str).isin(cfg.external_cohorts)
-    table = gene_table(measured, predicted, r2_mask=~external.to_numpy())
+    r2_mask = ~external.to_numpy()
+    table = gene_table(measured, predicted, r2_mask=r2_mask)
     if is_test:
         table["selected"] = True
-        table["p_bonferroni"] = stats.adjust_pvalues(table["spearman_p"], "bonferroni")
-        table["validated"] = (table["p_bonferroni"] < cfg.alpha) & (table["spearman_rho"] > 0)
-        table = table[GENE_COLUMNS + TEST_COLUMNS]
+        table = _apply_rules(table, cfg, is_test, select=False)[GENE_COLUMNS + TEST_COLUMNS]
     else:
-        table["selected"] = (table["r2"] > cfg.r2_min) & (table["fdr_bh"] < cfg.fdr_max)
-        table = table[GENE_COLUMNS]
+        table = _apply_rules(table, cfg, is_test, select=True)[GENE_COLUMNS]
 
+    recorded = cfg.model_dump(mode="json")
     summary: dict[str, Any] = {
         "split": split,
         "test": bool(is_test),
@@ -259,74 +308,81 @@ def evaluate(
         "selected_missing": selected_missing,
         "notes": (["test split without --selected: every gene tested, Bonferroni over all of them"]
                   if is_test and cfg.selected is None else []),
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "config": recorded,
         "targets_emo": dict(ad.uns.get("emo", {})) if isinstance(ad.uns.get("emo", {}), dict) else {},
-        "provenance": provenance(predictions=str(predictions), targets=str(targets), split=split, **asdict(cfg)),
+        "provenance": provenance(predictions=str(predictions), targets=str(targets), split=split, **recorded),
     }
-
-    null_table = None
+    result = Evaluation(cfg, bool(is_test), table, measured, predicted, _panel_summary(table, is_test), summary)
     if cfg.null_predictions is not None:
-        null_pred = match_samples(load_predictions(cfg.null_predictions), obs, what=str(cfg.null_predictions))
-        missing = [s for s in samples if s not in null_pred.index]
-        null_genes = [g for g in genes if g in null_pred.columns]
-        if missing or not null_genes:
-            raise EmoError(
-                f"{cfg.null_predictions}: null predictions lack {len(missing)} samples / all genes of the evaluated "
-                "split; predict the same slides with the permuted-label model"
-            )
-        null_table = gene_table(measured[null_genes], null_pred.loc[samples, null_genes], r2_mask=~external.to_numpy())
-        null_table["selected"] = (null_table["r2"] > cfg.r2_min) & (null_table["fdr_bh"] < cfg.fdr_max)
-        if is_test:
-            null_table["p_bonferroni"] = stats.adjust_pvalues(null_table["spearman_p"], "bonferroni")
-            null_table["validated"] = (null_table["p_bonferroni"] < cfg.alpha) & (null_table["spearman_rho"] > 0)
-        summary["null"] = {"predictions": str(cfg.null_predictions), "counts": _counts(null_table, cfg)}
-
-    concordance = None
+        result.null_table = _null_comparison(cfg, obs, measured, r2_mask, is_test)
+        summary["null"] = {"predictions": str(cfg.null_predictions), "counts": _counts(result.null_table, cfg)}
     if cfg.validation_genes is not None:
-        path = Path(cfg.validation_genes)
-        if not path.exists():
-            raise EmoError(f"{path}: validation genes.csv not found; pass DIR/genes.csv of the validation run")
-        val = pd.read_csv(path).set_index("gene")["spearman_rho"]
-        both = table.set_index("gene")["spearman_rho"].to_frame("test").join(val.rename("validation"), how="inner")
-        if len(both) >= 3:
-            c_rho, c_p = stats.spearman(both["validation"].to_numpy(), both["test"].to_numpy())
-            c_r, _ = stats.pearson(both["validation"].to_numpy(), both["test"].to_numpy())
-            concordance = both
-            summary["concordance"] = {"n_genes": int(len(both)), "spearman_rho": float(c_rho[0]),
-                                      "spearman_p": float(c_p[0]), "pearson_r": float(c_r[0])}
+        found = _concordance(table, cfg.validation_genes)
+        if found is not None:
+            result.concordance, summary["concordance"] = found
+    summary["panels"] = result.panels.drop(columns="selected_genes").to_dict(orient="records")
+    result.proliferation = _proliferation(measured, predicted, obs, subtype_column(obs, cfg.subtype_column, str(targets)))
+    if result.proliferation is not None:
+        summary["proliferation"] = {k: v for k, v in result.proliferation.items() if k != "scores"}
+    return result
 
-    panels = _panel_summary(table, is_test)
-    summary["panels"] = panels.drop(columns="selected_genes").to_dict(orient="records")
-    prolif = _proliferation(measured, predicted, obs, _subtype_column(obs, cfg.subtype_column))
+
+def plot_evaluation(result: Evaluation, out_dir: Path) -> list[str]:
+    """Figures like the paper's Figs. 1, 2 and 5 into `out_dir`; returns their file names."""
+    from emo.analysis import plots
+
+    cfg, prolif = result.config, result.proliferation
+    figs = {
+        "histograms.png": lambda: plots.metric_histograms(result.table, result.null_table, cfg.fdr_report),
+        "top_genes.png": lambda: plots.top_gene_scatter(result.table, result.measured, result.predicted, cfg.top),
+    }
     if prolif is not None:
-        summary["proliferation"] = {k: v for k, v in prolif.items() if k != "scores"}
+        figs["proliferation.png"] = lambda: plots.proliferation_scatter(prolif)
+        if "subtype" in prolif["scores"]:
+            figs["proliferation_subtypes.png"] = lambda: plots.proliferation_subtypes(prolif)
+    if result.concordance is not None:
+        figs["concordance.png"] = lambda: plots.concordance_scatter(result.concordance)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for name, make in figs.items():
+        plots.save(make(), Path(out_dir) / name)
+    result.figures = sorted(figs)
+    result.summary["figures"] = result.figures
+    return result.figures
 
+
+def write_evaluation(result: Evaluation, out_dir: Path) -> None:
+    """genes.csv/.parquet, panels.csv, genes_null.csv, proliferation.csv, selected_genes.txt (validation
+    splits) and, last, summary.json."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    table = result.table
     write_table_atomic(out_dir / "genes.csv", table)
     write_table_atomic(out_dir / "genes.parquet", table)
-    write_table_atomic(out_dir / "panels.csv", panels)
-    if null_table is not None:
-        write_table_atomic(out_dir / "genes_null.csv", null_table)
-    if prolif is not None:
-        write_table_atomic(out_dir / "proliferation.csv", prolif["scores"], index=True)
-    if not is_test:
+    write_table_atomic(out_dir / "panels.csv", result.panels)
+    if result.null_table is not None:
+        write_table_atomic(out_dir / "genes_null.csv", result.null_table)
+    if result.proliferation is not None:
+        write_table_atomic(out_dir / "proliferation.csv", result.proliferation["scores"], index=True)
+    if not result.is_test:
         write_text_atomic(out_dir / "selected_genes.txt", "".join(f"{g}\n" for g in table.loc[table["selected"], "gene"]))
-    if cfg.figures:
-        from emo.analysis import plots
+    write_json_atomic(out_dir / "summary.json", result.summary)
 
-        figs = {
-            "histograms.png": lambda: plots.metric_histograms(table, null_table, cfg.fdr_report),
-            "top_genes.png": lambda: plots.top_gene_scatter(table, measured, predicted, cfg.top),
-        }
-        if prolif is not None:
-            figs["proliferation.png"] = lambda: plots.proliferation_scatter(prolif)
-            if "subtype" in prolif["scores"]:
-                figs["proliferation_subtypes.png"] = lambda: plots.proliferation_subtypes(prolif)
-        if concordance is not None:
-            figs["concordance.png"] = lambda: plots.concordance_scatter(concordance)
-        for name, make in figs.items():
-            plots.save(make(), out_dir / name)
-        summary["figures"] = sorted(figs)
-    write_json_atomic(out_dir / "summary.json", summary)
-    return table
 
+def evaluate(
+    predictions: Path,
+    targets: Path,
+    split: str,
+    out_dir: Path,
+    config: EvaluateConfig | None = None,
+    **options: Any,
+) -> pd.DataFrame:
+    """Evaluate EMO-average predictions on one split: `compute_evaluation`, then `plot_evaluation`
+    (unless `figures=False`) and `write_evaluation` into `out_dir`. Returns the per-gene table.
+
+    Keyword options override fields of `EvaluateConfig` (e.g. `r2_min=0.3`, `selected=Path(...)`).
+    """
+    result = compute_evaluation(predictions, targets, split, config, **options)
+    if result.config.figures:
+        plot_evaluation(result, out_dir)
+    write_evaluation(result, out_dir)
+    return result.table

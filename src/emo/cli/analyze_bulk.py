@@ -16,7 +16,9 @@ SAMPLES = typer.Option(None, "--samples", help="Sample sheet (CSV/TSV) with clin
 SAMPLE_COLUMN = typer.Option(None, "--sample-column", help="Sample-id column of --samples (default: detected).")
 SPLIT = typer.Option(None, "--split", help="Use only samples of this split (train/tune/validation/test) from targets.h5ad.")
 LOG_CPM = typer.Option(False, "--log-cpm", help="Measured values are raw counts: transform to log2(CPM + 1).")
-ORIENT = typer.Option("auto", "--orient", help="Rows of a table are 'genes' or 'samples' (auto: from the first header).")
+ORIENTATION = typer.Option("auto", "--orientation", help="auto (from the first column's header: gene/symbol → genes in rows), "
+                           "genes-by-samples or samples-by-genes.")
+ORIENT = typer.Option(None, "--orient", hidden=True, help="Old spelling of --orientation (genes | samples).")
 OUT = typer.Option(..., "--out", help="Output folder for tables (CSV + Parquet) and figures (PNG).")
 SEED = typer.Option(0, "--seed", help="Random seed (resampling, bootstrap, permutations).")
 
@@ -47,15 +49,18 @@ def clusters_cmd(
     n_perm: int = typer.Option(1000, "--n-perm", help="Permutations for the ARI P value."),
     seed: int = SEED,
     log_cpm: bool = LOG_CPM,
-    orient: str = ORIENT,
+    orientation: str = ORIENTATION,
+    orient: Optional[str] = ORIENT,
 ) -> None:
     """Heatmaps and consensus clustering of a gene panel; adjusted Rand index measured vs predicted and vs subtypes."""
-    from emo.analysis.clustering import clusters
+    from emo.analysis.clustering import ClustersConfig, clusters
 
-    res = clusters(measured, predicted, out, samples=samples, sample_column=sample_column, genes=genes, split=split,
-                   k=k, choose_k=choose_k, k_max=k_max, n_iter=iterations, item_fraction=item_fraction,
-                   method=method, subtype_column=subtype_column, n_boot=n_boot, n_perm=n_perm, seed=seed,
-                   log_cpm=log_cpm, orient=orient, progress=True)
+    config = ClustersConfig.build(
+        genes=genes, split=split, k=k, choose_k=choose_k, k_max=k_max, n_iter=iterations, item_fraction=item_fraction,
+        method=method, subtype_column=subtype_column, n_boot=n_boot, n_perm=n_perm, seed=seed, log_cpm=log_cpm,
+        orientation=orient or orientation,
+    )
+    res = clusters(measured, predicted, out, config, samples=samples, sample_column=sample_column, progress=True)
     for row in res.ari.itertuples():
         typer.echo(f"ARI {row.items}: {row.a} vs {row.b} = {row.ari:.3f} "
                    f"[{row.ci_low:.3f}, {row.ci_high:.3f}], P = {row.p_perm:.3g}")
@@ -76,14 +81,15 @@ def de_cmd(
     split: Optional[str] = SPLIT,
     alpha: float = typer.Option(0.05, "--alpha", help="BH-FDR threshold for significance."),
     log_cpm: bool = LOG_CPM,
-    orient: str = ORIENT,
+    orientation: str = ORIENTATION,
+    orient: Optional[str] = ORIENT,
 ) -> None:
     """Per-gene OLS expression ~ ER + covariates on measured and predicted expression; BH-FDR and concordance."""
-    from emo.analysis.de import differential_expression
+    from emo.analysis.de import DEConfig, differential_expression
 
-    table = differential_expression(measured, predicted, out, samples=samples, sample_column=sample_column,
-                                    contrast=contrast, covariates=_list(covariates), genes=genes, split=split,
-                                    alpha=alpha, log_cpm=log_cpm, orient=orient)
+    config = DEConfig.build(contrast=contrast, covariates=_list(covariates), genes=genes, split=split, alpha=alpha,
+                            log_cpm=log_cpm, orientation=orient or orientation)
+    table = differential_expression(measured, predicted, out, config, samples=samples, sample_column=sample_column)
     summary = table.attrs["summary"]
     for source in ("measured", "predicted"):
         if source in summary:
@@ -115,10 +121,11 @@ def enrich_cmd(
     log_cpm: bool = LOG_CPM,
 ) -> None:
     """Rank-based (gseapy prerank) and set-based (hypergeometric) pathway enrichment from any GMT."""
-    from emo.analysis.enrichment import enrich
+    from emo.analysis.enrichment import EnrichConfig, enrich
 
-    res = enrich(ranking, gene_sets, out, score=score, measured=measured, split=split, permutations=permutations,
-                 seed=seed, min_size=min_size, max_size=max_size, alpha=alpha, threads=threads, log_cpm=log_cpm)
+    config = EnrichConfig.build(score=score, split=split, permutations=permutations, seed=seed, min_size=min_size,
+                                max_size=max_size, alpha=alpha, threads=threads, log_cpm=log_cpm)
+    res = enrich(ranking, gene_sets, out, config, measured=measured)
     for name, block in res.prerank.groupby("collection", sort=False):
         sig = block[block["fdr"] < alpha]
         typer.echo(f"{name}: {len(sig)} of {len(block)} sets FDR < {alpha} "

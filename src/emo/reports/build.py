@@ -57,7 +57,7 @@ def build_report(run_dir: Path, out_html: Path | None = None, title: str | None 
     for section in sections():
         items = []
         for path in section.find(run_dir):
-            if path in claimed and section.name != "overview":
+            if path in claimed:
                 continue
             try:
                 body = section.render(path, run_dir)

@@ -1,4 +1,4 @@
-"""Built-in report sections: run overview, tiling QC, targets, model, predictions, evaluation,
+"""Built-in report sections: tiling QC, targets, model, predictions, evaluation,
 spatial validation and a generic section for anything under analyze/*/."""
 
 from __future__ import annotations
@@ -25,26 +25,8 @@ def _json(path: Path) -> dict:
         return {}
 
 
-def _params(folder: Path) -> str:
-    out = ""
-    for name in ("params.json",):
-        if (folder / name).exists():
-            out += h.details(f"parameters ({name})", h.mapping(_json(folder / name)))
-    return out
-
-
 def _rel(path: Path, run_dir: Path) -> str:
     return h.esc(path.relative_to(run_dir)) if path != run_dir else "."
-
-
-# ------------------------------------------------------------------------------------ overview
-@register_section("overview", title="Run", order=0, find=lambda run_dir: [run_dir])
-def overview(path: Path, run_dir: Path) -> str:
-    params = _glob(run_dir, "**/params.json")
-    body = "<p>Every parameters file found under the run folder:</p>" if params else ""
-    for p in params:
-        body += h.details(str(p.relative_to(run_dir)), h.mapping(_json(p)))
-    return body
 
 
 # ------------------------------------------------------------------------------------ tiling
@@ -58,7 +40,7 @@ def tiles(folder: Path, run_dir: Path) -> str:
         body += h.table(totals, caption="totals over slides")
     body += h.table(summary, max_rows=50, caption="per slide")
     body += h.images(sorted(folder.glob("*.png")), limit=12)
-    return body + _params(folder)
+    return body
 
 
 # ------------------------------------------------------------------------------------ targets
@@ -112,7 +94,7 @@ def predictions(folder: Path, run_dir: Path) -> str:
     spatial = sorted((folder / "spatial").glob("*.h5ad")) if (folder / "spatial").is_dir() else []
     body += f"; EMO-spatial for {len(spatial)} slides.</p>"
     pngs = sorted(p for p in folder.rglob("*.png"))
-    return body + h.images(pngs, limit=12) + _params(folder)
+    return body + h.images(pngs, limit=12)
 
 
 # ------------------------------------------------------------------------------------ evaluate
@@ -176,4 +158,4 @@ def analyze(folder: Path, run_dir: Path) -> str:
         body += h.csv_table(csv, max_rows=15)
     if (folder / "summary.json").exists():
         body += h.details("summary.json", h.mapping(_json(folder / "summary.json")))
-    return body + h.images(sorted(folder.glob("*.png"))) + _params(folder)
+    return body + h.images(sorted(folder.glob("*.png")))

@@ -1,8 +1,12 @@
 """`study.yaml`: one validated description of a whole study, from slides to report.
 
-Every section is a pydantic model with `extra="forbid"`, so a typo is a one-line error naming the key
-instead of a silently ignored option. Units are in the names (`tile_size_um`, `target_mpp`).
-Relative paths are resolved against the folder of the YAML file.
+`StudyConfig` composes the configs the stages own — `slides:` is the tiling stage's `TilingConfig`
+(plus which slides), `features:` the features stage's `ExtractionConfig`, `evaluation.thresholds`
+`EvaluateThresholds`, `analyses.clusters|differential_expression|enrich` `ClustersConfig`,
+`DEConfig`, `EnrichConfig` — so a study option means exactly what the command-line option does.
+Every section forbids unknown keys, so a typo is a one-line error naming the key instead of a
+silently ignored option. Units are in the names (`tile_size_um`, `target_mpp`). Relative paths are
+resolved against the folder of the YAML file.
 """
 
 from __future__ import annotations
@@ -13,9 +17,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from emo.analysis.clustering import ClustersConfig
+from emo.analysis.de import DEConfig
+from emo.analysis.enrichment import EnrichConfig
+from emo.analysis.evaluate import EvaluateThresholds
+from emo.config import validation_message
 from emo.errors import EmoError
 from emo.expression.her2st import DESCRIPTION as HER2ST_LAYOUT
 from emo.expression.her2st import Her2stLayout
+from emo.features.config import ExtractionConfig
+from emo.slides import TilingConfig
 from emo.spot_models.model import SpotModelConfig
 from emo.training.config import TrainConfig
 
@@ -26,16 +37,21 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SlidesConfig(Section):
+class SlidesConfig(TilingConfig):
+    """The tiling stage's own `TilingConfig` (every `emo tile` option, same defaults) plus which slides.
+    `roi` and a `stain_reference` file are relative to the study file."""
+
     paths: list[str] = Field(default_factory=list, description="slide files or globs")
-    mpp: float | None = Field(None, gt=0, description="level-0 µm/px for slides without scale metadata")
-    roi: str | None = Field(None, description="folder of GeoJSON regions of interest, one per slide_id")
-    tile_size_um: float = Field(271.0, gt=0)
-    target_mpp: float = Field(0.453, gt=0)
-    min_tissue: float = Field(0.5, ge=0, le=1)
-    normalize: bool = True
-    stain_reference: str | None = None
-    workers: int = Field(1, ge=1)
+    workers: int = Field(1, ge=1, description="slides tiled in parallel")
+
+    def tiling(self, resolve) -> TilingConfig:
+        """The `TilingConfig` `tile_slides` gets, paths resolved with `resolve` (the study's `path`)."""
+        options = self.model_dump(exclude={"paths", "workers"})
+        if self.roi is not None:
+            options["roi"] = resolve(self.roi)
+        if self.stain_reference and resolve(self.stain_reference).is_file():
+            options["stain_reference"] = str(resolve(self.stain_reference))
+        return TilingConfig(**options)
 
 
 class ExpressionConfig(Section):
@@ -60,12 +76,6 @@ class ExpressionConfig(Section):
         return v
 
 
-class FeaturesConfig(Section):
-    backbone: str = "efficientnet_lite0"
-    weights: str = "default"
-    batch_size: int = Field(64, ge=1)
-    device: str | None = None
-    workers: int = Field(2, ge=0)
 
 
 class PredictionConfig(Section):
@@ -76,14 +86,17 @@ class PredictionConfig(Section):
 class EvaluationConfig(Section):
     splits: list[str] = Field(default_factory=lambda: ["validation", "test"], min_length=1,
                               description="each evaluated into evaluate/<split>/ (a test split after validation adds ρ concordance)")
-    thresholds: dict[str, float] = Field(default_factory=dict, description="EvaluateConfig fields, e.g. r2_min, fdr_max, alpha")
+    thresholds: EvaluateThresholds = Field(default_factory=EvaluateThresholds,
+                                           description="`emo evaluate`'s rules, e.g. r2_min, fdr_max, alpha")
     null_baseline: bool = Field(True, description="also fit the head on permuted slide labels and report it beside the model")
 
 
 class AnalysesConfig(Section):
-    clusters: dict[str, Any] | None = None
-    differential_expression: dict[str, Any] | None = None
-    enrich: dict[str, Any] | None = None
+    """Each analysis runs when its section is given (`{}` = its defaults)."""
+
+    clusters: ClustersConfig | None = None
+    differential_expression: DEConfig | None = None
+    enrich: EnrichConfig | None = None
     gmt: list[str] = Field(default_factory=list, description="gene-set files (GMT)")
 
 
@@ -122,7 +135,7 @@ class StudyConfig(Section):
     spatial: SpatialConfig | None = Field(None, description="spot-level study instead of slides → bulk targets")
     slides: SlidesConfig = Field(default_factory=SlidesConfig)
     expression: ExpressionConfig = Field(default_factory=ExpressionConfig)
-    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    features: ExtractionConfig = Field(default_factory=ExtractionConfig)
     training: TrainConfig = Field(default_factory=TrainConfig)
     prediction: PredictionConfig = Field(default_factory=PredictionConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -230,8 +243,7 @@ def parse_study(data: dict[str, Any], base_dir: str | Path = ".", source: str = 
     try:
         return StudyConfig(**data, base_dir=base_dir)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"])
-        if err["type"] == "extra_forbidden":
-            raise EmoError(f"{source}: unknown key '{where}'; check its spelling against `emo init`") from None
-        raise EmoError(f"{source}: {where}: {err['msg']}") from None
+        message = validation_message(exc, source).replace("unknown option", "unknown key")
+        if exc.errors()[0]["type"] == "extra_forbidden":
+            message += "; check its spelling against `emo init`"
+        raise EmoError(message) from None

@@ -1,8 +1,9 @@
-"""The stages of `emo run`, in order: tile → features → expression → train → predict → evaluate →
-analyze → report. Each calls one public stage API (imported inside, so this module imports on its own).
+"""The stages of `emo run`, in order: tile → features → expression → train → predict → null →
+evaluate → analyze → report. Each calls one public stage API with the config object that stage owns
+(imported inside, so this module imports on its own).
 
-Paths inside `<out>`: tiles/, features/<backbone>/, targets.h5ad, model/, predictions/, evaluate/,
-analyze/, report.html.
+Paths inside `<out>`: tiles/, features/<backbone>/, targets.h5ad, model/, predictions/,
+evaluate/null/ (the permuted-label baseline), evaluate/<split>/, analyze/, report.html.
 """
 
 from __future__ import annotations
@@ -48,19 +49,7 @@ def _stain_reference_file(ctx: StudyContext) -> Path | None:
 
 
 def tiling_config(ctx: StudyContext):
-    from emo.slides import TilingConfig
-
-    s = _cfg(ctx).slides
-    reference = _stain_reference_file(ctx)
-    return TilingConfig(
-        tile_size_um=s.tile_size_um,
-        target_mpp=s.target_mpp,
-        mpp=s.mpp,
-        min_tissue=s.min_tissue,
-        normalize=s.normalize,
-        stain_reference=str(reference) if reference else s.stain_reference,
-        roi=_cfg(ctx).path(s.roi) if s.roi else None,
-    )
+    return _cfg(ctx).slides.tiling(_cfg(ctx).path)
 
 
 def run_tile(ctx: StudyContext) -> None:
@@ -88,8 +77,7 @@ def feature_dir(ctx: StudyContext) -> Path:
 def run_features(ctx: StudyContext) -> None:
     from emo.features import extract_features
 
-    f = _cfg(ctx).features
-    kwargs = {"backbone": f.backbone, "weights": f.weights, "batch_size": f.batch_size, "device": f.device, "workers": f.workers}
+    kwargs = _cfg(ctx).features.model_dump()
     extract_features(ctx.out_dir / "tiles", ctx.out_dir, **_with_executor(extract_features, ctx, kwargs))
 
 
@@ -173,48 +161,49 @@ def _has_null(ctx: StudyContext) -> bool:
     return _cfg(ctx).evaluation.null_baseline and _cfg(ctx).training.protocol == "features"
 
 
-def null_predictions(ctx: StudyContext) -> Path:
+def null_dir(ctx: StudyContext) -> Path:
+    return ctx.out_dir / "evaluate" / "null"
+
+
+def null_predictions_path(ctx: StudyContext) -> Path:
+    return null_dir(ctx) / "predictions" / "average.h5ad"
+
+
+def run_null(ctx: StudyContext) -> None:
     """The null baseline: the study's head refitted on permuted slide labels, predicting the same slides."""
     from emo.prediction import predict
     from emo.training import train_model
 
     t = _cfg(ctx).training
-    null_dir = ctx.out_dir / "evaluate" / "null"
-    train_model(feature_dir(ctx), targets_path(ctx), null_dir / "permuted_model",
+    train_model(feature_dir(ctx), targets_path(ctx), null_dir(ctx) / "permuted_model",
                 t.model_copy(update={"genes": _genes(t.genes), "permute_labels": True}))
-    predict(null_dir / "permuted_model", feature_dir(ctx), null_dir / "predictions")
-    return null_dir / "predictions" / "average.h5ad"
+    predict(null_dir(ctx) / "permuted_model", feature_dir(ctx), null_dir(ctx) / "predictions")
+
+
+def evaluate_dir(ctx: StudyContext, split: str) -> Path:
+    return ctx.out_dir / "evaluate" / split
 
 
 def run_evaluate(ctx: StudyContext) -> None:
     """Each split in `evaluation.splits` into evaluate/<split>/; a test split after a selection split
     also gets the ρ concordance with it; every split is compared with the null baseline when enabled."""
-    from emo.analysis import evaluate
+    from emo.analysis import EvaluateConfig, evaluate
 
     v = _cfg(ctx).evaluation
-    null = null_predictions(ctx) if _has_null(ctx) else None
+    base = EvaluateConfig.build(**v.thresholds.model_dump())
+    if _has_null(ctx):
+        base = base.model_copy(update={"null_predictions": null_predictions_path(ctx)})
     validation_genes = None
     for split in v.splits:
-        options: dict[str, Any] = dict(v.thresholds)
-        if null is not None:
-            options["null_predictions"] = null
         is_test = split.startswith("test")
-        if is_test and validation_genes is not None:
-            options["validation_genes"] = validation_genes
-        evaluate(predictions_path(ctx), targets_path(ctx), split, ctx.out_dir / "evaluate" / split, **options)
+        config = base.model_copy(update={"validation_genes": validation_genes}) if is_test else base
+        evaluate(predictions_path(ctx), targets_path(ctx), split, evaluate_dir(ctx, split), config)
         if not is_test:
-            validation_genes = ctx.out_dir / "evaluate" / split / "genes.csv"
+            validation_genes = evaluate_dir(ctx, split) / "genes.csv"
 
 
 def evaluate_inputs(ctx: StudyContext) -> list[Path]:
-    return [predictions_path(ctx), targets_path(ctx)] + ([feature_dir(ctx)] if _has_null(ctx) else [])
-
-
-def evaluate_params(ctx: StudyContext) -> dict[str, Any]:
-    params = _cfg(ctx).evaluation.model_dump(mode="json")
-    if _has_null(ctx):  # the null head is the study's head
-        params["null_head"] = _cfg(ctx).training.model_dump(mode="json")
-    return params
+    return [predictions_path(ctx), targets_path(ctx)] + ([null_predictions_path(ctx)] if _has_null(ctx) else [])
 
 
 def _enrich_table(ctx: StudyContext) -> Path:
@@ -229,13 +218,13 @@ def run_analyze(ctx: StudyContext) -> None:
     out = ctx.out_dir / "analyze"
     measured, predicted = targets_path(ctx), predictions_path(ctx)
     if a.clusters is not None:
-        analysis.clusters(measured, predicted, out / "clusters", **a.clusters)
+        analysis.clusters(measured, predicted, out / "clusters", a.clusters)
     if a.differential_expression is not None:
-        analysis.differential_expression(measured, predicted, out / "differential_expression", **a.differential_expression)
+        analysis.differential_expression(measured, predicted, out / "differential_expression", a.differential_expression)
     if a.enrich is not None:
         if not a.gmt:
             raise EmoError("analyses.enrich: needs gene-set files; list them under analyses.gmt")
-        analysis.enrich(_enrich_table(ctx), _paths(ctx, a.gmt), out / "enrich", **{"measured": measured, **a.enrich})
+        analysis.enrich(_enrich_table(ctx), _paths(ctx, a.gmt), out / "enrich", a.enrich, measured=measured)
 
 
 def analyze_inputs(ctx: StudyContext) -> list[Path]:
@@ -271,7 +260,14 @@ STAGES: tuple[Stage, ...] = (
         "predict", run_predict, lambda ctx: [model_dir(ctx), train_inputs(ctx)[0]], _dump("prediction"),
         lambda ctx: [ctx.out_dir / "predictions"], ("train",),
     ),
-    Stage("evaluate", run_evaluate, evaluate_inputs, evaluate_params, lambda ctx: [ctx.out_dir / "evaluate"], ("predict",)),
+    Stage(
+        "null", run_null, lambda ctx: [feature_dir(ctx), targets_path(ctx)], _dump("training"), lambda ctx: [null_dir(ctx)],
+        ("features", "expression"), enabled=_has_null,
+    ),
+    Stage(
+        "evaluate", run_evaluate, evaluate_inputs, _dump("evaluation"),
+        lambda ctx: [evaluate_dir(ctx, split) for split in _cfg(ctx).evaluation.splits], ("predict", "null"),
+    ),
     Stage(
         "analyze", run_analyze, analyze_inputs, _dump("analyses"), lambda ctx: [ctx.out_dir / "analyze"], ("predict", "evaluate"),
         enabled=_has_analyses,

@@ -15,16 +15,23 @@ STUDY_TEMPLATE = """\
 out: emo-study                  # everything the run writes goes here
 spatial: null                   # spot-level study instead (spatial transcriptomics sections); `emo init --spatial`
 
-slides:
+slides:                         # `emo tile`'s options (TilingConfig), plus which slides
   paths:                        # slide files or globs (.svs .ndpi .mrxs .tif; plain .jpg/.png need mpp)
     - slides/*.svs
   mpp: null                     # level-0 µm/px, only for slides without scale metadata
   roi: null                     # folder of <slide_id>.geojson regions to keep (null: whole tissue)
+  min_roi: null                 # keep tiles with at least this fraction inside the ROI (null: centre inside)
+  roi_classes: null             # QuPath annotation classes that make the ROI (null: every class but Ignore*)
   tile_size_um: 271             # tile edge in µm (the paper: 598 px at 0.453 µm/px)
   target_mpp: 0.453             # tiles are resampled to this µm/px
   min_tissue: 0.5               # drop tiles with less tissue than this fraction
+  min_sharpness: 10.0           # drop blurred tiles (variance of the Laplacian below this)
   normalize: true               # Macenko stain normalisation
   stain_reference: null         # reference image or name; null: emo's default
+  stain_sample_tiles: 64        # tissue tiles sampled per slide to estimate its stains
+  thumbnail_mpp: 8.0            # µm/px of the thumbnail tissue is detected on
+  save_tiles: false             # also write the normalised tiles as JPEGs
+  seed: 0                       # which tiles are sampled for stain estimation
   workers: 1                    # slides tiled in parallel
 
 expression:
@@ -41,12 +48,15 @@ expression:
   fractions: null               # [train, tune, validation, test] shares of patients; null: the paper's
                                 #   [0.563, 0.14, 0.123, 0.174]
 
-features:
+features:                       # `emo features`' options (ExtractionConfig)
   backbone: efficientnet_lite0  # `emo models` lists the registry
-  weights: default
+  weights: default              # default | imagenet | none | hf-hub:<repo id> | checkpoint file
   batch_size: 64
   device: null                  # null: cuda when available, else cpu
   workers: 2                    # tile-reading processes
+  pooling: null                 # avg | multistage (timm only); null: the backbone's own
+  input_size: null              # resize tiles to this many px; null: the backbone's input size
+  slides_per_job: 8             # slides per job when the executor is ray or slurm
 
 training:
   protocol: features            # features: one shared backbone pass + multi-output head; paper: per-gene CNNs
@@ -62,11 +72,21 @@ prediction:
 evaluation:
   splits: [validation, test]    # each evaluated into evaluate/<split>/ (test also gets ρ concordance
                                 #   with validation)
-  thresholds: {}                # e.g. {r2_min: 0.2, fdr_max: 0.001, alpha: 0.05}
+  thresholds:                   # `emo evaluate`'s rules and report options (EvaluateThresholds)
+    r2_min: 0.2                 # selection (validation split): R²pred above this ...
+    fdr_max: 0.001              # ... and BH-FDR below this
+    alpha: 0.05                 # test split: Bonferroni P below this (and ρ > 0) validates a gene
+    fdr_report: 0.05            # "significant at FDR <" count of the report
+    r2_report: [0.2, 0.3, 0.4]  # "R²pred >" counts of the report
+    external_cohorts: []        # cohorts whose R²pred is not computed (besides obs external)
+    cohorts: []                 # evaluate only these cohorts (empty: all of the split)
+    subtype_column: null        # obs column of intrinsic subtypes (null: pam50_subtype, subtype, … if present)
+    top: 25                     # genes in the measured-vs-predicted scatter grid
+    figures: true
   null_baseline: true           # also fit the head on permuted slide labels, reported beside the model
 
 analyses:                       # each analysis runs when its options are given ({} = defaults); the
-                                #   options are keyword arguments of emo.analysis.<name>
+                                #   options are those of `emo analyze <name>` (ClustersConfig, DEConfig, EnrichConfig)
   clusters: null                # measured vs predicted clusters, e.g. {genes: pam50, k: 4}
   differential_expression: null # e.g. {contrast: er_status, covariates: [age]} (a column of the sample sheet)
   enrich: null                  # ranks genes by how well they are predicted (evaluate/<first split>/genes.csv),

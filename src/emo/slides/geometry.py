@@ -39,9 +39,7 @@ class TileGeometry:
 def plan_geometry(reader: SlideReader, tile_size_um: float, target_mpp: float) -> TileGeometry:
     mpp = float(reader.mpp)
     tile_size_px = max(1, round(tile_size_um / target_mpp))
-    downsamples = reader.level_downsamples
-    ok = [i for i, d in enumerate(downsamples) if mpp * d <= target_mpp * (1 + 1e-3)]
-    level = max(ok, key=lambda i: downsamples[i]) if ok else 0
+    level = reader.best_level(target_mpp)
     return TileGeometry(
         mpp=mpp,
         target_mpp=float(target_mpp),
@@ -49,7 +47,7 @@ def plan_geometry(reader: SlideReader, tile_size_um: float, target_mpp: float) -
         tile_size_px=tile_size_px,
         tile_size_level0=tile_size_px * target_mpp / mpp,
         level=level,
-        level_downsample=float(downsamples[level]),
+        level_downsample=float(reader.level_downsamples[level]),
     )
 
 

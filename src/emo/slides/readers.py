@@ -5,6 +5,11 @@ multi-threaded decode and resampling), tifffile (+zarr, any TIFF pyramid tifffil
 OpenSlide (the universal fallback: .ndpi, .mrxs, .scn, .vms, .bif, ...), then plain RGB images
 (JPEG/PNG/non-pyramidal TIFF photographs) whose µm/px the user supplies. Coordinates given to
 `read_scaled` are in the pixels of the chosen level; everything returns uint8 RGB arrays.
+
+A reader claims a slide only after it decodes a small region of level 0 and of the level tiling
+will read (`SlideReader.probe`): libvips opens the header of, e.g., a JPEG 2000 Aperio SVS or a
+zstd TIFF it cannot decode, and the next reader (tifffile + imagecodecs, OpenSlide) then serves.
+Each reader says where its level-0 µm/px came from (`mpp_source`).
 """
 
 from __future__ import annotations
@@ -20,8 +25,16 @@ from emo.errors import EmoError
 TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".ptif", ".btf", ".qptiff", ".ome.tif", ".ome.tiff"}
 OPENSLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
-MPP_RANGE = (0.05, 20.0)
-SMALL_LEVEL_PX = 32_000_000  # levels up to this size (~100 MB RGB) are decoded whole, once  # plausible µm/px for microscopy; anything else is a screen dpi, not a scale
+MPP_RANGE = (0.05, 20.0)  # plausible µm/px for microscopy; anything else is a screen dpi, not a scale
+MPP_TOLERANCE = 0.10  # --mpp further than this from the file's own value is warned about
+SMALL_LEVEL_PX = 32_000_000  # levels up to this size (~100 MB RGB) are decoded whole, once
+PROBE_PX = 32  # side of the region a reader must decode before it claims a slide
+# OME `UnitsLength` symbols → µm (the lengths a PhysicalSizeX is written in)
+OME_UNIT_UM = {
+    "m": 1e6, "dm": 1e5, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "nm": 1e-3, "pm": 1e-6, "Å": 1e-4,
+    "in": 25400.0, "thou": 25.4, "mil": 25.4,
+}  # fmt: skip
+TIFF_UNIT_UM = {2: ("inch", 25400.0), 3: ("cm", 10000.0), 4: ("mm", 1000.0), 5: ("µm", 1.0)}  # ResolutionUnit
 
 
 def _suffix(path: Path) -> str:
@@ -42,6 +55,8 @@ class SlideReader:
     path: Path
     level_dimensions: list[tuple[int, int]]  # (width, height) per level
     mpp: float | None  # level-0 µm/px from the file, None when absent
+    mpp_source: str = ""  # where `mpp` came from (a tag, the OME-XML, --mpp)
+    warnings: list[str]  # problems worth telling the user (e.g. --mpp disagreeing with the file)
 
     @property
     def dimensions(self) -> tuple[int, int]:
@@ -51,6 +66,21 @@ class SlideReader:
     def level_downsamples(self) -> list[float]:
         w0 = self.level_dimensions[0][0]
         return [w0 / w for w, _ in self.level_dimensions]
+
+    def best_level(self, target_mpp: float) -> int:
+        """The coarsest level whose µm/px is not coarser than `target_mpp` (0 when none is)."""
+        downsamples = self.level_downsamples
+        ok = [i for i, d in enumerate(downsamples) if float(self.mpp) * d <= target_mpp * (1 + 1e-3)]
+        return max(ok, key=lambda i: downsamples[i]) if ok else 0
+
+    def probe(self, levels: list[int]) -> None:
+        """Decode a small central region of each level; raises what the decoder raises."""
+        for level in sorted(set(levels)):
+            lw, lh = self.level_dimensions[level]
+            w, h = min(PROBE_PX, lw), min(PROBE_PX, lh)
+            region = self.read_region(level, (lw - w) // 2, (lh - h) // 2, w, h)
+            if region.shape != (h, w, 3):
+                raise ValueError(f"level {level} decodes to shape {region.shape}, not ({h}, {w}, 3)")
 
     def read_region(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """uint8 RGB [h, w, 3] of a region lying inside `level`."""
@@ -85,8 +115,21 @@ class SlideReader:
         pass
 
 
-def _tiff_levels(path: Path) -> tuple[list[tuple[int, int]], list[int | tuple[int, ...]], float | None]:
-    """Level sizes, their TIFF page index and the µm/px of the main series, via tifffile."""
+def _ome_mpp(ome_xml: str) -> tuple[float | None, str]:
+    """Level-0 µm/px of the first image of an OME-XML (`PhysicalSizeX`, in its `PhysicalSizeXUnit`)."""
+    import tifffile
+
+    image = tifffile.xml2dict(ome_xml).get("OME", {}).get("Image", {})
+    pixels = (image[0] if isinstance(image, list) else image).get("Pixels", {})
+    size = pixels.get("PhysicalSizeX")
+    unit = str(pixels.get("PhysicalSizeXUnit", "µm"))  # µm is the OME default
+    if size is None or unit not in OME_UNIT_UM:
+        return None, ""
+    return float(size) * OME_UNIT_UM[unit], f"OME-XML PhysicalSizeX ({size} {unit})"
+
+
+def _tiff_levels(path: Path) -> tuple[list[tuple[int, int]], list[int | tuple[int, ...]], float | None, str]:
+    """Level sizes, their TIFF page index, and the µm/px of the main series with its source, via tifffile."""
     import logging
 
     import tifffile
@@ -109,16 +152,20 @@ def _tiff_levels(path: Path) -> tuple[list[tuple[int, int]], list[int | tuple[in
             offset = level.keyframe.offset
             # libvips addresses a level by main-IFD page, or by (page, SubIFD) for OME-style pyramids
             pages.append(main[offset] if offset in main else (base, subifds.index(offset)))
-        mpp = None
+        mpp, source = None, ""
         if tif.is_svs:
             mpp = tifffile.tifffile.svs_description_metadata(tif.pages[0].description).get("MPP")
+            source = "Aperio ImageDescription MPP" if mpp else ""
+        if mpp is None and tif.is_ome:
+            mpp, source = _ome_mpp(tif.ome_metadata)
         if mpp is None and "XResolution" in key.tags:
             num, den = key.tags["XResolution"].value
             unit = int(key.tags["ResolutionUnit"].value) if "ResolutionUnit" in key.tags else 2
-            per_unit_um = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}.get(unit)
-            if num and per_unit_um:
-                mpp = per_unit_um * den / num
-    return dims, pages, _plausible(float(mpp) if mpp else None)
+            if num and unit in TIFF_UNIT_UM:
+                name, per_unit_um = TIFF_UNIT_UM[unit]
+                mpp, source = per_unit_um * den / num, f"TIFF XResolution ({num / den:g} px/{name})"
+    mpp = _plausible(float(mpp) if mpp else None)
+    return dims, pages, mpp, source if mpp else ""
 
 
 def _vips_scaled(img, out_w: int, out_h: int) -> np.ndarray:
@@ -148,8 +195,8 @@ class PyvipsReader(SlideReader):
     def __init__(self, path: Path):
         import pyvips
 
-        self.path = path
-        self.level_dimensions, self._pages, self.mpp = _tiff_levels(path)
+        self.path, self.warnings = path, []
+        self.level_dimensions, self._pages, self.mpp, self.mpp_source = _tiff_levels(path)
         self._pyvips = pyvips
         self._images: dict[int, object] = {}
         self._decoded: set[int] = set()
@@ -196,8 +243,8 @@ class TifffileReader(SlideReader):
         import tifffile
         import zarr
 
-        self.path = path
-        self.level_dimensions, _, self.mpp = _tiff_levels(path)
+        self.path, self.warnings = path, []
+        self.level_dimensions, _, self.mpp, self.mpp_source = _tiff_levels(path)
         self._tif = tifffile.TiffFile(path)
         series = self._tif.series[0]
         self._arrays = [zarr.open(series.aszarr(level=i), mode="r") for i in range(len(series.levels))]
@@ -219,11 +266,14 @@ class OpenSlideReader(SlideReader):
     def __init__(self, path: Path):
         import openslide
 
-        self.path = path
+        self.path, self.warnings = path, []
         self._slide = openslide.OpenSlide(str(path))
         self.level_dimensions = [tuple(map(int, d)) for d in self._slide.level_dimensions]
-        mpp = self._slide.properties.get(openslide.PROPERTY_NAME_MPP_X)
+        props = self._slide.properties
+        mpp = props.get(openslide.PROPERTY_NAME_MPP_X)
         self.mpp = _plausible(float(mpp)) if mpp else None
+        if self.mpp:  # OpenSlide reads each vendor's own field (DICOM PixelSpacing, Aperio MPP, ...)
+            self.mpp_source = f"OpenSlide {openslide.PROPERTY_NAME_MPP_X} ({props.get(openslide.PROPERTY_NAME_VENDOR, 'unknown')})"
 
     @property
     def level_downsamples(self):
@@ -252,7 +302,7 @@ class ImageReader(SlideReader):
     def __init__(self, path: Path):
         import pyvips
 
-        self.path = path
+        self.path, self.warnings = path, []
         self._pyvips = pyvips
         img = pyvips.Image.new_from_file(str(path), access="random", fail=True)
         if img.bands in (2, 4):
@@ -261,7 +311,10 @@ class ImageReader(SlideReader):
             img = img.bandjoin([img, img])
         self._img = img.cast("uchar") if img.format != "uchar" else img
         self.level_dimensions = [(img.width, img.height)]
-        self.mpp = None
+        # libvips reads PNG pHYs, JPEG JFIF/EXIF and TIFF resolution as px/mm (1.0 when absent);
+        # screen densities (72, 300 dpi) are far outside MPP_RANGE and give None
+        self.mpp = _plausible(1000.0 / img.xres) if img.xres > 0 else None
+        self.mpp_source = f"image resolution tag ({img.xres:g} px/mm)" if self.mpp else ""
 
     def read_region(self, level, x, y, w, h):
         return self._img.crop(x, y, w, h).numpy()
@@ -289,33 +342,61 @@ READERS: dict[str, type[SlideReader]] = {
 SUPPORTED_SUFFIXES = sorted(set().union(*(r.suffixes for r in READERS.values())))
 
 
-def open_slide(path: str | Path, mpp: float | None = None, readers: list[str] | None = None) -> SlideReader:
-    """Open a slide with the first reader of the registry that handles it; level-0 µm/px is required.
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
-    `mpp` overrides the file's µm/px (and is required for plain images).
+
+def open_slide(
+    path: str | Path, mpp: float | None = None, readers: list[str] | None = None, target_mpp: float | None = None
+) -> SlideReader:
+    """Open a slide with the first reader of the registry that opens and decodes it; level-0 µm/px is required.
+
+    `mpp` overrides the file's µm/px (and is required for images without one); a value more than
+    10 % off the file's own is kept but noted in `reader.warnings`. A reader must decode level 0 and,
+    given `target_mpp`, the level tiling at that µm/px reads; otherwise the next one is tried.
     """
     path = Path(path)
     if not path.exists():
         raise EmoError(f"{path}: slide not found; check the path")
     if path.is_dir():
         raise EmoError(f"{path}: is a folder, not a slide; pass slide files or a folder of slides to `emo tile`")
+    if mpp is not None and (not mpp > 0 or not math.isfinite(mpp)):
+        raise EmoError(f"{path}: --mpp must be a positive number of µm per pixel, got {mpp}")
     suffix = _suffix(path)
     names = [n for n in (readers or READERS) if suffix in READERS[n].suffixes]
     if not names:
         raise EmoError(f"{path}: unsupported format '{suffix}'; emo reads {' '.join(SUPPORTED_SUFFIXES)}")
-    errors = []
+    errors, undecodable = [], False
     for name in names:
         try:
             reader = READERS[name](path)
         except Exception as exc:  # each library words failure differently; the next one may succeed
-            errors.append(f"{name}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+            errors.append(f"{name}: {_first_line(exc)}")
             continue
         if mpp is not None:
-            if not mpp > 0 or not math.isfinite(mpp):
-                raise EmoError(f"{path}: --mpp must be a positive number of µm per pixel, got {mpp}")
-            reader.mpp = float(mpp)
+            _override_mpp(reader, float(mpp))
         if reader.mpp is None:
             reader.close()
             raise EmoError(f"{path}: no µm/px (mpp) in the file; pass it with --mpp (e.g. --mpp 0.5 for a 20× scan)")
+        try:
+            reader.probe([0] if target_mpp is None else [0, reader.best_level(target_mpp)])
+        except Exception as exc:  # opened but cannot decode its tiles (a codec it lacks, damaged data)
+            errors.append(f"{name}: cannot decode ({_first_line(exc)})")
+            undecodable = True
+            reader.close()
+            continue
         return reader
-    raise EmoError(f"{path}: corrupt or unreadable slide ({'; '.join(errors)[:300]}); re-export or re-copy the file")
+    what = "pixel data" if undecodable else "slide"
+    raise EmoError(f"{path}: corrupt or unreadable {what} ({'; '.join(errors)[:300]}); re-export or re-copy the file")
+
+
+def _override_mpp(reader: SlideReader, mpp: float) -> None:
+    """Apply --mpp, noting a disagreement with the file's own value."""
+    own, source = reader.mpp, reader.mpp_source
+    if own is not None and abs(mpp - own) > MPP_TOLERANCE * own:
+        reader.warnings.append(
+            f"{reader.path}: --mpp {mpp:g} differs by {abs(mpp / own - 1):.0%} from the file's {own:g} µm/px ({source}); "
+            "using --mpp — drop it to use the file's value"
+        )
+    reader.mpp = mpp
+    reader.mpp_source = "--mpp" + (f" (the file says {own:g}, {source})" if own is not None else "")

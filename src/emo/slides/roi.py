@@ -3,12 +3,15 @@
 Coordinates are level-0 pixels (QuPath's export frame). A GeoJSON that does not fit the slide
 (outside its bounds, or covering none of its tissue) is in another frame — µm, a downsampled
 level, or another slide — and is rejected with a message rather than silently dropping every tile.
+QuPath annotations keep their `classification`: the ROI is the union of the selected classes
+(default: every class), less the areas of classes named `Ignore*` (QuPath's convention for regions
+to leave out) unless those are selected by name.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,8 @@ from emo.errors import EmoError
 
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 GEOJSON_SUFFIXES = (".geojson", ".json")
+IGNORE_PREFIX = "Ignore"  # QuPath: classes named Ignore* mark regions to leave out
+UNCLASSIFIED = "Unclassified"  # how QuPath shows annotations without a class; selectable by that name
 
 
 @dataclass
@@ -24,6 +29,7 @@ class Roi:
     """Inside-test for level-0 points and tile boxes."""
 
     source: str
+    classes: list[str] = field(default_factory=list)  # QuPath classes that make the ROI
     geometry: object | None = None  # shapely geometry (GeoJSON)
     mask: np.ndarray | None = None  # bool mask scaled to the slide by `mask_scale`
     mask_scale: float = 1.0  # mask px per level-0 px
@@ -59,7 +65,15 @@ def find_roi_file(roi: Path, slide_id: str) -> Path:
     raise EmoError(f"{slide_id}: no ROI in {roi} (expected {slide_id}.geojson or {slide_id}_mask.png); add one or drop --roi")
 
 
-def _geojson_geometry(path: Path):
+def _class_name(item: dict) -> str:
+    """QuPath's `properties.classification` ({"name": ...}, or a bare name in old exports)."""
+    c = (item.get("properties") or {}).get("classification")
+    name = c.get("name") if isinstance(c, dict) else c
+    return str(name) if name else UNCLASSIFIED
+
+
+def _geojson_geometry(path: Path, classes: list[str] | None = None):
+    """Union of the polygons of the selected classes, less the Ignore* ones; and the classes used."""
     import shapely
     from shapely.geometry import shape
 
@@ -73,28 +87,41 @@ def _geojson_geometry(path: Path):
         items = data
     else:
         items = [data]
-    polys = []
+    polys: dict[str, list] = {}
     for item in items:
         geom = item.get("geometry", item) if isinstance(item, dict) else None
         if not isinstance(geom, dict) or geom.get("type") not in ("Polygon", "MultiPolygon"):
             continue
         try:
-            polys.append(shapely.make_valid(shape(geom)))
+            polys.setdefault(_class_name(item), []).append(shapely.make_valid(shape(geom)))
         except Exception as exc:
             raise EmoError(f"{path}: invalid polygon ({exc}); re-export the annotation from QuPath") from None
     if not polys:
         raise EmoError(f"{path}: no Polygon or MultiPolygon annotations; draw the region in QuPath and export it as GeoJSON")
-    geom = shapely.union_all(polys)
+    wanted = [c for c in polys if not c.startswith(IGNORE_PREFIX)] if classes is None else [c for c in classes if c in polys]
+    if not wanted:
+        found = ", ".join(f"{c} ({len(p)})" for c, p in sorted(polys.items()))
+        asked = f"of class {', '.join(classes)}" if classes is not None else "outside Ignore* classes"
+        raise EmoError(f"{path}: no annotation {asked} (found {found}); choose classes with --roi-classes")
+    geom = shapely.union_all([p for c in wanted for p in polys[c]])
+    ignored = [p for c, ps in polys.items() if c.startswith(IGNORE_PREFIX) and c not in wanted for p in ps]
+    if ignored:
+        geom = shapely.difference(geom, shapely.union_all(ignored))
     shapely.prepare(geom)
-    return geom
+    return geom, sorted(wanted)
 
 
-def load_roi(path: Path, slide_dims: tuple[int, int], tissue_mask: np.ndarray | None = None) -> Roi:
-    """Load and check a ROI against the slide (level-0 size `slide_dims`, thumbnail `tissue_mask`)."""
+def load_roi(
+    path: Path, slide_dims: tuple[int, int], tissue_mask: np.ndarray | None = None, classes: list[str] | None = None
+) -> Roi:
+    """Load and check a ROI against the slide (level-0 size `slide_dims`, thumbnail `tissue_mask`).
+
+    `classes` selects QuPath annotation classes (GeoJSON only); default: all but Ignore*.
+    """
     w0, h0 = slide_dims
     suffix = path.suffix.lower()
     if suffix in GEOJSON_SUFFIXES:
-        geom = _geojson_geometry(path)
+        geom, used = _geojson_geometry(path, classes)
         minx, miny, maxx, maxy = geom.bounds
         tol = 0.02 * max(w0, h0)
         if minx < -tol or miny < -tol or maxx > w0 + tol or maxy > h0 + tol:
@@ -102,9 +129,12 @@ def load_roi(path: Path, slide_dims: tuple[int, int], tissue_mask: np.ndarray | 
                 f"{path}: ROI bounds ({minx:.0f}, {miny:.0f})–({maxx:.0f}, {maxy:.0f}) lie outside the slide "
                 f"({w0} × {h0} level-0 px): wrong coordinate frame or wrong slide; export from QuPath in full-resolution pixels"
             )
-        roi = Roi(source=str(path.resolve()), geometry=geom)
+        roi = Roi(source=str(path.resolve()), classes=used, geometry=geom)
     elif suffix in MASK_SUFFIXES:
         from PIL import Image
+
+        if classes is not None:
+            raise EmoError(f"{path}: --roi-classes selects QuPath annotation classes, but this ROI is a mask image; drop --roi-classes")
 
         try:
             mask = np.asarray(Image.open(path).convert("L")) > 0

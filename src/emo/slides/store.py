@@ -73,6 +73,17 @@ class TileStore:
     def __len__(self) -> int:
         return len(self.coords_px)
 
+    @property
+    def normalization_matrix(self) -> np.ndarray | None:
+        """The 3×3 OD map `read_tiles` applies (None when the store is not stain-normalised), so raw
+        tiles can be normalised elsewhere, e.g. batched on the GPU (`emo.features.preprocess`)."""
+        if not self.normalize:
+            return None
+        source = StainParams(np.asarray(self.attrs["stain_matrix"]), np.asarray(self.attrs["max_concentrations"]))
+        target = StainParams(np.asarray(self.attrs["reference_stain_matrix"]),
+                             np.asarray(self.attrs["reference_max_concentrations"]))
+        return normalization_matrix(source, target)
+
     def __repr__(self) -> str:
         return f"TileStore({self.slide_id!r}, {len(self)} tiles of {self.tile_size_px} px at {self.attrs['target_mpp']} µm/px)"
 
@@ -83,13 +94,15 @@ class TileStore:
 
     def _open(self):
         if self._reader is None:
-            from emo.slides.readers import open_slide
+            from emo.slides.readers import READERS, open_slide
 
             if not self.slide_path.exists():
                 raise EmoError(
                     f"{self.path}: its slide {self.slide_path} is missing; restore it or pass slide_path= to TileStore"
                 )
-            reader = open_slide(self.slide_path, mpp=self.mpp)
+            served = self.attrs.get("reader")  # the reader that tiled the slide serves its tiles again
+            order = [served, *(n for n in READERS if n != served)] if served in READERS else None
+            reader = open_slide(self.slide_path, mpp=self.mpp, readers=order, target_mpp=float(self.attrs["target_mpp"]))
             level = int(self.attrs.get("level", 0))
             if level >= len(reader.level_downsamples):
                 level = 0
@@ -102,14 +115,7 @@ class TileStore:
                 level=level,
                 level_downsample=float(reader.level_downsamples[level]),
             )
-            self._matrix = None
-            if self.normalize:
-                source = StainParams(np.asarray(self.attrs["stain_matrix"]), np.asarray(self.attrs["max_concentrations"]))
-                target = StainParams(
-                    np.asarray(self.attrs["reference_stain_matrix"]),
-                    np.asarray(self.attrs["reference_max_concentrations"]),
-                )
-                self._matrix = normalization_matrix(source, target)
+            self._matrix = self.normalization_matrix
             self._reader = reader
         return self._reader
 

@@ -32,8 +32,11 @@ if TYPE_CHECKING:
 
 SUMMARY_COLUMNS = [
     "slide_id", "status", "n_kept", "n_dropped_tissue", "n_dropped_roi", "n_dropped_sharpness",
-    "seconds", "reader", "mpp", "level", "error", "slide_path",
+    "seconds", "reader", "mpp", "level", "error", "slide_path", "mpp_source", "warning",
 ]  # fmt: skip
+STAIN_SAMPLE_PX = 100_000  # pixels the stain estimate uses (64 sampled tiles hold ~1.4 M; 300 k took 80 ms)
+# no scanner is this much coarser than the target, or finer than MIN_SCAN_MPP: a wrong µm/px
+MAX_UPSAMPLE, MIN_SCAN_MPP = 2.0, 0.1
 
 
 class TilingConfig(BaseModel):
@@ -50,6 +53,7 @@ class TilingConfig(BaseModel):
     stain_reference: str | None = None
     stain_sample_tiles: int = Field(64, ge=1)
     roi: Path | None = None
+    roi_classes: list[str] | None = Field(None, description="QuPath classes whose annotations make the ROI; default: all but Ignore*")
     min_roi: float | None = Field(None, gt=0, le=1, description="keep tiles with ≥ this fraction inside; default: centre inside")
     thumbnail_mpp: float = Field(8.0, gt=0)
     save_tiles: bool = False
@@ -62,16 +66,22 @@ class TilingConfig(BaseModel):
             params["stain_reference"] = str(Path(self.stain_reference).resolve())
         if self.roi:
             params["roi"] = str(Path(self.roi).resolve())
+        if self.roi_classes is None:  # absent, so stores made before the option existed keep their hash
+            params.pop("roi_classes")
         return params
 
 
 def slide_id_of(path: Path) -> str:
+    """File name without its slide suffix; a DICOM WSI (one .dcm per level, UID-named) is its folder's name."""
+    if _suffix(path) == ".dcm":
+        return path.absolute().parent.name
     name = path.name
     return name[: -len(_suffix(path))] if name.lower().endswith(_suffix(path)) else path.stem
 
 
 def find_slides(inputs: Iterable[str | Path]) -> list[Path]:
-    """Expand folders into their slide files (supported suffixes, not recursive); keep files as given."""
+    """Expand folders into their slide files (supported suffixes, not recursive; the .dcm files of a folder
+    are one DICOM WSI); keep files as given."""
     slides: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -79,6 +89,8 @@ def find_slides(inputs: Iterable[str | Path]) -> list[Path]:
             found = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".") and _suffix(f) in SUPPORTED_SUFFIXES)
             if not found:
                 raise EmoError(f"{p}: no slides found (looked for {' '.join(SUPPORTED_SUFFIXES)})")
+            dicom = [f for f in found if _suffix(f) == ".dcm"]  # the levels of one DICOM WSI: OpenSlide opens any
+            found = [f for f in found if _suffix(f) != ".dcm"] + dicom[:1]
             slides.extend(found)
         else:
             slides.append(p)
@@ -115,6 +127,18 @@ def box_fraction(mask: np.ndarray, scale: float, coords_level0: np.ndarray, size
 # --- one slide -----------------------------------------------------------------------------------
 
 
+def _all_dropped(slide: Path, reader: SlideReader, geom: TileGeometry, what: str, fix: str) -> EmoError:
+    """Every tile dropped: say how many slide pixels a tile spans, and blame --mpp when that is implausible."""
+    scale = f"a {geom.tile_size_um:g} µm tile spans {geom.tile_size_level0:.0f} px at {geom.mpp:g} µm/px from {reader.mpp_source}"
+    zoom = geom.mpp / geom.target_mpp  # > 1: level-0 pixels are upsampled to the target
+    if zoom > MAX_UPSAMPLE or geom.mpp < MIN_SCAN_MPP:
+        return EmoError(
+            f"{slide}: {what}; {scale}, {'upsampled' if zoom > 1 else 'downsampled'} {max(zoom, 1 / zoom):.1f}× to "
+            f"{geom.tile_size_px} px: implausible for a slide scan, so the µm/px is probably wrong; check --mpp"
+        )
+    return EmoError(f"{slide}: {what}; {scale}; {fix}")
+
+
 def _read_qc(reader, geom, coords, sample: set[int]):
     """Read tiles, return sharpness per tile and the pixels of the sampled tiles (for stain estimation)."""
     sharp = np.zeros(len(coords), np.float32)
@@ -134,6 +158,7 @@ def _stains(pixels: list[np.ndarray], config: TilingConfig, slide: Path) -> dict
     if not pixels:
         raise EmoError(f"{slide}: no tissue tiles to estimate stains from; use --no-normalize")
     rgb = np.concatenate(pixels)
+    rgb = rgb[:: -(-len(rgb) // STAIN_SAMPLE_PX)]  # evenly strided: Macenko's percentiles are stable long before this
     # pen ink would pull the stain vectors; glass stays (the built-in reference's maxima include it)
     ink = pen_mask(rgb.reshape(-1, 1, 3), min_object_px=0, dilate_px=0).ravel()
     try:
@@ -165,6 +190,7 @@ def _store_attrs(slide, reader, geom: TileGeometry, config: TilingConfig, extra:
         "level": geom.level,
         "level_downsample": geom.level_downsample,
         "reader": reader.name,
+        "mpp_source": reader.mpp_source,
         "slide_width": reader.dimensions[0],
         "slide_height": reader.dimensions[1],
         "emo_version": prov["emo_version"],
@@ -198,7 +224,7 @@ def tile_slide(slide: str | Path, out_path: str | Path, config: TilingConfig | N
     config = config or TilingConfig()
     slide, out_path = Path(slide), Path(out_path)
     start = time.perf_counter()
-    reader = open_slide(slide, mpp=config.mpp)
+    reader = open_slide(slide, mpp=config.mpp, target_mpp=config.target_mpp)
     try:
         geom = plan_geometry(reader, config.tile_size_um, config.target_mpp)
         w0, h0 = reader.dimensions
@@ -213,20 +239,20 @@ def tile_slide(slide: str | Path, out_path: str | Path, config: TilingConfig | N
         min_object = max(1, round((64 / (1 / scale * geom.mpp)) ** 2))  # specks < (64 µm)²
         mask = tissue_mask(thumb, min_object_px=min_object)
         if not mask.any():
-            raise EmoError(f"{slide}: no tissue found (blank, glass or pen only); check the slide or its --mpp")
+            raise _all_dropped(slide, reader, geom, "no tissue found (blank, glass or pen only)", "check the slide or its --mpp")
         tissue = box_fraction(mask, scale, coords, step)
         keep = tissue >= config.min_tissue
         n_dropped = {"tissue": int((~keep).sum()), "roi": 0, "sharpness": 0}
         if not keep.any():
-            raise EmoError(f"{slide}: no tile has ≥ {config.min_tissue:.0%} tissue; lower --min-tissue or check the slide")
+            raise _all_dropped(slide, reader, geom, f"no tile has ≥ {config.min_tissue:.0%} tissue", "lower --min-tissue or check the slide")
 
-        roi_source = ""
+        roi_source, roi_classes = "", None
         if config.roi is not None:
             from emo.slides.roi import find_roi_file, load_roi
 
             roi_file = find_roi_file(Path(config.roi), slide_id_of(slide))
-            roi = load_roi(roi_file, (w0, h0), mask)
-            roi_source = roi.source
+            roi = load_roi(roi_file, (w0, h0), mask, classes=config.roi_classes)
+            roi_source, roi_classes = roi.source, json.dumps(roi.classes)
             c = coords[keep]
             if config.min_roi is None:
                 inside = roi.contains(c[:, 0] + step / 2, c[:, 1] + step / 2)
@@ -248,17 +274,19 @@ def tile_slide(slide: str | Path, out_path: str | Path, config: TilingConfig | N
         n_dropped["sharpness"] = int((~sharp_ok).sum())
         cand, sharp = cand[sharp_ok], sharp[sharp_ok]
         if len(cand) == 0:
-            raise EmoError(f"{slide}: every tissue tile is blurrier than --min-sharpness {config.min_sharpness}; lower it or rescan")
+            what = f"every tissue tile is blurrier than --min-sharpness {config.min_sharpness}"
+            raise _all_dropped(slide, reader, geom, what, "lower --min-sharpness or rescan")
 
         extra = _stains(pixels, config, slide)
         extra.update({f"n_dropped_{k}": v for k, v in n_dropped.items()})
-        extra.update({"n_tiles_grid": int(nx * ny), "roi_source": roi_source})
+        extra.update({"n_tiles_grid": int(nx * ny), "roi_source": roi_source, "roi_classes": roi_classes})
         _write_outputs(out_path, slide, reader, geom, config, coords[cand], tissue[cand], sharp, np.ones(len(cand), bool), thumb, scale, extra)
         return {
             "slide_id": slide_id_of(slide), "status": "ok", "n_kept": len(cand),
             **{f"n_dropped_{k}": v for k, v in n_dropped.items()},
             "seconds": round(time.perf_counter() - start, 3), "reader": reader.name, "mpp": geom.mpp,
-            "level": geom.level, "error": "", "slide_path": str(slide.resolve()),
+            "level": geom.level, "error": "", "slide_path": str(slide.resolve()), "mpp_source": reader.mpp_source,
+            "warning": " | ".join(reader.warnings),
         }  # fmt: skip
     finally:
         reader.close()
@@ -283,7 +311,7 @@ def tile_slide_at(
     ids = [str(t) for t in tile_ids] if tile_ids is not None else None
     if ids is not None and len(ids) != len(centres):
         raise EmoError(f"{slide}: {len(ids)} tile ids for {len(centres)} centres; pass one id per centre")
-    reader = open_slide(slide, mpp=config.mpp)
+    reader = open_slide(slide, mpp=config.mpp, target_mpp=config.target_mpp)
     try:
         geom = plan_geometry(reader, config.tile_size_um, config.target_mpp)
         coords = centres - geom.tile_size_level0 / 2
@@ -377,7 +405,7 @@ def _finished(out_path: Path, config: TilingConfig) -> dict[str, Any] | None:
         return None
     return {
         "status": "skipped", "n_kept": n, "seconds": 0.0, "reader": a.get("reader"), "mpp": a.get("mpp"),
-        "level": a.get("level"), **{f"n_dropped_{k}": int(a.get(f"n_dropped_{k}", 0)) for k in ("tissue", "roi", "sharpness")},
+        "level": a.get("level"), "mpp_source": a.get("mpp_source", ""), **{f"n_dropped_{k}": int(a.get(f"n_dropped_{k}", 0)) for k in ("tissue", "roi", "sharpness")},
     }  # fmt: skip
 
 

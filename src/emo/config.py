@@ -1,0 +1,42 @@
+"""Base of every stage's configuration: validated pydantic models that forbid unknown keys.
+
+A stage owns its config (`TilingConfig`, `ExtractionConfig`, `EvaluateConfig`, `ClustersConfig`, …);
+`emo run`'s `StudyConfig` composes them and the CLI builds the same objects, so a study file and a
+command line can only mean the same thing. `StageConfig.build` turns a config plus keyword overrides
+into one validated object and reports a bad option as one `EmoError` line naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from emo.errors import EmoError
+
+C = TypeVar("C", bound="StageConfig")
+
+
+def validation_message(exc: ValidationError, source: str) -> str:
+    """The first pydantic error as `source: key: message` (unknown keys named as such)."""
+    err = exc.errors()[0]
+    where = ".".join(str(x) for x in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{source}: unknown option '{where}'"
+    return f"{source}: {where}: {err['msg']}"
+
+
+class StageConfig(BaseModel):
+    """A stage's validated options (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def build(cls: type[C], config: C | None = None, what: str | None = None, **options: Any) -> C:
+        """`config` (default: all defaults) with `options` overriding its fields, validated again."""
+        data = {**(config.model_dump() if config is not None else {}), **options}
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            known = ", ".join(cls.model_fields)
+            raise EmoError(f"{validation_message(exc, what or cls.__name__)}; options are {known}") from None

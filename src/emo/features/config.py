@@ -1,0 +1,20 @@
+"""`ExtractionConfig`: what the features stage computes (`emo features`, a study's `features:`)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from emo.config import StageConfig
+
+
+class ExtractionConfig(StageConfig):
+    """Backbone and loader settings of one feature extraction; `extract_features(tiles, out, **config.model_dump())`."""
+
+    backbone: str = Field("efficientnet_lite0", description="registered name, or timm:<arch> / torchvision:<arch>")
+    weights: str = Field("default", description="default | imagenet | none | hf-hub:<repo id> | path to a checkpoint")
+    batch_size: int = Field(64, ge=1, description="tiles per forward pass")
+    device: str | None = Field(None, description="cpu or cuda (null: cuda when available)")
+    workers: int = Field(2, ge=0, description="loader processes reading and normalising tiles (0: in-process)")
+    pooling: str | None = Field(None, description="avg, or multistage (timm only); null: the backbone's own")
+    input_size: int | None = Field(None, gt=0, description="resize tiles to this many px (null: the backbone's input size)")
+    slides_per_job: int = Field(8, ge=1, description="slides per ray/slurm job")
