@@ -49,9 +49,9 @@ def test_spatial_h5ad_round_trips_and_average_is_tile_mean(trained, tmp_path):
         np.testing.assert_allclose(avg.X[i], ad.X.astype(np.float64).mean(axis=0), rtol=1e-6, atol=1e-6)
         assert ad.uns["emo"]["slide_id"] == slide_id
     ad = anndata.read_h5ad(out / "spatial" / f"{trained['slides'][0]}.h5ad")
-    from emo.models import load_model
+    from emo.models import load
 
-    direct = load_model(trained["model"]).predict_features(
+    direct = load(trained["model"]).predict(
         h5py.File(trained["feature_dir"] / f"{trained['slides'][0]}.h5", "r")["features"][...])
     np.testing.assert_array_equal(ad.X, direct)
     geo = json.loads((out / "geojson" / f"{trained['slides'][0]}.geojson").read_text())
@@ -67,10 +67,10 @@ def test_spatial_h5ad_round_trips_and_average_is_tile_mean(trained, tmp_path):
 
 
 def test_predict_streams_in_chunks(trained, tmp_path, monkeypatch):
-    from emo.training.data import SlideFeatures
+    from emo.features import FeatureStore
 
-    sizes, real = [], SlideFeatures.read
-    monkeypatch.setattr(SlideFeatures, "read", lambda self, rows=None: sizes.append(len(real(self, rows))) or real(self, rows))
+    sizes, real = [], FeatureStore.read
+    monkeypatch.setattr(FeatureStore, "read", lambda self, rows=None: sizes.append(len(real(self, rows))) or real(self, rows))
     predict(trained["model"], trained["feature_dir"], tmp_path, chunk_tiles=6)
     assert max(sizes) == 6 and sum(sizes) == 20 * len(trained["slides"])
 

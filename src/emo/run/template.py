@@ -66,7 +66,13 @@ training:
   protocol: features            # features: one shared backbone pass + multi-output head; paper: per-gene CNNs
   head: ridge                   # head for protocol: features
   genes: null                   # panel names and/or genes, e.g. "pam50,ESR1"; null: all kept genes
-  seed: 0
+  seed: 0                       # seeds every random choice (MLP, tile sampling, the paper's CNNs)
+  level: slide                  # slide: bulk targets, slide = mean of tiles; tile: per-tile/spot targets
+  alphas: null                  # ridge penalties searched; null: n_train × logspace(-4, 3, 15)
+  mlp: null                     # MLP head options, e.g. {hidden: 256, max_epochs: 200}; null: defaults
+  paper: null                   # paper-protocol options, e.g. {max_epochs: 500, lr: 1.0e-6}; null: the paper's
+  allow_missing_features: false # skip train/tune slides without features
+  permute_labels: false         # fit on shuffled labels (a null model); the study's null stage does this itself
 
 prediction:
   genes: null                   # genes drawn as heatmaps and written to GeoJSON (every gene is always
