@@ -204,7 +204,7 @@ def test_second_demo_run_skips_every_stage(demo_run):
     assert again.returncode == 0, again.stderr[-2000:]
     assert before and _stage_records(out) == before  # no stage record rewritten
     lines = [x for x in again.stderr.splitlines() if x.startswith("stage ")]
-    assert len(lines) == 7 and all("up to date, skipped" in x for x in lines), lines  # analyze: not configured
+    assert len(lines) == 8 and all("up to date, skipped" in x for x in lines), lines  # analyze: not configured
 
 
 def test_killed_run_resumes_without_redoing_finished_slides(tmp_path, demo_source_slide):
@@ -238,5 +238,5 @@ def test_killed_run_resumes_without_redoing_finished_slides(tmp_path, demo_sourc
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "tiles").glob("*.h5")} == tiles
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in features.glob("*.h5")}
     assert len(after) == 8 and all(after[name] == v for name, v in finished_features.items())
-    assert set(_stage_records(tmp_path)) == {"tile", "features", "expression", "train", "predict", "evaluate", "report"}
+    assert set(_stage_records(tmp_path)) == {"tile", "features", "expression", "train", "predict", "null", "evaluate", "report"}
     assert (tmp_path / "report.html").is_file()

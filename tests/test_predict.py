@@ -54,9 +54,9 @@ def test_spatial_h5ad_round_trips_and_average_is_tile_mean(trained, tmp_path):
     assert sf["spot_diameter_fullres"] == pytest.approx(size)
     assert ad.uns["spatial"][slide_id]["images"]["lowres"].shape[1] <= 600
     ad = anndata.read_h5ad(out / "spatial" / f"{trained['slides'][0]}.h5ad")
-    from emo.models import load_model
+    from emo.models import load
 
-    direct = load_model(trained["model"]).predict_features(
+    direct = load(trained["model"]).predict(
         h5py.File(trained["feature_dir"] / f"{trained['slides'][0]}.h5", "r")["features"][...])
     np.testing.assert_array_equal(ad.X, direct)
     geo = json.loads((out / "geojson" / f"{trained['slides'][0]}.geojson").read_text())
@@ -101,10 +101,10 @@ def _check_qupath_tiles(geo: dict, ad: anndata.AnnData, size: float, path) -> No
 
 
 def test_predict_streams_in_chunks(trained, tmp_path, monkeypatch):
-    from emo.training.data import SlideFeatures
+    from emo.features import FeatureStore
 
-    sizes, real = [], SlideFeatures.read
-    monkeypatch.setattr(SlideFeatures, "read", lambda self, rows=None: sizes.append(len(real(self, rows))) or real(self, rows))
+    sizes, real = [], FeatureStore.read
+    monkeypatch.setattr(FeatureStore, "read", lambda self, rows=None: sizes.append(len(real(self, rows))) or real(self, rows))
     predict(trained["model"], trained["feature_dir"], tmp_path, chunk_tiles=6)
     assert max(sizes) == 6 and sum(sizes) == 20 * len(trained["slides"])
 

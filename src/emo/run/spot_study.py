@@ -62,26 +62,26 @@ def _model_config(ctx: StudyContext):
                            n_components=sp.n_components or None, context_radius=sp.context_radius)
 
 
+def _layout(ctx: StudyContext):
+    from emo.expression.her2st import Her2stLayout
+
+    return Her2stLayout(_data(ctx))
+
+
 def _section_files(ctx: StudyContext, section: str, image: bool) -> list[Path]:
-    d = _data(ctx)
-    files = [d / "counts" / f"{section}.tsv.gz", d / "spots" / f"{section}.tsv"]
-    if image:
-        files += sorted((d / "images").glob(f"{section}.jpg")) + sorted((d / "images").glob(f"{section}_lowres.png"))
-    return [f for f in files if f.exists()]
+    return _layout(ctx).section_files(section, image=image)
 
 
 def _basis_pool(ctx: StudyContext) -> list[str]:
-    from emo.spot_models.pipeline import count_sections
-
     sp = _sp(ctx)
     if not sp.n_components:
         return []
-    return [s for s in sp.basis_sections or count_sections(_data(ctx)) if s not in set(sp.test_sections)]
+    return [s for s in sp.basis_sections or _layout(ctx).count_sections() if s not in set(sp.test_sections)]
 
 
 def _scale_files(ctx: StudyContext) -> list[Path]:
     """Files `read_her2st` takes image scale from (present in the shared her2st folder)."""
-    return [p for p in (_data(ctx) / n for n in ("image_dims.json", "mpp_estimate.json")) if p.is_file()]
+    return _layout(ctx).scale_files()
 
 
 # ---------------------------------------------------------------- train
@@ -124,9 +124,10 @@ def predictions_dir(ctx: StudyContext) -> Path:
 
 
 def run_predict(ctx: StudyContext) -> None:
-    from emo.spot_models import SpotModel, predict_section, write_spot_predictions
+    from emo.models import load
+    from emo.spot_models import predict_section, write_spot_predictions
 
-    model = SpotModel.load(model_dir(ctx))
+    model = load(model_dir(ctx))
     for s in _sp(ctx).test_sections:
         pred, measured = predict_section(model, _data(ctx), s, _cache(ctx))
         write_spot_predictions(predictions_dir(ctx), s, pred, measured, model_dir(ctx))
