@@ -127,7 +127,7 @@ def run_finetune(args, t0, train, test, genes, eval_genes, prolif) -> int:
     print(f"trained on {','.join(train)} ({time.perf_counter() - t0:.0f}s)", flush=True)
     rows = []
     for s in test:
-        pred = predict_spot_finetune(model_dir, args.data, s, args.cache)
+        pred, _ = predict_spot_finetune(model_dir, args.data, s, args.cache)
         write_table_atomic(args.out / f"{s}.csv", pred, index=True)
         measured = spot_targets(read_her2st(args.data, s), genes)
         table = gene_correlations(pred[eval_genes].to_numpy(), measured[:, : len(eval_genes)], eval_genes)

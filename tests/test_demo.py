@@ -148,6 +148,55 @@ def test_demo_report_has_the_demo_section_with_figures(demo_run):
     assert "http://" not in page.replace("http://www.w3.org", "") and "<script" not in page
 
 
+def _section(page: str, name: str) -> str:
+    start = page.index(f'id="{name}"')
+    return page[start:page.index("</section>", start)]
+
+
+def test_demo_report_reads_for_a_pathologist(demo_run):
+    """Maps of the top genes over the H&E, a model summary in words with provenance folded away, plain
+    labels, the empty panel table explained, every figure linked to an existing file, one <h2> per section."""
+    import re
+    from urllib.parse import unquote
+
+    out, _ = demo_run
+    page = (out / "report.html").read_text()
+    assert page.count("<h2>") == page.count("<section ")  # fragments add no headings of their own
+    predictions = _section(page, "predictions")
+    assert "data:image/png;base64," in predictions and "Predicted expression per tile over the H&amp;E" in predictions
+    assert re.search(r'href="predictions/spatial/demo_\d+\.h5ad"', predictions)
+    model = _section(page, "model")
+    for label in ("image features", "efficientnet_lite0, 1280-dimensional", "penalty range", "training data"):
+        assert label in model, label
+    assert "<details><summary>provenance" in model and "params_hash" in model.split("<details><summary>provenance")[1]
+    evaluate = _section(page, "evaluate")
+    assert "fdr_lt_" not in page and "genes with FDR &lt; 0.05" in evaluate
+    assert "No gene of these clinical panels is among the evaluated genes" in evaluate
+    figures = re.findall(r"<figure.*?</figure>", page, flags=re.S)
+    assert len(figures) >= 5
+    for fig in figures:
+        links = re.findall(r'href="([^"]+)"', fig)
+        assert links, fig[:200]
+        assert all((out / unquote(link)).is_file() for link in links), links
+
+
+def test_demo_outputs_open_in_scanpy_squidpy_and_qupath(demo_run):
+    import anndata
+
+    from scverse_plots import assert_scanpy_and_squidpy_plot
+
+    out, _ = demo_run
+    adata = anndata.read_h5ad(out / "predictions" / "spatial" / "demo_01.h5ad")
+    lib = adata.uns["spatial"]["demo_01"]
+    import openslide
+
+    width = openslide.OpenSlide(str(out / "slides" / "demo_01.tiff")).dimensions[0]
+    assert lib["images"]["hires"].shape[1] == round(width * lib["scalefactors"]["tissue_hires_scalef"])
+    assert_scanpy_and_squidpy_plot(adata, "MORPH_DENSITY_1")
+    geo = json.loads((out / "predictions" / "geojson" / "demo_01.geojson").read_text())
+    assert len(geo["features"]) == adata.n_obs and geo["features"][0]["properties"]["classification"]["name"] == "EMO tile"
+
+
 def test_second_demo_run_skips_every_stage(demo_run):
     out, _ = demo_run
     before = _stage_records(out)
@@ -155,7 +204,7 @@ def test_second_demo_run_skips_every_stage(demo_run):
     assert again.returncode == 0, again.stderr[-2000:]
     assert before and _stage_records(out) == before  # no stage record rewritten
     lines = [x for x in again.stderr.splitlines() if x.startswith("stage ")]
-    assert len(lines) == 7 and all("up to date, skipped" in x for x in lines), lines  # analyze: not configured
+    assert len(lines) == 8 and all("up to date, skipped" in x for x in lines), lines  # analyze: not configured
 
 
 def test_killed_run_resumes_without_redoing_finished_slides(tmp_path, demo_source_slide):
@@ -189,5 +238,5 @@ def test_killed_run_resumes_without_redoing_finished_slides(tmp_path, demo_sourc
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (tmp_path / "tiles").glob("*.h5")} == tiles
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in features.glob("*.h5")}
     assert len(after) == 8 and all(after[name] == v for name, v in finished_features.items())
-    assert set(_stage_records(tmp_path)) == {"tile", "features", "expression", "train", "predict", "evaluate", "report"}
+    assert set(_stage_records(tmp_path)) == {"tile", "features", "expression", "train", "predict", "null", "evaluate", "report"}
     assert (tmp_path / "report.html").is_file()

@@ -122,3 +122,23 @@ def test_cli_contract(data, tmp_path):
     assert list(pd.read_csv(out / "genes.csv").columns) == GENE_COLUMNS
     res = subprocess.run(cmd[:8] + ["--split", "nope", "--out", str(out)], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "split 'nope'" in res.stderr
+
+
+def test_compute_writes_nothing_and_write_plot_give_evaluates_files(data, validation, tmp_path):
+    """evaluate = compute_evaluation → plot_evaluation → write_evaluation, with the same tables."""
+    from emo.analysis.evaluate import EvaluateConfig, compute_evaluation, plot_evaluation, write_evaluation
+
+    out, table = validation
+    config = EvaluateConfig(null_predictions=data["null"])
+    result = compute_evaluation(data["csv"], data["targets"], "validation", config)
+    assert not any(tmp_path.iterdir())
+    pd.testing.assert_frame_equal(result.table.reset_index(drop=True), table.reset_index(drop=True))
+    assert result.null_table is not None and result.summary["null"]["counts"]["n_genes"] == len(result.null_table)
+    write_evaluation(result, tmp_path / "w")
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == sorted(
+        p.name for p in out.iterdir() if p.suffix != ".png")
+    assert plot_evaluation(result, tmp_path / "p") == sorted(p.name for p in out.glob("*.png"))
+    with pytest.raises(EmoError, match=r"evaluate: unknown option 'r2_minimum'; options are .*r2_min"):
+        compute_evaluation(data["csv"], data["targets"], "validation", r2_minimum=0.3)
+    with pytest.raises(EmoError, match=r"^EvaluateConfig: fdr_max: .*number"):
+        EvaluateConfig.build(fdr_max="low")

@@ -197,3 +197,24 @@ def test_parquet_with_label_column(tmp_path):
     frame.to_parquet(tmp_path / "m.parquet")  # labels as a column, RangeIndex
     got = read_matrix(tmp_path / "m.parquet", sample_ids=["s1", "s2"])
     assert list(got.index) == ["TP53", "ESR1", "ERBB2"] and got.loc["ESR1", "s2"] == 5.0
+
+
+def test_one_orientation_vocabulary_for_prepare_and_analyses(tmp_path):
+    """`auto` reads the first header when there is no sheet; the analyses' old genes/samples are aliases."""
+    from emo.analysis._bulk import load_expression
+
+    frame = pd.DataFrame({"gene": ["TP53", "ESR1", "ERBB2"], "s1": [1.0, 2.0, 3.0], "s2": [4.0, 5.0, 6.0]})
+    frame.to_csv(tmp_path / "genes_rows.csv", index=False)
+    frame.set_index("gene").T.rename_axis("sample_id").to_csv(tmp_path / "samples_rows.csv")
+    for name in ("genes_rows.csv", "samples_rows.csv"):
+        got = read_matrix(tmp_path / name)
+        assert list(got.index) == ["TP53", "ESR1", "ERBB2"] and got.loc["ESR1", "s2"] == 5.0, name
+        assert load_expression(tmp_path / name).data.loc["s2", "ESR1"] == 5.0, name
+    stated = read_matrix(tmp_path / "samples_rows.csv", orientation="samples")  # old spelling
+    assert stated.equals(read_matrix(tmp_path / "samples_rows.csv", orientation="samples-by-genes"))
+    frame.rename(columns={"gene": "id"}).to_csv(tmp_path / "unclear.csv", index=False)
+    with pytest.raises(EmoError, match=r"unclear.csv: cannot tell .*--orientation genes-by-samples"):
+        read_matrix(tmp_path / "unclear.csv")
+    assert load_expression(tmp_path / "unclear.csv", orientation="genes").data.shape == (2, 3)
+    with pytest.raises(EmoError, match="orientation 'sideways' unknown"):
+        read_matrix(tmp_path / "unclear.csv", orientation="sideways")

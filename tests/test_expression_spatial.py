@@ -205,3 +205,31 @@ def test_cli_spatial_writes_representation(tmp_path):
     assert res.exit_code == 0, res.output
     back = read_spatial(tmp_path / "v.h5ad")  # emo's own form reads back unchanged
     assert (back.X.toarray() == counts).all() and back.uns[SPATIAL_KEY]["mpp"] == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("section", ["C4", "A1"])  # full-resolution photo; preview PNG with scaled coordinates
+def test_cli_her2st_section_plots_in_scanpy_and_squidpy(her2st, section, tmp_path):
+    from typer.testing import CliRunner
+
+    from emo.cli import app
+    from scverse_plots import assert_scanpy_and_squidpy_plot
+
+    root, sections = her2st
+    out = tmp_path / f"{section}.h5ad"
+    res = CliRunner().invoke(app, ["expression", "spatial", str(root), "--section", section, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    adata = ad.read_h5ad(out)
+    lib = adata.uns["spatial"][section]
+    meta = sections[section].uns[SPATIAL_KEY]
+    # the hires image is the section photo shrunk to 2000 px; its scale factor maps obsm["spatial"] onto it
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    with Image.open(meta["image_path"]) as im:
+        width = im.width
+    assert max(lib["images"]["hires"].shape[:2]) == min(2000, max(im.size))
+    assert lib["scalefactors"]["tissue_hires_scalef"] == pytest.approx(lib["images"]["hires"].shape[1] / width)
+    assert lib["scalefactors"]["spot_diameter_fullres"] == pytest.approx(100.0 / meta["mpp"])
+    assert (adata.layers["counts"] != sections[section].X).nnz == 0
+    gene = adata.var_names[np.asarray(adata.X.sum(axis=0)).ravel().argmax()]
+    assert_scanpy_and_squidpy_plot(adata, gene)

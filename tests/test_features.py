@@ -82,6 +82,36 @@ def test_features_follow_contract_and_match_the_bare_model(tile_dir, reference):
     assert [s.slide_id for s in list_feature_stores(reference)] == ["slide0", "slide1"]
 
 
+def test_feature_files_open_the_way_clam_and_trident_read_them(tile_dir, reference):
+    """CLAM: f['coords'] with attrs patch_level/patch_size read via OpenSlide.read_region; TRIDENT/TITAN:
+    f['features'], f['coords'] and coords.attrs['patch_size_level0']. Region read that way = emo's tile."""
+    import openslide
+    from PIL import Image
+
+    for store_path in sorted(tile_dir.glob("*.h5")):
+        tiles = TileStore(store_path)
+        with h5py.File(reference / f"{tiles.slide_id}.h5", "r") as f:
+            features, coords = f["features"][:], f["coords"][:]
+            level, size = int(f["coords"].attrs["patch_level"]), int(f["coords"].attrs["patch_size"])
+            size0, mpp = int(f["coords"].attrs["patch_size_level0"]), float(f["coords"].attrs["mpp"])
+            target = int(f["coords"].attrs["target_patch_size"])
+            assert "coords_px" in f and "tile_id" in f  # emo's own datasets stay
+        assert features.shape == (len(tiles), 1280) and coords.shape == (len(tiles), 2)
+        assert np.issubdtype(coords.dtype, np.integer)
+        np.testing.assert_array_equal(coords, tiles.coords_px)
+        assert size0 == round(tiles.attrs["tile_size_level0"]) and mpp == pytest.approx(tiles.mpp)
+        assert size0 * mpp == pytest.approx(64, rel=0.02)  # 64 µm tiles
+        wsi = openslide.OpenSlide(str(tiles.slide_path))
+        assert size == round(size0 / wsi.level_downsamples[level])
+        own = tiles.read_tiles(np.arange(3)).astype(float)
+        for i, (x, y) in enumerate(coords[:3]):
+            region = wsi.read_region((int(x), int(y)), level, (size, size)).convert("RGB").resize((target, target))
+            same = np.abs(np.asarray(region, float) - own[i]).mean()
+            other = np.abs(np.asarray(region, float) - own[(i + 1) % 3]).mean()
+            assert same < 8 and same < other / 2, (same, other)
+        wsi.close()
+
+
 def test_worker_processes_give_bitwise_identical_features(tile_dir, reference, tmp_path):
     out = extract_features(tile_dir, tmp_path, workers=2, **OPTS)
     _assert_same_files(out, reference)

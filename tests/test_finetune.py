@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import anndata
 import numpy as np
 import pandas as pd
 import pytest
@@ -140,10 +141,24 @@ def test_spatial_train_finetune_cli_on_a_real_section(shared_data, tmp_path):
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["kind"] == "finetune_cnn" and manifest["level"] == "tile"
     res = subprocess.run(run + ["predict", "--model", str(tmp_path / "m"), "--data", str(data), "--sections", "C3",
+                                "--out", str(tmp_path / "p")], capture_output=True, text=True)
+    assert res.returncode == 2 and "C3" in res.stderr and "hold them out" in res.stderr  # trained on it
+
+    # A new section with an image and spots but no counts: C3's pixels under another name.
+    new = tmp_path / "new"
+    (new / "images").mkdir(parents=True)
+    (new / "spots").mkdir()
+    (new / "images" / "X3.jpg").symlink_to(data / "images" / "C3.jpg")
+    (new / "spots" / "X3.tsv").symlink_to(data / "spots" / "C3.tsv")
+    for name in ("image_dims.json", "mpp_estimate.json"):
+        (new / name).write_text(json.dumps({"X3": json.loads((data / name).read_text())["C3"]}))
+    res = subprocess.run(run + ["predict", "--model", str(tmp_path / "m"), "--data", str(new), "--sections", "X3",
                                 "--out", str(tmp_path / "p"), "--cache", str(tmp_path / "cache")],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
-    pred = pd.read_csv(tmp_path / "p" / "C3.csv", index_col=0)
+    pred = pd.read_csv(tmp_path / "p" / "X3.csv", index_col=0)
+    spots = anndata.read_h5ad(tmp_path / "p" / "X3.h5ad")
     counts = pd.read_csv(data / "counts" / "C3.tsv.gz", sep="\t", index_col=0, usecols=[0])
-    assert list(pred.columns) == ["ERBB2", "GRB7", "MKI67"] and list(pred.index) == list(counts.index)
+    assert list(pred.columns) == ["ERBB2", "GRB7", "MKI67"] and set(counts.index) <= set(pred.index)  # every spot of spots/, measured or not
+    assert list(spots.obs_names) == list(pred.index) and "X3" in spots.uns["spatial"]
     assert np.isfinite(pred.to_numpy()).all() and pred.std().min() > 0

@@ -12,9 +12,10 @@ import pytest
 from scipy.stats import spearmanr
 
 from emo.errors import EmoError
-from emo.models import MLPConfig, fit_ridge_path, load_model
+from emo.models import MLPConfig, fit_ridge_path, load
+from emo.models.model import check_features
 from emo.training import train_model
-from emo.training.data import open_feature_stores
+from emo.features import open_feature_stores
 from training_cohort import make_cohort, write_feature_store, write_targets
 
 
@@ -27,11 +28,11 @@ def cohort(tmp_path_factory):
 
 
 def _validation_rho(cohort, model_dir):
-    model = load_model(model_dir)
+    model = load(model_dir)
     stores = open_feature_stores(cohort["feature_dir"])
     ad = anndata.read_h5ad(cohort["targets"])
     val = (ad.obs["split"] == "validation").to_numpy()
-    pred = np.stack([model.predict_features(stores[s].read()).mean(axis=0) for s in ad.obs["slide_id"][val]])
+    pred = np.stack([model.predict(stores[s].read()).mean(axis=0) for s in ad.obs["slide_id"][val]])
     y = ad[val, model.genes].X
     return {g: spearmanr(pred[:, i], y[:, i])[0] for i, g in enumerate(model.genes)}
 
@@ -57,11 +58,11 @@ def test_heads_recover_planted_genes_and_not_noise(cohort, tmp_path, head):
 def _validation_r2(cohort, model_dir):
     from sklearn.metrics import r2_score
 
-    model = load_model(model_dir)
+    model = load(model_dir)
     stores = open_feature_stores(cohort["feature_dir"])
     ad = anndata.read_h5ad(cohort["targets"])
     val = (ad.obs["split"] == "validation").to_numpy()
-    pred = np.stack([model.predict_features(stores[s].read()).mean(axis=0) for s in ad.obs["slide_id"][val]])
+    pred = np.stack([model.predict(stores[s].read()).mean(axis=0) for s in ad.obs["slide_id"][val]])
     y = np.asarray(ad[val, model.genes].X)
     return {g: r2_score(y[:, i], pred[:, i]) for i, g in enumerate(model.genes)}
 
@@ -126,11 +127,11 @@ def test_tile_level_mode_learns_per_tile_targets(cohort, tmp_path):
     noise = np.random.default_rng(5).normal(size=y.shape)
     path = write_targets(tmp_path / "tile_targets.h5ad", np.hstack([y, noise]), ["PLANT", "NOISE"], slides, split,
                          obs_extra={"tile_id": ids}, index=[f"{s}:{t}" for s, t in zip(slides, ids)])
-    model = load_model(train_model(cohort["feature_dir"], path, tmp_path / "m", level="tile"))
+    model = load(train_model(cohort["feature_dir"], path, tmp_path / "m", level="tile"))
     stores = open_feature_stores(cohort["feature_dir"])
     val = np.array(split) == "validation"
     val_slides = sorted({s for s, v in zip(slides, val) if v})
-    pred = np.concatenate([model.predict_features(stores[s].read()) for s in val_slides])
+    pred = np.concatenate([model.predict(stores[s].read()) for s in val_slides])
     assert spearmanr(pred[:, 0], y[val, 0])[0] > 0.8
     assert abs(spearmanr(pred[:, 1], noise[val, 0])[0]) < 0.1
 
@@ -150,7 +151,7 @@ def test_gene_not_in_targets(cohort, tmp_path):
 def test_genes_from_a_file(cohort, tmp_path):
     (tmp_path / "genes.txt").write_text("# planted\nPLANT1\nNOISE0\n")
     out = train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "m", genes=tmp_path / "genes.txt")
-    assert load_model(out).genes == ["PLANT1", "NOISE0"]
+    assert load(out).genes == ["PLANT1", "NOISE0"]
 
 
 def test_default_genes_are_kept_genes_and_samples_without_slide_are_skipped(cohort, tmp_path):
@@ -185,11 +186,11 @@ def test_mismatched_feature_dims(cohort, tmp_path):
     write_feature_store(fdir / "S001.h5", "S001", np.zeros((3, 16), np.float32), np.zeros((3, 2)), ["a", "b", "c"])
     with pytest.raises(EmoError, match=r"S001.h5: backbone/dim .* differs"):
         train_model(fdir, cohort["targets"], tmp_path / "m")
-    model = load_model(train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "ok"))
+    model = load(train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "ok"))
     with pytest.raises(EmoError, match=r"expects features \[n, 48\], got \[3, 16\]"):
-        model.predict_features(np.zeros((3, 16), np.float32))
+        model.predict(np.zeros((3, 16), np.float32))
     with pytest.raises(EmoError, match="features are other dim 16 but model"):
-        model.check_features({"name": "other", "dim": 16}, "x.h5")
+        check_features(model, {"name": "other", "dim": 16}, "x.h5")
 
 
 def test_manifest_from_other_major_version_is_one_line(cohort, tmp_path):
@@ -198,7 +199,7 @@ def test_manifest_from_other_major_version_is_one_line(cohort, tmp_path):
     manifest["emo_version"] = "7.2.0"
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(EmoError, match=r"model written by emo 7.2.0"):
-        load_model(out)
+        load(out)
     cmd = [sys.executable, "-m", "emo", "predict", "--model", str(out), "--features", str(cohort["feature_dir"]),
            "--out", str(tmp_path / "pred")]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -214,8 +215,8 @@ def test_attention_mil_recovers_planted_genes_and_emo_average_is_its_pool(cohort
 
     cfg = AttentionMILConfig(hidden=64, attention=32, dropout=0.1, max_epochs=60, patience=8, batch_size=8,
                              tiles_per_slide=24, lr=3e-3)
-    model_dir = train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "mil", head="attention_mil", mlp_config=cfg)
-    model = load_model(model_dir)
+    model_dir = train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "mil", head="attention_mil", attention_mil=cfg)
+    model = load(model_dir)
     assert model.kind == "attention_mil" and model.manifest["head_config"]["attention"] == 32
     stores = open_feature_stores(cohort["feature_dir"])
     ad = anndata.read_h5ad(cohort["targets"])
@@ -231,7 +232,7 @@ def test_attention_mil_recovers_planted_genes_and_emo_average_is_its_pool(cohort
     average = anndata.read_h5ad(out / "average.h5ad")
     spatial = anndata.read_h5ad(out / "spatial" / f"{slide}.h5ad")
     np.testing.assert_allclose(average[slide].X[0], model.head.pool(stores[slide].read()), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(spatial.X, model.predict_features(stores[slide].read()), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(spatial.X, model.predict(stores[slide]), rtol=1e-5, atol=1e-5)
     assert np.abs(average[slide].X[0] - spatial.X.mean(axis=0)).max() > 1e-4  # attention, not the mean
 
 
@@ -239,6 +240,6 @@ def test_attention_mil_is_deterministic_on_cpu(cohort, tmp_path):
     from emo.models import AttentionMILConfig
 
     cfg = AttentionMILConfig(hidden=16, attention=8, max_epochs=3, patience=3, tiles_per_slide=8, seed=3)
-    a = train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "a", head="attention_mil", mlp_config=cfg)
-    b = train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "b", head="attention_mil", mlp_config=cfg)
+    a = train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "a", head="attention_mil", attention_mil=cfg)
+    b = train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "b", head="attention_mil", attention_mil=cfg)
     assert (a / "weights.safetensors").read_bytes() == (b / "weights.safetensors").read_bytes()

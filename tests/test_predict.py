@@ -15,6 +15,7 @@ import emo.prediction.slides as predict_mod
 from emo.errors import EmoError
 from emo.prediction import predict
 from emo.training import train_model
+from scverse_plots import assert_scanpy_and_squidpy_plot
 from training_cohort import make_cohort, write_feature_store
 
 
@@ -48,10 +49,14 @@ def test_spatial_h5ad_round_trips_and_average_is_tile_mean(trained, tmp_path):
         np.testing.assert_allclose(ad.obsm["spatial"], coords_px + size / 2)
         np.testing.assert_allclose(avg.X[i], ad.X.astype(np.float64).mean(axis=0), rtol=1e-6, atol=1e-6)
         assert ad.uns["emo"]["slide_id"] == slide_id
+    assert_scanpy_and_squidpy_plot(ad, "PLANT0")
+    sf = ad.uns["spatial"][slide_id]["scalefactors"]
+    assert sf["spot_diameter_fullres"] == pytest.approx(size)
+    assert ad.uns["spatial"][slide_id]["images"]["lowres"].shape[1] <= 600
     ad = anndata.read_h5ad(out / "spatial" / f"{trained['slides'][0]}.h5ad")
-    from emo.models import load_model
+    from emo.models import load
 
-    direct = load_model(trained["model"]).predict_features(
+    direct = load(trained["model"]).predict(
         h5py.File(trained["feature_dir"] / f"{trained['slides'][0]}.h5", "r")["features"][...])
     np.testing.assert_array_equal(ad.X, direct)
     geo = json.loads((out / "geojson" / f"{trained['slides'][0]}.geojson").read_text())
@@ -60,17 +65,46 @@ def test_spatial_h5ad_round_trips_and_average_is_tile_mean(trained, tmp_path):
     x, y = ad.obs.iloc[0][["x_px", "y_px"]]
     assert first["geometry"]["coordinates"][0][2] == [x + size, y + size]
     assert first["properties"]["measurements"]["PLANT0"] == pytest.approx(float(ad[0, "PLANT0"].X[0, 0]))
+    _check_qupath_tiles(geo, ad, size, out / "geojson" / f"{trained['slides'][0]}.geojson")
     from PIL import Image
 
     png = Image.open(out / "heatmaps" / trained["slides"][0] / "PLANT0.png")
     assert png.size[0] > 300 and np.asarray(png).std() > 10
 
 
-def test_predict_streams_in_chunks(trained, tmp_path, monkeypatch):
-    from emo.training.data import SlideFeatures
+def _check_qupath_tiles(geo: dict, ad: anndata.AnnData, size: float, path) -> None:
+    """What QuPath's GeoJSON importer needs (UUID ids, objectType, classification name + RGB colour,
+    measurements) and a round trip of the geometry through the tiling stage's ROI reader."""
+    import uuid
 
-    sizes, real = [], SlideFeatures.read
-    monkeypatch.setattr(SlideFeatures, "read", lambda self, rows=None: sizes.append(len(real(self, rows))) or real(self, rows))
+    from emo.slides.roi import load_roi
+
+    ids = [f["id"] for f in geo["features"]]
+    assert len(set(ids)) == len(ids) and all(str(uuid.UUID(i)) == i for i in ids)
+    props = [f["properties"] for f in geo["features"]]
+    assert {p["objectType"] for p in props} == {"tile"}
+    values = ad[:, "PLANT0"].X.ravel()
+    classes = [p["classification"]["name"] for p in props]
+    assert set(classes) == {"PLANT0 low", "PLANT0 medium", "PLANT0 high"}
+    assert all(len(p["classification"]["color"]) == 3 for p in props)
+    high, low = values[np.array(classes) == "PLANT0 high"], values[np.array(classes) == "PLANT0 low"]
+    assert high.min() >= low.max()  # classes are tertiles of the predicted value
+    w, h = ad.obs[["x_px", "y_px"]].to_numpy().max(axis=0) + size
+    roi = load_roi(path, (int(w), int(h)))
+    centres = ad.obsm["spatial"]
+    assert roi.contains(centres[:, 0], centres[:, 1]).all()
+    import shapely
+
+    boxes = shapely.union_all([shapely.box(x, y, x + size, y + size) for x, y in ad.obs[["x_px", "y_px"]].to_numpy()])
+    assert roi.geometry.symmetric_difference(boxes).area < 1e-6 * boxes.area  # same region as the tiles
+    assert not roi.contains(np.array([-size]), np.array([-size])).any()
+
+
+def test_predict_streams_in_chunks(trained, tmp_path, monkeypatch):
+    from emo.features import FeatureStore
+
+    sizes, real = [], FeatureStore.read
+    monkeypatch.setattr(FeatureStore, "read", lambda self, rows=None: sizes.append(len(real(self, rows))) or real(self, rows))
     predict(trained["model"], trained["feature_dir"], tmp_path, chunk_tiles=6)
     assert max(sizes) == 6 and sum(sizes) == 20 * len(trained["slides"])
 

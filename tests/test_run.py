@@ -260,3 +260,21 @@ def test_missing_files_and_settings_name_their_key(tmp_path):
         parse_study(study, base_dir=tmp_path).check_files()
     with pytest.raises(EmoError, match=r"^analyses.gmt\[0\]: "):
         parse_study({"expression": {"targets": "expr.csv"}, "analyses": {"gmt": ["h.gmt"]}}, base_dir=tmp_path).check_files()
+
+
+def test_null_baseline_is_its_own_stage_for_the_features_protocol(tmp_path):
+    """The permuted-label model is the `null` stage (evaluate/null/), which evaluate reads but never deletes."""
+    stages = {s.name: s for s in STAGES}
+    null, evaluate = stages["null"], stages["evaluate"]
+    assert "null" in evaluate.after
+
+    def ctx(data):
+        return StudyContext(config=parse_study(data, base_dir=tmp_path), out_dir=tmp_path)
+
+    default = ctx({})
+    assert null.enabled(default) and null.outputs(default) == [tmp_path / "evaluate" / "null"]
+    assert evaluate.outputs(default) == [tmp_path / "evaluate" / "validation", tmp_path / "evaluate" / "test"]
+    assert tmp_path / "evaluate" / "null" / "predictions" / "average.h5ad" in evaluate.inputs(default)
+    for data in ({"training": {"protocol": "paper"}}, {"evaluation": {"null_baseline": False}}):
+        assert not null.enabled(ctx(data))
+        assert all("null" not in p.parts for p in evaluate.inputs(ctx(data)))

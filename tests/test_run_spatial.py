@@ -48,7 +48,25 @@ def test_spatial_study_runs_then_skips(shared_data, tmp_path):
     assert sections.loc["C4", "n_genes"] == len(genes) and sections.loc["C4", "n_spots"] == len(pred)
     assert sections.loc["C4", "mean_r"] > 0.05
     assert (out / "spatial_evaluate" / "r_histogram.png").stat().st_size > 0
-    assert "Spot-level prediction" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "Spot-level prediction" in page
+    # maps of measured and predicted expression over the H&E, linked to their file; plain labels
+    assert 'href="spatial_evaluate/maps_C4.png"' in page and "measured (top) and predicted (bottom)" in page
+    assert "n_fdr05" not in page and "genes with FDR &lt; 0.05" in page
+    from PIL import Image
+
+    assert Image.open(out / "spatial_evaluate" / "maps_C4.png").size[0] > 1000
+
+    import anndata
+
+    from scverse_plots import assert_scanpy_and_squidpy_plot
+
+    adata = anndata.read_h5ad(out / "spatial_predictions" / "C4.h5ad")
+    assert list(adata.obs_names) == list(pred.index) and list(adata.var_names) == list(pred.columns)
+    assert abs(adata.X - pred.to_numpy(dtype="float32")).max() < 1e-6
+    assert adata.obsm["spatial"].tolist() == section.obsm["spatial"].tolist()
+    best = pd.read_csv(out / "spatial_evaluate" / "genes_C4.csv").sort_values("r").gene.iloc[-1]
+    assert_scanpy_and_squidpy_plot(adata, best)
 
     records = {p.name: p.read_text() for p in (out / ".emo" / "stages").glob("*.json")}
     t0 = time.perf_counter()

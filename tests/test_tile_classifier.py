@@ -89,7 +89,7 @@ def test_filter_writes_store_with_only_kept_class(section, tmp_path):
     assert res.returncode == 0, res.stderr
     clf = load_tile_classifier(clf_dir)
     feats = h5py.File(section / "features" / "colour-texture-projection" / "A1.h5", "r")["features"][...]
-    pred = clf.predict(feats)
+    pred = clf.predict_classes(feats)
     original, kept = TileStore(section / "tiles" / "A1.h5"), TileStore(tmp_path / "roi" / "A1.h5")
     want = np.flatnonzero(pred == "invasive cancer")
     assert 0 < len(kept) == len(want) < len(original)

@@ -38,5 +38,7 @@ class StageConfig(BaseModel):
         try:
             return cls(**data)
         except ValidationError as exc:
-            known = ", ".join(cls.model_fields)
-            raise EmoError(f"{validation_message(exc, what or cls.__name__)}; options are {known}") from None
+            message = validation_message(exc, what or cls.__name__)
+            if exc.errors()[0]["type"] == "extra_forbidden":
+                message += f"; options are {', '.join(cls.model_fields)}"
+            raise EmoError(message) from None

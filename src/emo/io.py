@@ -18,9 +18,35 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: there is no read-only call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or folder's) data to disk: a renamed file is then complete after a power cut."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # e.g. folders cannot be opened on some platforms
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on folders; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to `dest`; on success rename it onto `dest`, else delete it."""
+    """Yield a temporary path next to `dest`; on success rename it onto `dest`, else delete it.
+
+    The finished file gets the mode a plain `open()` would give (0666 less the umask, not mkstemp's
+    0600) so colleagues sharing the folder can read it; file and folder are fsynced around the rename.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
@@ -28,7 +54,11 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():
+            os.chmod(tmp_path, 0o666 & ~_umask())
+            _fsync(tmp_path)
         os.replace(tmp_path, dest)
+        _fsync(dest.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

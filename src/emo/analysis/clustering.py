@@ -354,7 +354,7 @@ def report_section(directory: str | Path) -> str:
     d = Path(directory)
     if not (d / "ari.csv").exists():
         return ""
-    return "\n".join(["<h2>Clustering of the gene panel</h2>",
-                      "<p>Adjusted Rand index between consensus clusterings (bootstrap 95 % CI, permutation P).</p>",
+    return "\n".join(["<p>Clustering of the gene panel: adjusted Rand index between consensus clusterings of "
+                      "measured and predicted expression (bootstrap 95 % CI, permutation P).</p>",
                       table(pd.read_csv(d / "ari.csv")), figure(d / "heatmap.png"), figure(d / "consensus.png"),
                       figure(d / "consensus_cdf.png")])

@@ -266,6 +266,7 @@ def _plot(png: Path, results: dict[str, pd.DataFrame]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from emo.analysis import plots
     from emo.io import save_figure
 
     sources = [s for s in ("measured", "predicted") if s in results]
@@ -285,6 +286,7 @@ def _plot(png: Path, results: dict[str, pd.DataFrame]) -> None:
                    c=np.where(c["concordant"], "#c0392b", "#7f8c8d"))
         ax.axhline(0, color="k", lw=0.5)
         ax.axvline(0, color="k", lw=0.5)
+        plots.identity_line(ax, c["beta_measured"], c["beta_predicted"])
         ax.set(xlabel="β measured", ylabel="β predicted", title=f"concordant: {int(c['concordant'].sum())}")
     fig.tight_layout()
     save_figure(fig, png, dpi=120)
@@ -292,7 +294,7 @@ def _plot(png: Path, results: dict[str, pd.DataFrame]) -> None:
 
 def report_section(directory: str | Path) -> str:
     """HTML for `emo report`: DE counts, top genes and the figure ('' when DE was not run)."""
-    from emo.reports.html import figure, table
+    from emo.reports.html import esc, figure, table
 
     d = Path(directory)
     if not (d / "de_measured.csv").exists():
@@ -301,8 +303,8 @@ def report_section(directory: str | Path) -> str:
 
     summary = json.loads((d / "de_summary.json").read_text()) if (d / "de_summary.json").exists() else {}
     m = summary.get("measured", {})
-    lines = [f"<h2>Differential expression ({m.get('contrast', 'contrast')})</h2>",
-             f"<p>{m.get('n_significant', '?')} genes significant in measured expression"]
+    lines = [f"<p>Contrast {esc(m.get('contrast', 'contrast'))}: {m.get('n_significant', '?')} genes significant in "
+             "measured expression"]
     if "predicted" in summary:
         lines[-1] += (f", {summary['predicted'].get('n_significant', '?')} in predicted, "
                       f"{summary.get('n_concordant', '?')} concordant (same sign, both FDR &lt; {summary['alpha']})")

@@ -294,10 +294,10 @@ def report_section(directory: str | Path) -> str:
     if not (d / "enrich_prerank.csv").exists():
         return ""
     pre = pd.read_csv(d / "enrich_prerank.csv")
-    parts = ["<h2>Pathway enrichment</h2>",
+    parts = ["<p>Pathways enriched among the genes ranked by how well they are predicted (pre-ranked GSEA).</p>",
              table(pre.drop(columns=["lead_genes"]).head(20))]
     parts += [figure(png) for png in sorted(d.glob("enrich_*.png"))]
     if (d / "enrich_ora.csv").exists():
-        parts += ["<h3>Over-representation among unpredictable, variable genes</h3>",
+        parts += ["<h4>Over-representation among unpredictable, variable genes</h4>",
                   table(pd.read_csv(d / "enrich_ora.csv").drop(columns=["genes"]).head(15))]
     return "\n".join(parts)

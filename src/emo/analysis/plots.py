@@ -55,6 +55,15 @@ def metric_histograms(table: pd.DataFrame, null: pd.DataFrame | None = None, fdr
     return fig
 
 
+def identity_line(ax, x, y) -> None:
+    """The y = x line (perfect prediction) over the joint range of a measured-vs-predicted scatter."""
+    values = np.concatenate([np.asarray(x, float).ravel(), np.asarray(y, float).ravel()])
+    values = values[np.isfinite(values)]
+    if len(values):
+        lim = [values.min(), values.max()]
+        ax.plot(lim, lim, color="grey", lw=0.8, ls="--", zorder=1, label="measured = predicted")
+
+
 def top_gene_scatter(table: pd.DataFrame, measured: pd.DataFrame, predicted: pd.DataFrame, top: int = 25):
     """Measured vs predicted for the best genes by Spearman P (Fig. 2D)."""
     plt = _plt()
@@ -66,6 +75,7 @@ def top_gene_scatter(table: pd.DataFrame, measured: pd.DataFrame, predicted: pd.
     rho = best.set_index("gene")["spearman_rho"]
     for ax, gene in zip(axes.flat, genes):
         ax.scatter(predicted[gene], measured[gene], s=5, alpha=0.6, color="tab:blue", linewidths=0)
+        identity_line(ax, predicted[gene], measured[gene])
         ax.set_title(f"{gene}  ρ={rho[gene]:.2f}", fontsize=9)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(genes):]:
@@ -81,6 +91,7 @@ def proliferation_scatter(prolif: dict):
     s = prolif["scores"]
     fig, ax = plt.subplots(figsize=(4.2, 4))
     ax.scatter(s["predicted"], s["measured"], s=8, alpha=0.7, linewidths=0)
+    identity_line(ax, s["predicted"], s["measured"])
     ax.set_xlabel("predicted proliferation score")
     ax.set_ylabel("measured proliferation score")
     ax.set_title(
@@ -115,7 +126,7 @@ def concordance_scatter(both: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.scatter(both["validation"], both["test"], s=5, alpha=0.6, linewidths=0)
     lim = [min(both.min()), max(both.max())]
-    ax.plot(lim, lim, color="grey", lw=0.8, ls="--")
+    ax.plot(lim, lim, color="grey", lw=0.8, ls="--")  # same ρ on both splits
     ax.set_xlabel("Spearman ρ, validation")
     ax.set_ylabel("Spearman ρ, test")
     fig.tight_layout()

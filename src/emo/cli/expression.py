@@ -34,19 +34,20 @@ def prepare(
     """
     from emo.errors import EmoError
     from emo.expression import prepare_targets
-    from emo.expression.prepare import summary_paths
+    from emo.expression.prepare import PrepareConfig, summary_paths
 
     try:
         parts = [float(f) for f in fractions.split(",")]
     except ValueError:
         raise EmoError(f"--fractions {fractions!r}: give four numbers, e.g. 56.3,14.0,12.3,17.4") from None
     total = sum(parts)
-    adata = prepare_targets(
-        matrix, samples, reference_cohort, out, counts_matrices=counts_matrix, min_variance=min_variance,
-        seed=seed, stratify=stratify, external_cohorts=external_cohort, orientation=orientation,
-        fractions=tuple(p / total for p in parts) if total > 0 else tuple(parts), on_duplicate=on_duplicate,
-        slides=slides,
+    config = PrepareConfig.build(
+        what="emo expression prepare", reference_cohort=reference_cohort, external_cohorts=tuple(external_cohort),
+        min_variance=min_variance, seed=seed, stratify=stratify, orientation=orientation, on_duplicate=on_duplicate,
+        fractions=tuple(p / total for p in parts) if total > 0 else tuple(parts),
     )
+    adata = prepare_targets(matrix, samples, config.reference_cohort, out, counts_matrices=counts_matrix, slides=slides,
+                            **config.options())
     summary = adata.uns["emo_summary"]
     typer.echo(f"wrote {out}: {adata.n_obs} samples × {adata.n_vars} genes, {summary['genes_kept']} kept as targets")
     for item in summary["matrices"]:
@@ -68,12 +69,14 @@ def spatial(
 ) -> None:
     """Read spatial transcriptomics into one representation: raw counts, spot centres in image pixels, µm/px."""
     from emo.expression import add_her2st_labels, read_spatial
+    from emo.expression.st_readers import scanpy_spatial
     from emo.io import atomic_path
 
     kwargs = {"image_path": image} if image is not None else {}
     adata = read_spatial(path, section, **kwargs)
     if labels:
         add_her2st_labels(adata, path)
+    scanpy_spatial(adata)
     with atomic_path(out) as tmp:
         adata.write_h5ad(tmp)
     meta = adata.uns["emo_spatial"]

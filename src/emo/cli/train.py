@@ -48,8 +48,12 @@ def train(
     Default: fits every gene together on cached tile features (`emo features`). `--protocol paper`
     trains one end-to-end Inception V3 per gene exactly as Wang et al. 2021 (slow; flags shrink it).
     """
+    from emo.errors import EmoError
+    from emo.training.train import train_config
+
+    if protocol not in ("default", "paper", "finetune"):
+        raise EmoError(f"unknown --protocol {protocol!r}; choose default, paper or finetune")
     if protocol == "finetune":
-        from emo.errors import EmoError
         from emo.training.finetune import FinetuneConfig, train_finetune
 
         if tiles is None or permute_labels:
@@ -60,30 +64,27 @@ def train(
             weights=weights, backbone=backbone, n_components=components, hed_jitter=hed_jitter).items() if v is not None}
         path = train_finetune(tiles, targets, out, genes, FinetuneConfig(**overrides), executor=executor, level=level,
                               gpus=gpus)
-    elif protocol == "paper":
-        from emo.errors import EmoError
-        from emo.training.paper import PaperProtocolConfig, train_paper_protocol
+        typer.echo(f"model written to {path}")
+        return
+    paper = {k: v for k, v in dict(
+        max_epochs=max_epochs, steps_per_epoch=steps_per_epoch, tuning_batches=tuning_batches,
+        batch_size=batch_size, patience=patience, min_delta=min_delta, input_size=input_size, lr=lr,
+        keep_best=keep_best, keep_random=keep_random, weights=weights, backbone=backbone).items() if v is not None}
+    config = train_config(protocol="paper" if protocol == "paper" else "features", head=head, level=level,
+                          genes=genes, seed=seed, allow_missing_features=allow_missing_features,
+                          permute_labels=permute_labels, paper=paper if protocol == "paper" else None)
+    if protocol == "paper":
+        from emo.training.paper import train_paper_protocol
 
         if tiles is None or genes is None:
             raise EmoError("--protocol paper needs --tiles TILE_DIR and --genes (one CNN per gene)")
-        if permute_labels:
-            raise EmoError("--permute-labels: only for the default protocol (a null head on cached features)")
-        overrides = {k: v for k, v in dict(
-            max_epochs=max_epochs, steps_per_epoch=steps_per_epoch, tuning_batches=tuning_batches,
-            batch_size=batch_size, patience=patience, min_delta=min_delta, input_size=input_size, lr=lr,
-            keep_best=keep_best, keep_random=keep_random, seed=seed, weights=weights, backbone=backbone).items() if v is not None}
-        path = train_paper_protocol(tiles, targets, out, genes, PaperProtocolConfig(**overrides),
+        path = train_paper_protocol(tiles, targets, out, genes, config.paper_config(),
                                     executor=executor, workers=workers, gpus=gpus)
-    elif protocol == "default":
+    else:
         from emo.training import train_model
-        from emo.training.data import resolve_feature_dir
+        from emo.features import resolve_feature_dir
 
         if features is None:
             features = resolve_feature_dir(targets.parent / "features")
-        path = train_model(features, targets, out, head=head, genes=genes, seed=seed, level=level,
-                           allow_missing_features=allow_missing_features, permute_labels=permute_labels)
-    else:
-        from emo.errors import EmoError
-
-        raise EmoError(f"unknown --protocol {protocol!r}; choose default, paper or finetune")
+        path = train_model(features, targets, out, config)
     typer.echo(f"model written to {path}")

@@ -55,53 +55,60 @@ def _check_counts(values: np.ndarray, what: str) -> None:
                        f"{values[(values < 0) | (np.mod(values, 1) != 0)][0]!r}")
 
 
-def read_her2st(data_dir: str | Path, section: str, *, mpp: float | None = None) -> "anndata.AnnData":  # noqa: F821
-    """One section of the legacy ST layout (her2st): `counts/<S>.tsv.gz`, `spots/<S>.tsv`, `images/`.
+def read_her2st(data_dir: str | Path, section: str, *, mpp: float | None = None,
+                require_counts: bool = True) -> "anndata.AnnData":  # noqa: F821
+    """One section of the legacy ST layout (her2st, `emo.expression.her2st.Her2stLayout`).
 
     The image is `images/<S>.jpg` (full resolution) or else `images/<S>_lowres.png`, whose pixel
     frame is the full one scaled by png_width / full_width (`image_dims.json`); without either,
     `image_path` is empty and coordinates stay in full-resolution pixels. µm/px of the full image
-    comes from `mpp` or `mpp_estimate.json` (else 0.688) and is divided by the scale.
+    comes from `mpp` or `mpp_estimate.json` (else 0.688) and is divided by the scale. With
+    `require_counts=False` a section without `counts/<S>.tsv.gz` is read from its spots alone
+    (every spot of the spot file, X has no genes): enough to predict it.
     """
-    root = Path(data_dir)
-    counts_path, spots_path = root / "counts" / f"{section}.tsv.gz", root / "spots" / f"{section}.tsv"
-    for p in (counts_path, spots_path):
+    from emo.expression.her2st import Her2stLayout
+
+    layout = Her2stLayout(data_dir)
+    counts_path, spots_path = layout.counts(section), layout.spots(section)
+    with_counts = require_counts or counts_path.exists()
+    for p in (counts_path, spots_path) if with_counts else (spots_path,):
         if not p.exists():
-            raise EmoError(f"{p}: not found; a legacy ST section needs counts/<S>.tsv.gz and spots/<S>.tsv")
-    counts = pd.read_csv(counts_path, sep="\t", index_col=0)
-    counts.index = counts.index.astype(str)
-    if not all(pd.api.types.is_numeric_dtype(t) for t in counts.dtypes):
-        raise EmoError(f"{counts_path}: non-numeric count values; expected spots × genes integers")
-    values = counts.to_numpy(dtype=np.float64)
-    _check_counts(values, str(counts_path))
+            raise EmoError(f"{p}: not found; a legacy ST section needs counts/<S>.tsv.gz and spots/<S>.tsv "
+                           "(spots/<S>.tsv and an image are enough to predict it)")
     spots = pd.read_csv(spots_path, sep="\t")
     if not {"x", "y", "pixel_x", "pixel_y"} <= set(spots.columns):
         raise EmoError(f"{spots_path}: needs columns x, y, pixel_x, pixel_y (has {', '.join(spots.columns)})")
+    n_spot_rows = len(spots)
     spots.index = spots["x"].astype(int).astype(str) + "x" + spots["y"].astype(int).astype(str)
     if spots.index.duplicated().any():
         raise EmoError(f"{spots_path}: spot {spots.index[spots.index.duplicated()][0]!r} listed twice")
-    unknown = counts.index.difference(spots.index)
-    if len(unknown):
-        raise EmoError(f"{counts_path}: {len(unknown)} count rows have no spot in {spots_path} "
-                       f"(e.g. {unknown[0]!r}); their position is unknown")
-    spots = spots.loc[counts.index]
+    if with_counts:
+        counts = pd.read_csv(counts_path, sep="\t", index_col=0)
+        counts.index = counts.index.astype(str)
+        if not all(pd.api.types.is_numeric_dtype(t) for t in counts.dtypes):
+            raise EmoError(f"{counts_path}: non-numeric count values; expected spots × genes integers")
+        values = counts.to_numpy(dtype=np.float64)
+        _check_counts(values, str(counts_path))
+        unknown = counts.index.difference(spots.index)
+        if len(unknown):
+            raise EmoError(f"{counts_path}: {len(unknown)} count rows have no spot in {spots_path} "
+                           f"(e.g. {unknown[0]!r}); their position is unknown")
+        spots = spots.loc[counts.index]
+        genes = counts.columns.astype(str)
+    else:
+        values, genes = np.zeros((len(spots), 0)), pd.Index([], dtype=str)
 
     full_mpp = mpp
     if full_mpp is None:
-        est = root / "mpp_estimate.json"
-        table = json.loads(est.read_text()) if est.exists() else {}
+        table = json.loads(layout.mpp_estimate.read_text()) if layout.mpp_estimate.exists() else {}
         full_mpp = float(table.get(section, {}).get("um_per_px", HER2ST_MPP))
-    image, scale = root / "images" / f"{section}.jpg", 1.0
-    if not image.exists():
-        image = root / "images" / f"{section}_lowres.png"
-        if image.exists():
-            dims_path = root / "image_dims.json"
-            dims = json.loads(dims_path.read_text()).get(section) if dims_path.exists() else None
-            if not dims:
-                raise EmoError(f"{image}: a preview image needs the full image width in {dims_path}")
-            scale = _image_size(image)[0] / float(dims["full_width"])
-        else:
-            image = None
+    image, scale = layout.image(section), 1.0
+    if image is not None and image == layout.preview_image(section):
+        dims_path = layout.image_dims
+        dims = json.loads(dims_path.read_text()).get(section) if dims_path.exists() else None
+        if not dims:
+            raise EmoError(f"{image}: a preview image needs the full image width in {dims_path}")
+        scale = _image_size(image)[0] / float(dims["full_width"])
     xy = spots[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64) * scale
     obs = pd.DataFrame({"array_x": spots["x"].to_numpy(int), "array_y": spots["y"].to_numpy(int)})
     for col in ("new_x", "new_y", "selected"):
@@ -110,17 +117,19 @@ def read_her2st(data_dir: str | Path, section: str, *, mpp: float | None = None)
     meta = {"image_path": str(image.resolve()) if image else None, "mpp": full_mpp / scale,
             "spot_diameter_um": HER2ST_SPOT_DIAMETER_UM, "spot_pitch_um": HER2ST_SPOT_PITCH_UM,
             "section_id": section, "image_scale": scale, "source": "legacy_st",
-            "n_spots_without_counts": int(len(pd.read_csv(spots_path, sep="\t", usecols=[0])) - len(counts))}
-    var = pd.DataFrame(index=pd.Index(counts.columns.astype(str), name=None))
-    return _make(values, counts.index, var, obs, xy, meta)
+            "n_spots_without_counts": int(n_spot_rows - len(spots)), "has_counts": bool(with_counts)}
+    var = pd.DataFrame(index=pd.Index(genes, name=None))
+    return _make(values, spots.index, var, obs, xy, meta)
 
 
 def read_her2st_labels(data_dir: str | Path, section: str) -> pd.Series:
     """Pathologist label per spot id, joined on the spot file's adjusted array position (new_x, new_y)."""
     from scipy.spatial import cKDTree
 
-    root = Path(data_dir)
-    path, spots_path = root / "labels" / f"{section}_labeled_coordinates.tsv", root / "spots" / f"{section}.tsv"
+    from emo.expression.her2st import Her2stLayout
+
+    layout = Her2stLayout(data_dir)
+    path, spots_path = layout.labels(section), layout.spots(section)
     if not path.exists():
         raise EmoError(f"{path}: no pathologist labels for section {section}")
     labels = pd.read_csv(path, sep="\t").dropna(subset=["x", "y"])  # a few rows carry no position
@@ -281,6 +290,21 @@ def read_spatial(path: str | Path, section: str | None = None, **kwargs):
             raise EmoError(f"{path}: a legacy ST folder holds many sections; name one (e.g. B4)")
         return read_her2st(path, section, **kwargs)
     raise EmoError(f"{path}: not a spatial dataset (.h5ad, Visium outs/ folder, or counts/ + spots/ folders)")
+
+
+def scanpy_spatial(adata):
+    """`adata` as scanpy/squidpy plot it as is: `uns["spatial"][section]` (H&E thumbnails, scale
+    factors for `obsm["spatial"]`) and the raw counts also in `layers["counts"]`. Modified in place."""
+    from emo.slides.spatial_uns import image_spatial_uns
+
+    meta = adata.uns[SPATIAL_KEY]
+    if not isinstance(adata.uns.get("spatial"), dict) or not adata.uns["spatial"]:
+        adata.uns["spatial"] = image_spatial_uns(
+            str(meta["section_id"]), meta.get("image_path") or None, None,
+            float(meta["spot_diameter_um"]) / float(meta["mpp"]), {"mpp": float(meta["mpp"]), "source": meta.get("source")})
+    if "counts" not in adata.layers:
+        adata.layers["counts"] = adata.X.copy()
+    return adata
 
 
 def normalize_spots(adata, target_sum: float = 1e4):

@@ -148,7 +148,6 @@ def extract_features(tile_dir: Path | Sequence[Path], out_dir: Path, backbone: s
     running this function on its slides where it lands (a local executor keeps the single loader).
     """
     from emo.models import create_backbone
-    from emo.slides import TileStore
 
     if batch_size < 1:
         raise EmoError(f"--batch-size must be ≥ 1 (got {batch_size})")
@@ -166,6 +165,21 @@ def extract_features(tile_dir: Path | Sequence[Path], out_dir: Path, backbone: s
     model = create_backbone(backbone, weights, pooling=pooling, input_size=input_size)
     identity = model.identity() | {"preprocess": PREPROCESS}
     out_folder = Path(out_dir) / "features" / backbone_dir_name(model.name)
+    jobs = _pending_slides(tile_paths, out_folder, identity, on_slide_done)
+    if not jobs:
+        return out_folder
+    if fan_out:
+        options = dict(batch_size=batch_size, device=device, workers=workers, pooling=pooling, input_size=input_size)
+        _fan_out(jobs, out_dir, backbone, weights, options, executor, slides_per_job, executor_options, on_slide_done)
+    else:
+        _embed_slides(jobs, model, identity, device, batch_size, workers, progress, on_slide_done)
+    return out_folder
+
+
+def _pending_slides(tile_paths: Sequence[Path], out_folder: Path, identity: dict[str, Any],
+                    on_slide_done: Callable[[str, Path, str], None] | None) -> list[_SlideJob]:
+    """The slides whose feature file is missing or was made by another backbone or tile store."""
+    from emo.slides import TileStore
 
     jobs: list[_SlideJob] = []
     for path in tile_paths:
@@ -178,13 +192,12 @@ def extract_features(tile_dir: Path | Sequence[Path], out_dir: Path, backbone: s
                 on_slide_done(job.slide_id, out_path, "cached")
             continue
         jobs.append(job)
-    if not jobs:
-        return out_folder
-    if fan_out:
-        options = dict(batch_size=batch_size, device=device, workers=workers, pooling=pooling, input_size=input_size)
-        _fan_out(jobs, out_dir, backbone, weights, options, executor, slides_per_job, executor_options, on_slide_done)
-        return out_folder
+    return jobs
 
+
+def _embed_slides(jobs: list[_SlideJob], model: Any, identity: dict[str, Any], device: str, batch_size: int,
+                  workers: int, progress: bool, on_slide_done: Callable[[str, Path, str], None] | None) -> None:
+    """One loader feeding one device: every slide's tiles in batches, each slide written when complete."""
     chunks = [(j, job.tile_store, np.arange(s, min(s + batch_size, job.n_tiles)))
               for j, job in enumerate(jobs) for s in range(0, job.n_tiles, batch_size)]
     loader = model_inputs(chunks, model.input_size, model.mean, model.std, device, workers)
@@ -224,7 +237,6 @@ def extract_features(tile_dir: Path | Sequence[Path], out_dir: Path, backbone: s
     log.info(msg)
     if progress:
         print(msg)
-    return out_folder
 
 
 def _fans_out(executor: str | Executor | None) -> bool:
@@ -274,6 +286,22 @@ def _is_current(path: Path, identity: dict[str, Any], store_hash: str) -> bool:
         return False
 
 
+def clam_coords_attrs(store) -> dict[str, Any]:
+    """The attrs of `coords` as CLAM and TRIDENT read them (level-0 top-left px of each patch).
+
+    `patch_size` is CLAM's: pixels read at `patch_level`; `patch_size_level0` is TRIDENT's footprint.
+    """
+    level0 = float(store.attrs["tile_size_level0"])
+    return {
+        "patch_size": round(level0 / float(store.attrs.get("level_downsample", 1.0))),
+        "patch_size_level0": round(level0),
+        "patch_level": int(store.attrs.get("level", 0)),
+        "mpp": float(store.attrs["mpp"]),
+        "target_mpp": float(store.attrs["target_mpp"]),
+        "target_patch_size": int(store.attrs["tile_size_px"]),
+    }
+
+
 def _write(job: _SlideJob, features: np.ndarray, identity: dict[str, Any], run_params: dict[str, Any]) -> None:
     from emo.slides import TileStore
 
@@ -290,4 +318,4 @@ def _write(job: _SlideJob, features: np.ndarray, identity: dict[str, Any], run_p
         "emo_version": prov["emo_version"],
         "created": prov["created"],
         "params_json": json.dumps(prov["params"], sort_keys=True),
-    })
+    }, coords_attrs=clam_coords_attrs(store))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,17 @@ def tile_store_params_hash(store: Any) -> str:
 
 
 def write_feature_store(path: str | Path, features: np.ndarray, coords_px: np.ndarray, coords_um: np.ndarray,
-                        tile_ids: list[str], attrs: dict[str, Any]) -> Path:
-    """Write one feature store atomically (datasets per the artifact contract; `attrs` as given)."""
+                        tile_ids: list[str], attrs: dict[str, Any], coords_attrs: dict[str, Any] | None = None) -> Path:
+    """Write one feature store atomically (datasets per the artifact contract; `attrs` as given).
+
+    `coords` (= `coords_px`, the name CLAM/TRIDENT tools read) carries `coords_attrs` (patch geometry)."""
     from emo.io import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         h5.create_dataset("features", data=np.asarray(features, dtype=np.float32))
         h5.create_dataset("coords_px", data=np.asarray(coords_px, dtype=np.int64).reshape(-1, 2))
+        h5.create_dataset("coords", data=np.asarray(coords_px, dtype=np.int64).reshape(-1, 2)).attrs.update(coords_attrs or {})
         h5.create_dataset("coords_um", data=np.asarray(coords_um, dtype=np.float64).reshape(-1, 2))
         h5.create_dataset("tile_id", data=np.asarray(list(tile_ids), dtype=object), dtype=h5py.string_dtype())
         h5.attrs.update(attrs)
@@ -42,7 +46,9 @@ def write_feature_store(path: str | Path, features: np.ndarray, coords_px: np.nd
 
 
 class FeatureStore:
-    """Read a feature file: `.features` float32 [n, dim], `.coords_px`, `.coords_um`, `.tile_ids`, `.attrs`."""
+    """The one feature-file reader: `.features` float32 [n, dim], `.coords_px`, `.coords_um`, `.tile_ids`,
+    `.attrs`; `read(rows)` and `mean()` load only the rows asked for (a 7,000-tile slide reduces to
+    its mean feature without holding other slides in memory)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -51,18 +57,37 @@ class FeatureStore:
         try:
             with h5py.File(self.path, "r") as h5:
                 self.attrs = {k: plain_attr(v, arrays_as_lists=True) for k, v in h5.attrs.items()}
-                self.coords_px = h5["coords_px"][:]
-                self.coords_um = h5["coords_um"][:]
-                self.tile_ids = [t.decode() if isinstance(t, bytes) else str(t) for t in h5["tile_id"][:]]
-                self._n, self.dim = h5["features"].shape
+                self._n, self.dim = (int(v) for v in h5["features"].shape)
+                for name in ("coords_px", "coords_um", "tile_id"):
+                    h5[name]  # noqa: B018 - a store without them is not an emo feature store
         except (OSError, KeyError) as exc:
             raise EmoError(f"{self.path}: not a readable emo feature store ({exc}); delete it and re-run "
                            "`emo features`") from None
         self._features: np.ndarray | None = None
 
+    def _dataset(self, name: str) -> np.ndarray:
+        with h5py.File(self.path, "r") as h5:
+            return h5[name][:]
+
+    @cached_property
+    def coords_px(self) -> np.ndarray:
+        return self._dataset("coords_px")
+
+    @cached_property
+    def coords_um(self) -> np.ndarray:
+        return self._dataset("coords_um")
+
+    @cached_property
+    def tile_ids(self) -> list[str]:
+        return [t.decode() if isinstance(t, bytes) else str(t) for t in self._dataset("tile_id")]
+
     @property
     def slide_id(self) -> str:
         return str(self.attrs.get("slide_id", self.path.stem))
+
+    @property
+    def n_tiles(self) -> int:
+        return self._n
 
     @property
     def backbone(self) -> str:
@@ -79,6 +104,30 @@ class FeatureStore:
                 self._features = h5["features"][:]
         return self._features
 
+    def read(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """float32 rows of `features` (all, a slice, or indices in any order) without caching the matrix."""
+        if self._features is not None:
+            return np.asarray(self._features[slice(None) if rows is None else rows], dtype=np.float32)
+        with h5py.File(self.path, "r") as f:
+            ds = f["features"]
+            if rows is None:
+                return ds[...].astype(np.float32, copy=False)
+            if isinstance(rows, slice):
+                return ds[rows].astype(np.float32, copy=False)
+            order = np.argsort(rows)
+            out = np.empty((len(rows), ds.shape[1]), dtype=np.float32)
+            out[order] = ds[np.asarray(rows)[order]]
+            return out
+
+    def mean(self, chunk: int = 4096) -> np.ndarray:
+        """Mean feature over tiles, accumulated in float64 chunk by chunk."""
+        total = np.zeros(self.dim, dtype=np.float64)
+        with h5py.File(self.path, "r") as f:
+            ds = f["features"]
+            for start in range(0, self._n, chunk):
+                total += ds[start : start + chunk].sum(axis=0, dtype=np.float64)
+        return total / max(self._n, 1)
+
     def __len__(self) -> int:
         return self._n
 
@@ -94,3 +143,53 @@ def list_feature_stores(feature_dir: str | Path) -> list[FeatureStore]:
         raise EmoError(f"{feature_dir}: no feature files (*.h5); run `emo features TILE_DIR --out OUT` and pass "
                        "OUT/features/<backbone>")
     return [FeatureStore(p) for p in paths]
+
+
+def resolve_feature_dir(feature_dir: Path) -> Path:
+    """Accept `<out>/features/<backbone>` or `<out>/features` holding exactly one backbone folder."""
+    feature_dir = Path(feature_dir)
+    if not feature_dir.is_dir():
+        raise EmoError(f"{feature_dir}: feature folder not found; run `emo features` first")
+    if any(feature_dir.glob("*.h5")):
+        return feature_dir
+    subs = [d for d in sorted(feature_dir.iterdir()) if d.is_dir() and any(d.glob("*.h5"))]
+    if len(subs) == 1:
+        return subs[0]
+    if not subs:
+        raise EmoError(f"{feature_dir}: no feature stores (*.h5); run `emo features` first")
+    raise EmoError(f"{feature_dir}: several backbones ({', '.join(d.name for d in subs)}); pass one of these folders")
+
+
+def open_feature_stores(feature_dir: Path) -> dict[str, FeatureStore]:
+    """All feature stores of a folder by slide id, checked to share one backbone and dimension."""
+    feature_dir = resolve_feature_dir(feature_dir)
+    stores: dict[str, FeatureStore] = {}
+    ref: tuple | None = None
+    for path in sorted(feature_dir.glob("*.h5")):
+        store = FeatureStore(path)
+        key = (store.attrs.get("backbone"), store.attrs.get("weights"), store.dim)
+        if ref is None:
+            ref = key
+        elif key != ref:
+            raise EmoError(
+                f"{path}: backbone/dim {key} differs from {ref} of the other slides in {feature_dir}; "
+                "extract all slides with one backbone"
+            )
+        stores[store.slide_id] = store
+    return stores
+
+
+def feature_identity(stores: dict[str, FeatureStore]) -> dict:
+    """Backbone identity recorded in a model manifest (and checked again at prediction)."""
+    first = next(iter(stores.values()))
+    a = first.attrs
+    full = json.loads(a["backbone_json"]) if isinstance(a.get("backbone_json"), str) else {}
+    return {
+        "name": a.get("backbone"),
+        "weights": a.get("weights"),
+        "input_size": a.get("input_size"),
+        "dim": first.dim,
+        "mean": full.get("mean", a.get("mean")),
+        "std": full.get("std", a.get("std")),
+        "pooling": full.get("pooling"),
+    }

@@ -1,16 +1,20 @@
-"""Model registries: image backbones, heads on cached features, and the trained-model artefact."""
+"""Model registries: image backbones, heads on cached features, and every trained-model kind
+behind one interface (`load(model_dir)` → `.genes`, `.backbone`, `.predict(source)`)."""
 
 from emo.models.attention_mil import AttentionMILConfig, AttentionMILHead
 from emo.models.backbones import BACKBONES, Backbone, create_backbone, list_backbones
 from emo.models.heads import HEADS, LinearHead, MLPConfig, MLPHead, fit_ridge_path, get_head_class
-from emo.models.model import Model, load_model, save_model
+from emo.models.model import Model, save_model
+from emo.models.registry import MODEL_KINDS, EmoModel, load, register_model_kind
 
 __all__ = [
     "AttentionMILConfig",
     "AttentionMILHead",
     "BACKBONES",
     "HEADS",
+    "MODEL_KINDS",
     "Backbone",
+    "EmoModel",
     "LinearHead",
     "MLPConfig",
     "MLPHead",
@@ -19,6 +23,7 @@ __all__ = [
     "fit_ridge_path",
     "get_head_class",
     "list_backbones",
-    "load_model",
+    "load",
+    "register_model_kind",
     "save_model",
 ]

@@ -66,11 +66,19 @@ class AttentionMILHead:
 
     kind = "attention_mil"
     slide_pooling = "attention"
-    config_class = AttentionMILConfig
 
     def __init__(self, module, config: AttentionMILConfig):
         self.module = module.eval()
         self.config = config
+        self.fit_report: dict = {"per_gene": {}, "tuning": {}}
+
+    @staticmethod
+    def tiles_per_sample(config) -> int | None:
+        """Tiles sampled (once, seeded) per slide for slide-level training."""
+        return config.attention_mil_config().tiles_per_slide
+
+    def head_config(self) -> dict:
+        return {k: getattr(self.config, k) for k in self.config.__dataclass_fields__}
 
     @property
     def dim(self) -> int:
@@ -111,8 +119,18 @@ class AttentionMILHead:
         return cls(module, cfg)
 
     @classmethod
-    def fit(cls, train_bags: list[np.ndarray], y_train: np.ndarray, tune_bags: list[np.ndarray], y_tune: np.ndarray,
-            config: AttentionMILConfig | None = None) -> tuple[AttentionMILHead, dict]:
+    def fit(cls, x_train, y_train, x_tune, y_tune, *, groups_train=None, groups_tune=None, config) -> AttentionMILHead:
+        """Bags = a sample's rows (`groups_*`: one slide's tiles, or one tile at tile level)."""
+        from emo.models.heads import group_bags
+
+        head, info = cls.fit_bags(group_bags(x_train, groups_train), y_train, group_bags(x_tune, groups_tune), y_tune,
+                                  config.attention_mil_config())
+        head.fit_report = {"per_gene": {}, "tuning": {k: info[k] for k in ("best_epoch", "epochs", "tune_history")}}
+        return head
+
+    @classmethod
+    def fit_bags(cls, train_bags: list[np.ndarray], y_train: np.ndarray, tune_bags: list[np.ndarray],
+                 y_tune: np.ndarray, config: AttentionMILConfig | None = None) -> tuple[AttentionMILHead, dict]:
         """AdamW on minibatches of bags, MSE in standardised target units; the epoch with the lowest
         tuning MSE is kept (early stopping). Seeded; deterministic on CPU."""
         import torch

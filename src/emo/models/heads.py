@@ -92,12 +92,33 @@ def fit_ridge_path(
     return RidgeFit(weight.astype(np.float32), bias.astype(np.float32), alphas, alphas[best], tune_mse)
 
 
+def group_bags(x: np.ndarray, groups: np.ndarray | None) -> list[np.ndarray]:
+    """Rows of `x` split into bags by `groups` (contiguous sample indices 0..k-1); None = one row per bag."""
+    if groups is None:
+        return [r[None] for r in x]
+    groups = np.asarray(groups)
+    if len(groups) != len(x) or (len(groups) and np.any(np.diff(groups) < 0)):
+        raise EmoError(f"groups: need one sorted sample index per row ({len(groups)} for {len(x)} rows)")
+    return np.split(x, np.flatnonzero(np.diff(groups)) + 1) if len(x) else []
+
+
+def predict_groups(head, x: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """A sample's prediction = the mean of its rows' predictions, or the head's own `pool` (attention);
+    one row per sample: just predict (a one-tile bag pools to its tile's prediction)."""
+    if groups is None or len(np.unique(groups)) == len(x):
+        return head.predict(x)
+    if getattr(head, "slide_pooling", "mean") != "mean":
+        return np.stack([head.pool(b) for b in group_bags(x, groups)])
+    return np.stack([head.predict(b).mean(axis=0) for b in group_bags(x, groups)])
+
+
 class LinearHead:
-    """Per-tile linear model `x @ weight + bias` (the ridge head's artefact).
+    """Per-tile linear model `x @ weight + bias`: the ridge head.
 
     A linear head fitted on mean-pooled slide features is exactly a per-tile linear model whose mean
     over a slide's tiles equals the slide prediction (the mean commutes with a linear map), so the
-    same weights give EMO-average and EMO-spatial.
+    same weights give EMO-average and EMO-spatial; training therefore hands it one pooled row per
+    slide (`tiles_per_sample` None).
     """
 
     kind = "ridge"
@@ -106,6 +127,28 @@ class LinearHead:
     def __init__(self, weight: np.ndarray, bias: np.ndarray):
         self.weight = np.ascontiguousarray(weight, dtype=np.float32)
         self.bias = np.ascontiguousarray(bias, dtype=np.float32)
+        self.fit_report: dict = {"per_gene": {}, "tuning": {}}
+
+    @staticmethod
+    def tiles_per_sample(config) -> int | None:
+        """None: the head wants each slide's mean feature over all its tiles."""
+        return None
+
+    @classmethod
+    def fit(cls, x_train, y_train, x_tune, y_tune, *, groups_train=None, groups_tune=None, config) -> LinearHead:
+        """All-gene ridge path (`fit_ridge_path`, penalties `config.alphas`) on per-sample mean features."""
+        x_train = np.stack([b.mean(axis=0) for b in group_bags(x_train, groups_train)]) \
+            if groups_train is not None and len(np.unique(groups_train)) != len(x_train) else x_train
+        x_tune = np.stack([b.mean(axis=0) for b in group_bags(x_tune, groups_tune)]) \
+            if groups_tune is not None and len(np.unique(groups_tune)) != len(x_tune) else x_tune
+        fit = fit_ridge_path(x_train, y_train, x_tune, y_tune, alphas=config.alphas)
+        head = cls(fit.weight, fit.bias)
+        head.fit_report = {"per_gene": {"alpha": fit.alpha, "tune_mse_std": fit.tune_mse.min(axis=0)},
+                           "tuning": {"alphas": fit.alphas.tolist(), "alpha_median": float(np.median(fit.alpha))}}
+        return head
+
+    def head_config(self) -> dict:
+        return {}
 
     @property
     def dim(self) -> int:
@@ -163,11 +206,11 @@ class MLPHead:
 
     kind = "mlp"
     slide_pooling = "mean"
-    config_class = MLPConfig
 
     def __init__(self, module, config: MLPConfig):
         self.module = module.eval()
         self.config = config
+        self.fit_report: dict = {"per_gene": {}, "tuning": {}}
 
     @property
     def dim(self) -> int:
@@ -183,10 +226,6 @@ class MLPHead:
                 out.append((self.module(xb) * self.module.y_std + self.module.y_mean).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.module.y_mean)), np.float32)
 
-    def pool(self, bag: np.ndarray) -> np.ndarray:
-        """Slide prediction [genes]: the mean of its tiles' predictions."""
-        return self.predict(bag).mean(axis=0)
-
     def to_tensors(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
 
@@ -201,8 +240,29 @@ class MLPHead:
         module.load_state_dict({k: torch.from_numpy(np.array(tensors[k])) for k in keys})
         return cls(module, cfg)
 
+    @staticmethod
+    def tiles_per_sample(config) -> int | None:
+        """Tiles sampled (once, seeded) per slide for slide-level training."""
+        return config.mlp_config().tiles_per_slide
+
+    def head_config(self) -> dict:
+        return {k: getattr(self.config, k) for k in self.config.__dataclass_fields__}
+
     @classmethod
-    def fit(
+    def fit(cls, x_train, y_train, x_tune, y_tune, *, groups_train=None, groups_tune=None, config,
+            progress=None) -> MLPHead:
+        """Minibatches of bags (a slide's tiles, or one tile); bag prediction = mean over its rows.
+
+        Early stopping keeps the epoch with the lowest tuning MSE (standardised units). CPU runs
+        with a fixed seed are deterministic (index_add_ on CPU is, and data order is seeded).
+        """
+        head, info = cls.fit_bags(group_bags(x_train, groups_train), y_train, group_bags(x_tune, groups_tune), y_tune,
+                                  config.mlp_config(), progress)
+        head.fit_report = {"per_gene": {}, "tuning": {k: info[k] for k in ("best_epoch", "epochs", "tune_history")}}
+        return head
+
+    @classmethod
+    def fit_bags(
         cls,
         train_bags: list[np.ndarray],
         y_train: np.ndarray,
@@ -211,11 +271,7 @@ class MLPHead:
         config: MLPConfig | None = None,
         progress=None,
     ) -> tuple[MLPHead, dict]:
-        """Minibatches of bags (a slide's tiles, or one tile); bag prediction = mean over its rows.
-
-        Early stopping keeps the epoch with the lowest tuning MSE (standardised units). CPU runs
-        with a fixed seed are deterministic (index_add_ on CPU is, and data order is seeded).
-        """
+        """The MLP's training loop on explicit bags; returns the head and its tuning history."""
         import torch
 
         cfg = config or MLPConfig()

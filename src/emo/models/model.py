@@ -10,6 +10,8 @@ import numpy as np
 
 from emo.errors import EmoError
 from emo.io import atomic_path, write_json_atomic
+from emo.models.heads import HEADS
+from emo.models.registry import register_model_kind
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
@@ -20,7 +22,9 @@ def _major(version: str) -> str:
 
 
 class Model:
-    """A loaded head with its manifest; `predict_features` maps tile features to expression."""
+    """A loaded head (`ridge`, `mlp`) with its manifest: per-tile expression from backbone features."""
+
+    reads_pixels = False
 
     def __init__(self, manifest: dict, head, path: Path | None = None):
         self.manifest = manifest
@@ -43,22 +47,73 @@ class Model:
     def dim(self) -> int:
         return int(self.manifest["backbone"]["dim"])
 
-    def check_features(self, identity: dict, where: str) -> None:
-        """Refuse features from another backbone or with another dimension (one line, names both)."""
-        mine = self.backbone
-        if int(identity.get("dim", -1)) != self.dim or (
-            identity.get("name") is not None and mine.get("name") is not None and identity["name"] != mine["name"]
-        ):
-            raise EmoError(
-                f"{where}: features are {identity.get('name')} dim {identity.get('dim')} but model {self.path} "
-                f"was trained on {mine.get('name')} dim {self.dim}; run `emo features --backbone {mine.get('name')}`"
-            )
+    def predict(self, source) -> np.ndarray:
+        """float32 [tiles, genes] from a feature array, a FeatureStore, or a TileStore (embedded with
+        the model's backbone, checked to give the identity it was trained on)."""
+        from emo.features import FeatureStore
+        from emo.slides import TileStore
 
-    def predict_features(self, features: np.ndarray) -> np.ndarray:
-        x = np.asarray(features, dtype=np.float32)
+        if isinstance(source, TileStore):
+            source = embed_tile_store(source, self.backbone)
+        if isinstance(source, FeatureStore):
+            check_features(self, {"name": source.attrs.get("backbone"), "dim": source.dim}, str(source.path))
+            source = source.features
+        x = np.asarray(source, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise EmoError(f"model {self.path}: expects features [n, {self.dim}], got {list(x.shape)}")
         return np.asarray(self.head.predict(x), dtype=np.float32)
+
+
+def check_features(model, identity: dict, where: str) -> None:
+    """Refuse features from another backbone or with another dimension than `model.backbone` (one line)."""
+    mine = model.backbone
+    if int(identity.get("dim", -1)) != int(mine.get("dim", -2)) or (
+        identity.get("name") is not None and mine.get("name") is not None and identity["name"] != mine["name"]
+    ):
+        raise EmoError(
+            f"{where}: features are {identity.get('name')} dim {identity.get('dim')} but model {model.path} "
+            f"was trained on {mine.get('name')} dim {mine.get('dim')}; run `emo features --backbone {mine.get('name')}`"
+        )
+
+
+def _weights_argument(identity: str) -> str:
+    """`create_backbone`'s `weights` argument that reproduces a recorded weights identity."""
+    from emo.models.backbones import WHEEL_WEIGHTS
+
+    identity = str(identity or "")
+    if identity.startswith("none:"):
+        return "none"
+    if identity.startswith(f"{WHEEL_WEIGHTS}:"):
+        return WHEEL_WEIGHTS
+    if identity.startswith("imagenet:"):
+        return "imagenet"
+    return identity  # hf-hub:<id>; file identities cannot be rebuilt (checked below)
+
+
+def embed_tile_store(store, backbone: dict):
+    """The feature store of one tile store under `backbone` (a model's recorded identity), in a temp dir."""
+    import tempfile
+
+    from emo.features import FeatureStore, extract_features
+
+    name, weights = backbone.get("name"), _weights_argument(backbone.get("weights"))
+    tmp = Path(tempfile.mkdtemp(prefix="emo-embed-"))
+    try:
+        folder = extract_features([store.path], tmp, backbone=name, weights=weights, workers=0, progress=False,
+                                  pooling=backbone.get("pooling"), input_size=backbone.get("input_size"))
+        features = FeatureStore(folder / f"{store.slide_id}.h5")
+        features.features  # read into memory before the folder goes
+    except EmoError as exc:
+        raise EmoError(f"{store.path}: cannot embed tiles with backbone {name} ({exc}); "
+                       "run `emo features` and pass --features") from None
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    if str(features.attrs.get("weights")) != str(backbone.get("weights")):
+        raise EmoError(f"{store.path}: backbone {name} gives weights {features.attrs.get('weights')}, the model was "
+                       f"trained on {backbone.get('weights')}; run `emo features` with those weights and pass --features")
+    return features
 
 
 def save_model(out_dir: Path, manifest: dict, tensors: dict[str, np.ndarray]) -> Path:
@@ -93,19 +148,12 @@ def read_manifest(model_dir: Path) -> dict:
     return manifest
 
 
-def load_model(model_dir: str | Path) -> Model:
-    """Load a model directory written by `emo train` (weights via safetensors, never pickle)."""
+def _load_head(model_dir: Path, manifest: dict) -> Model:
+    """Heads on cached features (`ridge`, `mlp`): weights via safetensors, never pickle."""
     from safetensors.numpy import load_file
 
     from emo.models.heads import get_head_class
 
-    model_dir = Path(model_dir)
-    manifest = read_manifest(model_dir)
-    if manifest.get("kind") in ("paper_cnn", "finetune_cnn"):
-        raise EmoError(
-            f"{model_dir}: a {manifest['kind']} model (end-to-end CNN) predicts from tiles, not cached features; "
-            "use `emo predict --tiles` (or emo.training.paper.load_paper_model / emo.training.finetune.load_finetune_model)"
-        )
     head_cls = get_head_class(manifest.get("kind", "?"))
     weights = model_dir / WEIGHTS
     if not weights.exists():
@@ -114,3 +162,7 @@ def load_model(model_dir: str | Path) -> Model:
     if head.dim != int(manifest["backbone"]["dim"]):
         raise EmoError(f"{weights}: weights expect dim {head.dim}, manifest says {manifest['backbone']['dim']}")
     return Model(manifest, head, model_dir)
+
+
+for _kind in HEADS:  # every head on cached features: ridge, mlp, attention_mil
+    register_model_kind(_kind)(_load_head)

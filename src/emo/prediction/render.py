@@ -1,8 +1,9 @@
-"""Pictures and viewer annotations of EMO-spatial predictions: heatmaps and QuPath GeoJSON."""
+"""Pictures and viewer annotations of predictions: expression maps over the H&E, QuPath GeoJSON."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -10,75 +11,107 @@ import numpy as np
 from emo.io import save_figure, write_text_atomic
 
 
-def slide_extent(tile_attrs: dict, thumb_shape: tuple[int, int] | None, coords_px: np.ndarray, tile_level0: float):
-    """Level-0 (width, height) that the thumbnail covers, from the tile store or the slide itself."""
-    for wk, hk in (("slide_width", "slide_height"), ("width", "height")):
-        if wk in tile_attrs and hk in tile_attrs:
-            return float(tile_attrs[wk]), float(tile_attrs[hk])
-    for key in ("level0_size", "dimensions", "slide_dimensions"):
-        if key in tile_attrs:
-            w, h = np.asarray(tile_attrs[key]).ravel()[:2]
-            return float(w), float(h)
-    if "thumbnail_downsample" in tile_attrs and thumb_shape is not None:
-        ds = float(tile_attrs["thumbnail_downsample"])
-        return thumb_shape[1] * ds, thumb_shape[0] * ds
-    path = tile_attrs.get("slide_path")
-    if path and Path(path).exists():
-        try:
-            import openslide
-
-            with openslide.OpenSlide(str(path)) as s:
-                return tuple(float(v) for v in s.dimensions)
-        except Exception:  # plain JPEG/PNG: PIL reads the size from the header
-            from PIL import Image
-
-            Image.MAX_IMAGE_PIXELS = None
-            with Image.open(path) as im:
-                return float(im.width), float(im.height)
-    far = coords_px.max(axis=0) + tile_level0 if len(coords_px) else np.array([tile_level0, tile_level0])
-    return float(far[0]), float(far[1])
+def _nice_length(span: float) -> float:
+    """A round scale-bar length (1, 2 or 5 × 10^k) near a fifth of `span`."""
+    target = span / 5
+    k = 10 ** np.floor(np.log10(target))
+    return float(max((m * k for m in (1, 2, 5) if m * k <= target), default=k))
 
 
-def heatmap_png(out: Path, gene: str, values: np.ndarray, coords_px: np.ndarray, tile_level0: float,
-                thumbnail: np.ndarray | None, extent: tuple[float, float], slide_id: str) -> Path:
-    """Tiles drawn as squares of their physical size over the thumbnail, with a colour bar."""
+def expression_map(ax, spatial_lib: dict | None, centres: np.ndarray, values: np.ndarray, *, square: bool,
+                   mpp: float | None, label: str, title: str = "", clim: tuple[float, float] | None = None):
+    """Spots (circles) or tiles (squares) coloured by `values` over the H&E thumbnail, with colour bar and
+    µm scale bar; `centres` in full-resolution px, `spatial_lib` one library of `uns["spatial"]`."""
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Circle, Rectangle
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    sf = (spatial_lib or {}).get("scalefactors", {})
+    d = float(sf.get("spot_diameter_fullres", 1.0))
+    image = (spatial_lib or {}).get("images", {}).get("hires")
+    if image is not None:
+        scale = float(sf["tissue_hires_scalef"])
+        ax.imshow(image, extent=(0, image.shape[1] / scale, image.shape[0] / scale, 0))
+    if square:
+        patches = [Rectangle((x - d / 2, y - d / 2), d, d) for x, y in centres]
+    else:
+        patches = [Circle((x, y), d / 2) for x, y in centres]
+    values = np.asarray(values, dtype=np.float64)
+    # the H&E shows through tiles; small spots are nearly opaque, with a white rim that sets dark (low)
+    # values off against haematoxylin
+    coll = PatchCollection(patches, cmap="viridis", alpha=0.65 if square else 0.9, linewidths=0 if square else 0.4,
+                           edgecolors="white")
+    coll.set_array(values)
+    if clim is None and len(values):
+        clim = tuple(np.nanpercentile(values, [2, 98]))
+    if clim is not None:
+        coll.set_clim(*clim)
+    ax.add_collection(coll)
+    lo, hi = (centres.min(axis=0) - 1.5 * d, centres.max(axis=0) + 1.5 * d) if len(centres) else ((0, 0), (d, d))
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(hi[1], lo[1])
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.figure.colorbar(coll, ax=ax, fraction=0.046, pad=0.02, label=label)
+    if mpp and np.isfinite(mpp):
+        um = _nice_length((hi[0] - lo[0]) * mpp)
+        text = f"{um / 1000:g} mm" if um >= 1000 else f"{um:g} µm"
+        ax.add_artist(AnchoredSizeBar(ax.transData, um / mpp, text, "lower right", pad=0.4, color="black",
+                                      frameon=True, size_vertical=max(d / 6, (hi[1] - lo[1]) / 150)))
+    return coll
+
+
+def heatmap_png(out: Path, gene: str, values: np.ndarray, centres: np.ndarray, spatial_lib: dict, slide_id: str,
+                mpp: float | None) -> Path:
+    """One gene's predicted expression per tile over the slide thumbnail (colour bar, scale bar)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.collections import PatchCollection
-    from matplotlib.patches import Rectangle
 
-    w, h = extent
-    fig, ax = plt.subplots(figsize=(7, 7 * h / w + 0.6), dpi=110)
-    if thumbnail is not None:
-        ax.imshow(thumbnail, extent=(0, w, h, 0))
-    patches = [Rectangle((x, y), tile_level0, tile_level0) for x, y in coords_px]
-    coll = PatchCollection(patches, cmap="viridis", alpha=0.7, linewidths=0)
-    coll.set_array(np.asarray(values, dtype=np.float64))
-    ax.add_collection(coll)
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
-    ax.set_axis_off()
-    ax.set_title(f"{slide_id}: predicted {gene}")
-    fig.colorbar(coll, ax=ax, fraction=0.04, pad=0.02, label="predicted expression")
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+    expression_map(ax, spatial_lib, centres, values, square=True, mpp=mpp, label="predicted expression",
+                   title=f"{slide_id}: predicted {gene}")
     return save_figure(fig, out, dpi=100, bbox_inches="tight")
 
 
-def qupath_geojson(out: Path, tile_ids, coords_px: np.ndarray, tile_level0: float, genes: list[str],
+TILE_ID_NAMESPACE = uuid.UUID("6b0c9e0e-3d1f-4c55-9a57-5f2f4b1f2a10")  # uuid5(namespace, slide/tile): stable ids
+LEVEL_CLASSES = (("low", [68, 1, 84]), ("medium", [33, 145, 140]), ("high", [253, 231, 37]))  # viridis ends
+
+
+def qupath_geojson(out: Path, slide_id: str, tile_ids, coords_px: np.ndarray, tile_level0: float, genes: list[str],
                    values: np.ndarray) -> Path:
-    """FeatureCollection of tile squares (level-0 px) with `properties.measurements` {gene: value}."""
+    """A FeatureCollection QuPath imports as tile objects (level-0 px squares, drag-and-drop or File ▸ Import).
+
+    Each tile has a UUID (QuPath keeps it as the object id; stable across runs), `measurements` {gene:
+    value} for the chosen genes, and a `classification` by tertile of the first chosen gene (e.g.
+    "ESR1 high"), so the viewer colours tiles by predicted level; without genes every tile is "EMO tile".
+    """
     s = float(tile_level0)
+    values = np.asarray(values, dtype=np.float64).reshape(len(coords_px), len(genes))
+    if genes and len(values):
+        cuts = np.quantile(values[:, 0], [1 / 3, 2 / 3])
+        level = np.searchsorted(cuts, values[:, 0], side="right")
     feats = []
-    for i, (tid, (x, y)) in enumerate(zip(tile_ids, coords_px.astype(float))):
+    for i, (tid, (x, y)) in enumerate(zip(tile_ids, np.asarray(coords_px, dtype=float))):
         ring = [[x, y], [x + s, y], [x + s, y + s], [x, y + s], [x, y]]
+        if genes:
+            name, colour = LEVEL_CLASSES[int(level[i])]
+            classification = {"name": f"{genes[0]} {name}", "color": colour}
+        else:
+            classification = {"name": "EMO tile", "color": [0, 160, 0]}
         feats.append({
             "type": "Feature",
-            "id": str(tid),
+            "id": str(uuid.uuid5(TILE_ID_NAMESPACE, f"{slide_id}/{tid}")),
             "geometry": {"type": "Polygon", "coordinates": [ring]},
             "properties": {
                 "objectType": "tile",
                 "name": str(tid),
+                "classification": classification,
+                "isLocked": True,
                 "measurements": {g: float(values[i, j]) for j, g in enumerate(genes)},
             },
         })

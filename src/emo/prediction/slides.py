@@ -19,8 +19,9 @@ import pandas as pd
 
 from emo.errors import EmoError
 from emo.io import atomic_path, plain_attr, write_table_atomic
-from emo.prediction.render import heatmap_png, qupath_geojson, slide_extent
-from emo.training.data import SlideFeatures, open_feature_stores
+from emo.features.store import FeatureStore, feature_identity, open_feature_stores
+from emo.prediction.render import heatmap_png, qupath_geojson
+from emo.slides.spatial_uns import image_spatial_uns
 
 log = logging.getLogger(__name__)
 
@@ -95,32 +96,33 @@ class _SlideSource:
     coords_um: np.ndarray
     mpp: float
     predict_rows: Callable[[slice], np.ndarray]
-    feature_store: SlideFeatures | None = None
+    feature_store: FeatureStore | None = None
     pool: Callable[[], np.ndarray] | None = None  # the head's own slide pooling (EMO-average), else the mean
 
 
 def _feature_sources(model, feature_dir: Path, tiles: Path | None) -> dict[str, Callable[[], _SlideSource]]:
-    from emo.training.data import feature_identity
+    from emo.models.model import check_features
 
     stores = open_feature_stores(feature_dir)
-    model.check_features(feature_identity(stores), str(next(iter(stores.values())).path.parent))
+    check_features(model, feature_identity(stores), str(next(iter(stores.values())).path.parent))
     if tiles is not None:
         without = sorted(p.stem for p in Path(tiles).glob("*.h5") if p.stem not in stores)
         if without:
             raise EmoError(f"{tiles}: {len(without)} slide(s) have no features (e.g. {', '.join(without[:3])}); "
                            f"run `emo features` on {tiles}")
 
-    def source(st: SlideFeatures) -> _SlideSource:
-        coords_px, coords_um = st.coords()
-        pool = None if getattr(model.head, "slide_pooling", "mean") == "mean" else (lambda: model.head.pool(st.read()))
-        return _SlideSource(st.slide_id, st.path, st.tile_ids(), coords_px, coords_um,
-                            float(st.attrs.get("mpp", np.nan)),
-                            lambda rows: model.predict_features(st.read(rows)), st, pool)
+    def source(st: FeatureStore) -> _SlideSource:
+        head = getattr(model, "head", None)
+        pool = None if getattr(head, "slide_pooling", "mean") == "mean" else (lambda: head.pool(st.read()))
+        return _SlideSource(st.slide_id, st.path, st.tile_ids, st.coords_px, st.coords_um,
+                            float(st.attrs.get("mpp", np.nan)), lambda rows: model.predict(st.read(rows)), st, pool)
 
     return {sid: (lambda st=st: source(st)) for sid, st in stores.items()}
 
 
 def _tile_sources(model, tiles: Path) -> dict[str, Callable[[], _SlideSource]]:
+    """Each tile store predicted whole by `model.predict(TileStore)` (models that read pixels, or a
+    head embedding the tiles with its own backbone), then written in chunks like features."""
     from emo.slides import TileStore
 
     paths = sorted(Path(tiles).glob("*.h5"))
@@ -129,20 +131,23 @@ def _tile_sources(model, tiles: Path) -> dict[str, Callable[[], _SlideSource]]:
 
     def source(path: Path) -> _SlideSource:
         ts = TileStore(path)
-        rows = np.arange(len(ts))
+        pred = np.asarray(model.predict(ts), dtype=np.float32)
+        if pred.shape != (len(ts), len(model.genes)):
+            raise EmoError(f"{path}: model {model.path} gave {list(pred.shape)} for {len(ts)} tiles × "
+                           f"{len(model.genes)} genes")
         return _SlideSource(ts.slide_id, path, list(ts.tile_ids), np.asarray(ts.coords_px), np.asarray(ts.coords_um),
-                            ts.mpp, lambda sl: model.predict_tiles(ts.read_tiles(rows[sl])))
+                            ts.mpp, lambda sl: pred[sl])
 
     return {p.stem: (lambda p=p: source(p)) for p in paths}
 
 
 def _write_spatial(dest: Path, genes: list[str], src: _SlideSource, obs: pd.DataFrame, centres: np.ndarray,
-                   uns: dict, chunk_tiles: int, chosen: list[str]) -> np.ndarray:
+                   uns: dict, chunk_tiles: int, chosen: list[str], spatial: dict) -> np.ndarray:
     """Write the slide's AnnData skeleton with anndata, then fill X in float32 chunks with h5py."""
     import anndata
 
     var = pd.DataFrame({"mean": np.zeros(len(genes))}, index=pd.Index(genes, name="gene"))
-    skeleton = anndata.AnnData(obs=obs, var=var, obsm={"spatial": centres}, uns={"emo": uns})
+    skeleton = anndata.AnnData(obs=obs, var=var, obsm={"spatial": centres}, uns={"emo": uns, "spatial": spatial})
     col = [genes.index(g) for g in chosen]
     picked = np.zeros((len(obs), len(col)), dtype=np.float32)
     with atomic_path(dest) as tmp:
@@ -182,28 +187,24 @@ def predict(
 ) -> Path:
     """Predict every gene for every tile of every slide; `genes`/`panel` choose heatmaps and GeoJSON.
 
-    Models on cached features read `feature_dir`; paper-protocol models (one CNN per gene) read the
-    tiles themselves from the tile stores in `tiles`.
+    Any model `emo.models.load` reads: models on cached features read `feature_dir` (or, given only
+    `tiles`, embed the tiles with their backbone); models that read pixels (paper-protocol CNNs,
+    spot models) predict each tile store in `tiles`.
     """
     from emo import __version__
-    from emo.models.model import read_manifest
+    from emo.models import load
+    from emo.models.registry import reads_pixels
 
     out_dir = Path(out_dir)
-    manifest = read_manifest(model_dir)
-    if manifest.get("kind") in ("paper_cnn", "finetune_cnn"):
-        from emo.training.finetune import load_finetune_model
-        from emo.training.paper import load_paper_model
-
+    model = load(model_dir)
+    manifest = model.manifest
+    if reads_pixels(model) or feature_dir is None:
         if tiles is None:
-            raise EmoError(f"{model_dir}: a {manifest['kind']} model predicts from tile pixels; pass --tiles TILE_DIR")
-        model = (load_paper_model if manifest["kind"] == "paper_cnn" else load_finetune_model)(model_dir)
+            what = "reads tile pixels" if reads_pixels(model) else "predicts from features or tiles"
+            raise EmoError(f"{model_dir}: a {model.kind} model {what}; pass --tiles TILE_DIR"
+                           + ("" if reads_pixels(model) else " or --features FEATURE_DIR"))
         sources = _tile_sources(model, tiles)
     else:
-        from emo.models import load_model
-
-        if feature_dir is None:
-            raise EmoError(f"{model_dir}: this model predicts from cached features; pass --features FEATURE_DIR")
-        model = load_model(model_dir)
         sources = _feature_sources(model, feature_dir, tiles)
     chosen = _chosen_genes(model.genes, genes, panel)
     model_id = _model_id(model_dir, manifest)
@@ -228,16 +229,17 @@ def predict(
                            index=pd.Index(src.tile_ids, name="tile_id"))
         uns = {"slide_id": slide_id, "emo_version": __version__, "model": str(Path(model_dir).resolve()),
                "model_kind": manifest["kind"], "model_hash": model_id,
-               "backbone": str(manifest.get("backbone", {}).get("name")), "tile_size_level0": size,
+               "backbone": str(model.backbone.get("name")), "tile_size_level0": size,
                "mpp": float(tile_attrs.get("mpp", src.mpp)), "spatial_units": "level-0 px (tile centres)"}
         part = dest.with_name(f".{dest.name}.part")
-        picked = _write_spatial(part, model.genes, src, obs, src.coords_px + size / 2.0, uns, chunk_tiles, chosen)
-        if chosen:
-            extent = slide_extent(tile_attrs, None if thumb is None else thumb.shape[:2], src.coords_px, size)
-            for j, gene in enumerate(chosen):
-                heatmap_png(out_dir / "heatmaps" / slide_id / f"{gene}.png", gene, picked[:, j], src.coords_px, size,
-                            thumb, extent, slide_id)
-        qupath_geojson(out_dir / "geojson" / f"{slide_id}.geojson", src.tile_ids, src.coords_px, size, chosen, picked)
+        spatial = image_spatial_uns(slide_id, tile_attrs.get("slide_path"), tile_attrs.get("slide_width"), size,
+                                    {"mpp": uns["mpp"]}, fallback=thumb)
+        picked = _write_spatial(part, model.genes, src, obs, src.coords_px + size / 2.0, uns, chunk_tiles, chosen,
+                                spatial)
+        for j, gene in enumerate(chosen):
+            heatmap_png(out_dir / "heatmaps" / slide_id / f"{gene}.png", gene, picked[:, j], src.coords_px + size / 2.0,
+                        spatial[slide_id], slide_id, uns["mpp"])
+        qupath_geojson(out_dir / "geojson" / f"{slide_id}.geojson", slide_id, src.tile_ids, src.coords_px, size, chosen, picked)
         part.replace(dest)  # the slide's completion marker
     return write_average(out_dir, model.genes, sorted(sources))
 

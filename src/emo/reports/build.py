@@ -20,7 +20,7 @@ h2{color:#24344d;border-bottom:1px solid #eee;padding-bottom:.2em}h3{margin-bott
 table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
 table.kv th{text-align:left;background:#f3f5f8}table.kv td{text-align:left;max-width:70em;word-break:break-all}
 thead th{background:#f3f5f8}.scroll{overflow-x:auto}.note{color:#777;font-size:.85em}
-.figs{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0}figure img{max-width:100%;border:1px solid #eee}
+.figs{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0;max-width:100%}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.8em;color:#555}details{margin:.4em 0}summary{cursor:pointer;color:#24344d}
 code{background:#f3f5f8;padding:0 3px}.error{color:#b00}
 """
@@ -52,6 +52,28 @@ def build_report(run_dir: Path, out_html: Path | None = None, title: str | None 
     if not run_dir.is_dir():
         raise EmoError(f"{run_dir}: not a folder; pass the output folder of an emo run")
     out_html = Path(out_html) if out_html else run_dir / "report.html"
+    link_base = h.LINK_BASE.set(out_html.resolve().parent)
+    try:
+        blocks = _blocks(run_dir)
+    finally:
+        h.LINK_BASE.reset(link_base)
+    env = jinja2.Environment(autoescape=True)
+    page = env.from_string(TEMPLATE).render(
+        title=title or f"emo report — {run_dir.name}",
+        css=Markup(CSS),
+        run_dir=str(run_dir),
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        version=__version__,
+        python=platform.python_version(),
+        blocks=blocks,
+    )
+    return write_text_atomic(out_html, page)
+
+
+def _blocks(run_dir: Path) -> list[dict]:
+    """Each registered section's rendered entries (sections that find nothing are left out)."""
+    from markupsafe import Markup
+
     claimed: set[Path] = set()
     blocks = []
     for section in sections():
@@ -69,14 +91,4 @@ def build_report(run_dir: Path, out_html: Path | None = None, title: str | None 
                 items.append({"label": label, "html": Markup(body)})
         if items:
             blocks.append({"name": section.name, "title": section.title, "entries": items})
-    env = jinja2.Environment(autoescape=True)
-    page = env.from_string(TEMPLATE).render(
-        title=title or f"emo report — {run_dir.name}",
-        css=Markup(CSS),
-        run_dir=str(run_dir),
-        created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        version=__version__,
-        python=platform.python_version(),
-        blocks=blocks,
-    )
-    return write_text_atomic(out_html, page)
+    return blocks

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from emo.reports import html as h
@@ -34,12 +35,15 @@ def _rel(path: Path, run_dir: Path) -> str:
 def tiles(folder: Path, run_dir: Path) -> str:
     summary = pd.read_csv(folder / "summary.csv")
     body = f"<p>{len(summary)} slides in <code>{_rel(folder, run_dir)}</code>.</p>"
-    numeric = summary.select_dtypes("number")
-    if not numeric.empty:
-        totals = numeric.sum().to_frame("total").T
-        body += h.table(totals, caption="totals over slides")
-    body += h.table(summary, max_rows=50, caption="per slide")
-    body += h.images(sorted(folder.glob("*.png")), limit=12)
+    counts = summary[[c for c in summary.columns if c.startswith("n_")]]
+    if not counts.empty:
+        body += h.table(counts.sum().to_frame("total").T, caption="tiles over all slides")
+    per_slide = h.table(summary, max_rows=500, source=folder / "summary.csv")
+    body += h.details(f"per slide ({len(summary)} slides)", per_slide) if len(summary) > 10 else per_slide
+    pngs = sorted(folder.glob("*.png"))
+    if pngs:
+        body += "<p class=note>Kept tiles outlined in green on each slide's thumbnail.</p>"
+    body += h.images(pngs, limit=6)
     return body
 
 
@@ -65,19 +69,74 @@ def targets(path: Path, run_dir: Path) -> str:
 
 # ------------------------------------------------------------------------------------ model
 def _manifests(run_dir: Path) -> list[Path]:
-    return [p for p in _glob(run_dir, "**/manifest.json") if any(part.startswith("model") for part in p.relative_to(run_dir).parts[:-1])]
+    return [p for p in _glob(run_dir, "**/manifest.json")
+            if any(part.startswith("model") or part.endswith("_model") for part in p.relative_to(run_dir).parts[:-1])]
+
+
+def _penalty_range(m: dict) -> str:
+    tuning = m.get("tuning") if isinstance(m.get("tuning"), dict) else {}
+    alphas = tuning.get("alphas")
+    if not alphas:
+        return ""
+    text = f"{min(alphas):.3g} – {max(alphas):.3g} ({len(alphas)} values tried"
+    return text + (f"; median chosen {tuning['alpha_median']:.3g})" if "alpha_median" in tuning else ")")
+
+
+def _spot_model_summary(m: dict) -> dict[str, str]:
+    c = m["config"]
+    sizes = ", ".join(f"{v:g}" for v in c.get("tile_sizes_um", []))
+    return {
+        "model": f"{m.get('kind', '?')} (spot-level)",
+        "image features": f"{c.get('backbone', '?')} on spot-centred tiles of {sizes} µm ({c.get('tile_px', '?')} px)",
+        "head": (f"ridge onto {c.get('n_components') or 'every gene (no'} target principal components"
+                 f"{')' if not c.get('n_components') else ''}, neighbour context {c.get('context_radius', 0)} spot pitches"),
+        "penalty": f"α = {c.get('alpha', '?')} per feature",
+        "genes": str(len(m.get("genes") or [])),
+        "training data": f"sections {', '.join(m.get('train_sections', []))}"
+                         + (f"; target basis from {', '.join(m['basis_sections'])}" if m.get("basis_sections") else ""),
+        "created": f"{m.get('created', '')} with emo {m.get('emo_version', '?')}",
+    }
+
+
+def model_summary(m: dict) -> dict[str, str]:
+    """The manifest in a reader's words: what the model is, what it was trained on, how it was tuned."""
+    if isinstance(m.get("config"), dict) and "train_sections" in m:
+        return _spot_model_summary(m)
+    backbone = m.get("backbone") if isinstance(m.get("backbone"), dict) else {}
+    geometry = m.get("tile_geometry") if isinstance(m.get("tile_geometry"), dict) else {}
+    head = m.get("head") or m.get("kind", "?")
+    rows = {
+        "model": f"{m.get('kind', '?')} ({m.get('level', 'slide')}-level)",
+        "image features": (f"{backbone.get('name', '?')}, {backbone.get('dim', '?')}-dimensional, "
+                           f"{backbone.get('input_size', '?')} px input" if backbone else ""),
+        "head": f"{head}" + (f" {json.dumps(m['head_config'])}" if m.get("head_config") else ""),
+        "penalty range": _penalty_range(m),
+        "genes": str(len(m.get("genes") or [])),
+        "training data": (f"{m.get('n_train', '?')} training and {m.get('n_tune', '?')} tuning samples from "
+                          f"{m.get('targets', '?')}" if "n_train" in m else str(m.get("targets", ""))),
+        "tiles": (f"{geometry.get('tile_size_um', '?')} µm at {geometry.get('target_mpp', '?')} µm/px "
+                  f"({geometry.get('tile_size_px', '?')} px), stain normalisation "
+                  f"{'on (' + str(m.get('stain_reference')) + ')' if geometry.get('normalize') else 'off'}" if geometry else ""),
+        "labels permuted (null model)": "yes" if m.get("permuted_labels") else "",
+        "created": f"{m.get('created', '')} with emo {m.get('emo_version', '?')}",
+    }
+    return {k: v for k, v in rows.items() if v}
 
 
 @register_section("model", title="Model", order=30, find=_manifests)
 def model(path: Path, run_dir: Path) -> str:
     m = _json(path)
-    genes = m.get("genes") or []
-    head = {k: v for k, v in m.items() if k not in {"genes", "tuning_metrics", "metrics"}}
-    body = f"<p><code>{_rel(path, run_dir)}</code>: {len(genes)} genes.</p>" + h.mapping(head, caption="manifest")
+    body = f"<p><code>{_rel(path.parent, run_dir)}</code></p>" + h.mapping(model_summary(m))
+    if isinstance(m.get("tuning"), dict):
+        tuning = {k: v for k, v in m["tuning"].items() if not isinstance(v, list)}
+        body += h.mapping(tuning, caption="tuning (selection on the tuning split)")
     for key in ("tuning_metrics", "metrics"):
         if isinstance(m.get(key), dict):
             body += h.mapping(m[key], caption=key.replace("_", " "))
     body += h.images(sorted(path.parent.glob("*.png")))
+    prov = {k: v for k, v in m.items() if k not in {"genes"}}
+    body += h.details("provenance: the full manifest", h.mapping(prov) + f"<p class=note>{h.source_links([path])[3:]}</p>")
+    body += h.details(f"genes ({len(m.get('genes') or [])})", f"<p>{h.esc(', '.join(m.get('genes') or []))}</p>")
     return body
 
 
@@ -87,14 +146,84 @@ def _prediction_dirs(run_dir: Path) -> list[Path]:
     return [p.parent for p in _glob(run_dir, "**/average.csv") if p.parent.relative_to(run_dir).parts[:2] != ("evaluate", "null")]
 
 
+def _top_genes(run_dir: Path, averages: pd.DataFrame, n: int = 3) -> tuple[list[str], str]:
+    """Best-predicted genes of the run's test (else first) evaluation, or the most variable predictions."""
+    tables = [p for p in _glob(run_dir, "**/genes.csv") if "split" in _json(p.parent / "summary.json")]
+    tables.sort(key=lambda p: not _json(p.parent / "summary.json").get("test"))
+    for path in tables:
+        genes = pd.read_csv(path)
+        if {"gene", "spearman_rho"} <= set(genes.columns):
+            top = genes[genes["gene"].isin(averages.columns)].sort_values("spearman_rho", ascending=False)
+            if len(top):
+                return top["gene"].head(n).tolist(), f"best predicted on split {path.parent.name} (Spearman ρ)"
+    return averages.var().sort_values(ascending=False).index[:n].tolist(), "most variable predictions across slides"
+
+
+def _spatial_columns(path: Path, genes: list[str]):
+    """Tile centres, predictions of `genes`, the thumbnail block and µm/px of one EMO-spatial file."""
+    import anndata
+    import h5py
+
+    from emo.io import plain_attr
+
+    with h5py.File(path, "r") as f:
+        names = [plain_attr(g) for g in f["var"][f["var"].attrs["_index"]][...]]
+        cols = [names.index(g) for g in genes]
+        order = np.argsort(cols)
+        values = np.empty((f["X"].shape[0], len(cols)), np.float32)
+        values[:, order] = f["X"][:, sorted(cols)]
+        centres = f["obsm/spatial"][...]
+        slide = plain_attr(f["uns/emo/slide_id"][()]) if "uns/emo/slide_id" in f else path.stem
+        lib = anndata.io.read_elem(f["uns/spatial"]).get(slide) if "uns/spatial" in f else None
+        mpp = float(plain_attr(f["uns/emo/mpp"][()])) if "uns/emo/mpp" in f else None
+    return centres, values, lib, mpp
+
+
+def prediction_maps(folder: Path, genes: list[str], slides: list[str], note: str) -> str:
+    """Grid of predicted-expression maps (rows: slides, columns: genes; one colour scale per gene)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from emo.prediction.render import expression_map
+
+    files = [folder / "spatial" / f"{s}.h5ad" for s in slides]
+    data = [_spatial_columns(p, genes) for p in files]
+    fig, axes = plt.subplots(len(slides), len(genes), figsize=(4.2 * len(genes), 3.6 * len(slides)), squeeze=False)
+    for j, gene in enumerate(genes):
+        allv = np.concatenate([d[1][:, j] for d in data])
+        clim = tuple(np.nanpercentile(allv, [2, 98])) if len(allv) else None
+        for i, (slide, (centres, values, lib, mpp)) in enumerate(zip(slides, data)):
+            expression_map(axes[i, j], lib, centres, values[:, j], square=True, mpp=mpp, label=f"predicted {gene}",
+                           title=f"{slide}: {gene}", clim=clim)
+    fig.tight_layout()
+    caption = (f"Predicted expression per tile over the H&E of three slides (highest, median and lowest EMO-average of "
+               f"{genes[0]}); genes {note}; one colour scale per gene")
+    return h.plot(fig, caption, files)
+
+
 @register_section("predictions", title="Predictions", order=40, find=_prediction_dirs)
 def predictions(folder: Path, run_dir: Path) -> str:
     avg = pd.read_csv(folder / "average.csv", index_col=0)
     body = f"<p><code>{_rel(folder, run_dir)}</code>: EMO-average for {avg.shape[0]} slides × {avg.shape[1]} genes"
     spatial = sorted((folder / "spatial").glob("*.h5ad")) if (folder / "spatial").is_dir() else []
-    body += f"; EMO-spatial for {len(spatial)} slides.</p>"
-    pngs = sorted(p for p in folder.rglob("*.png"))
-    return body + h.images(pngs, limit=12)
+    body += (f"; EMO-spatial (one value per tile) for {len(spatial)} slides. Each <code>spatial/*.h5ad</code> opens in "
+             "scanpy/squidpy (<code>sc.pl.spatial(adata, color=GENE)</code>) and each <code>geojson/*.geojson</code> in "
+             "QuPath (tiles classified by predicted level).</p>")
+    have = {p.stem for p in spatial}
+    if have and len(avg.columns):
+        genes, note = _top_genes(run_dir, avg)
+        ranked = avg.loc[[s for s in avg.index if s in have], genes[0]].sort_values()
+        if len(ranked):
+            slides = list(dict.fromkeys([ranked.index[-1], ranked.index[len(ranked) // 2], ranked.index[0]]))
+            body += prediction_maps(folder, genes, slides, note)
+    body += h.table(avg.reset_index(), max_rows=10, caption="EMO-average (mean over tiles), first slides",
+                    source=folder / "average.csv")
+    pngs = sorted((folder / "heatmaps").rglob("*.png")) if (folder / "heatmaps").is_dir() else []
+    if pngs:
+        body += h.details(f"heatmaps of the chosen genes ({len(pngs)} files)", h.images(pngs, limit=12))
+    return body
 
 
 # ------------------------------------------------------------------------------------ evaluate
@@ -111,11 +240,17 @@ def evaluate(folder: Path, run_dir: Path) -> str:
     counts = pd.DataFrame({"model": s.get("counts", {})})
     if "null" in s:
         counts["null (permuted labels)"] = pd.Series(s["null"]["counts"])
+    counts.index = [h.plain_label(k) for k in counts.index]
     body += h.table(counts.reset_index(names="genes"), caption="gene counts")
     if "concordance" in s:
         body += h.mapping(s["concordance"], caption="concordance of ρ with the validation run")
     if (folder / "panels.csv").exists():
-        body += h.csv_table(folder / "panels.csv", caption="gene panels")
+        panels = pd.read_csv(folder / "panels.csv")
+        body += h.table(panels, caption="gene panels", source=folder / "panels.csv",
+                        empty="No clinical gene panel was evaluated.")
+        if len(panels) and "n_evaluated" in panels and not panels["n_evaluated"].any():
+            body += ("<p class=note>No gene of these clinical panels is among the evaluated genes (the model predicts "
+                     "other genes, e.g. synthetic or a custom list), so the panel counts are all zero.</p>")
     if "proliferation" in s:
         p = dict(s["proliferation"])
         p.pop("by_subtype", None)
@@ -124,7 +259,7 @@ def evaluate(folder: Path, run_dir: Path) -> str:
             by = pd.DataFrame(s["proliferation"]["by_subtype"]).T.reset_index(names="subtype")
             body += h.table(by, caption="proliferation score by subtype")
     genes = pd.read_csv(folder / "genes.csv").sort_values("spearman_p")
-    body += h.table(genes, max_rows=20, caption="best genes")
+    body += h.table(genes, max_rows=20, caption="best genes (measured vs predicted over samples)", source=folder / "genes.csv")
     body += h.images(sorted(folder.glob("*.png")))
     if "config" in s:
         body += h.details("parameters", h.mapping(s["config"]))

@@ -23,8 +23,15 @@ from emo.analysis.enrichment import EnrichConfig
 from emo.analysis.evaluate import EvaluateThresholds
 from emo.config import validation_message
 from emo.errors import EmoError
+from emo.expression.her2st import DESCRIPTION as HER2ST_LAYOUT
+from emo.expression.her2st import Her2stLayout
+from emo.expression.prepare import PrepareConfig
 from emo.features.config import ExtractionConfig
 from emo.slides import TilingConfig
+from emo.spot_models.model import SpotModelConfig
+from emo.training.config import TrainConfig
+
+_SPOT = SpotModelConfig()
 
 
 class Section(BaseModel):
@@ -48,33 +55,15 @@ class SlidesConfig(TilingConfig):
         return TilingConfig(**options)
 
 
-class ExpressionConfig(Section):
+class ExpressionConfig(PrepareConfig):
+    """The expression stage's own `PrepareConfig` plus its files (or a ready targets.h5ad)."""
+
     matrices: list[str] = Field(default_factory=list, description="expression matrices (genes × samples)")
     counts_matrices: list[str] = Field(default_factory=list, description="raw-count matrices (to be normalised)")
     samples: str | None = Field(None, description="sample sheet: sample_id, patient_id, cohort, slide_id, …")
     targets: str | None = Field(None, description="a ready targets.h5ad instead of preparing one")
-    reference_cohort: str | None = None
-    external_cohorts: list[str] = Field(default_factory=list)
-    min_variance: float = Field(0.01, ge=0)
-    seed: int = 0
-    stratify: str | None = None
-    fractions: list[float] | None = Field(
-        None, min_length=4, max_length=4, description="train, tune, validation, test shares of patients (null: the paper's)"
-    )
-
-    @field_validator("fractions")
-    @classmethod
-    def _sum_to_one(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and (min(v) < 0 or abs(sum(v) - 1) > 1e-6):
-            raise ValueError("must be 4 non-negative shares (train, tune, validation, test) summing to 1")
-        return v
 
 
-class TrainingConfig(Section):
-    head: str = "ridge"
-    protocol: Literal["features", "paper"] = Field("features", description="'paper' = per-gene CNN protocol")
-    genes: str | list[str] | None = Field(None, description="panel name(s)/genes, e.g. 'pam50,ESR1'; all when empty")
-    seed: int = 0
 
 
 class PredictionConfig(Section):
@@ -105,17 +94,18 @@ class ExecutorConfig(Section):
 
 
 class SpatialConfig(Section):
-    """Spot-level study (her2st layout: images/, counts/, spots/): replaces the bulk stages when set."""
+    """Spot-level study (her2st layout, `emo.expression.her2st`): replaces the bulk stages when set.
+    Model defaults are `SpotModelConfig`'s (one source)."""
 
-    data_dir: str = Field(..., description="her2st-layout folder: images/<S>.jpg, counts/<S>.tsv.gz, spots/<S>.tsv")
+    data_dir: str = Field(..., description=f"folder in the {HER2ST_LAYOUT}")
     train_sections: list[str] = Field(..., min_length=1, description="sections with images to fit on")
     test_sections: list[str] = Field(..., min_length=1, description="held-out sections with images to predict")
     genes: str | list[str] = Field(..., description="gene-list file (one symbol per line), or panel names/genes")
-    tile_sizes_um: list[float] = Field(default_factory=lambda: [224.0, 100.0, 448.0], min_length=1)
-    backbone: str = "efficientnet_lite0_ms"
-    alpha: float = Field(3.0, gt=0, description="ridge penalty per feature")
-    n_components: int = Field(10, ge=0, description="target principal components (0: every gene directly)")
-    context_radius: float = Field(1.5, ge=0, description="neighbour radius in spot pitches (0: off)")
+    tile_sizes_um: list[float] = Field(default_factory=lambda: list(_SPOT.tile_sizes_um), min_length=1)
+    backbone: str = _SPOT.backbone
+    alpha: float = Field(_SPOT.alpha, gt=0, description="ridge penalty per feature")
+    n_components: int = Field(_SPOT.n_components, ge=0, description="target principal components (0: every gene directly)")
+    context_radius: float = Field(_SPOT.context_radius, ge=0, description="neighbour radius in spot pitches (0: off)")
     basis_sections: list[str] | None = Field(None, description="count sections for the target basis (null: all but test)")
     cache: str | None = Field(None, description="spot-feature cache folder (null: <out>/spatial_cache)")
 
@@ -134,7 +124,7 @@ class StudyConfig(Section):
     slides: SlidesConfig = Field(default_factory=SlidesConfig)
     expression: ExpressionConfig = Field(default_factory=ExpressionConfig)
     features: ExtractionConfig = Field(default_factory=ExtractionConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    training: TrainConfig = Field(default_factory=TrainConfig)
     prediction: PredictionConfig = Field(default_factory=PredictionConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     analyses: AnalysesConfig = Field(default_factory=AnalysesConfig)
@@ -202,19 +192,21 @@ class StudyConfig(Section):
         return self.path(g) if isinstance(g, str) and self.path(g).is_file() else None
 
     def _check_spatial(self) -> None:
-        from emo.spot_models.data import section_has_image
-
         sp = self.spatial
-        data = self.path(sp.data_dir)
-        if not (data / "counts").is_dir():
-            raise EmoError(f"spatial.data_dir: {data} has no counts/ folder; point it at a her2st-layout folder")
+        layout = Her2stLayout(self.path(sp.data_dir))
+        if not (layout.root / "counts").is_dir():
+            raise EmoError(f"spatial.data_dir: {layout.root} has no counts/ folder; point it at a her2st-layout folder")
         for key in ("train_sections", "test_sections"):
             for s in getattr(sp, key):
-                if not section_has_image(data, s):
-                    raise EmoError(f"spatial.{key}: section {s} has no image in {data / 'images'}; use sections with images")
+                if not layout.has_image(s):
+                    raise EmoError(f"spatial.{key}: section {s} has no image in {layout.images_dir}; use sections with images")
         for s in sp.train_sections + sp.test_sections + (sp.basis_sections or []):
-            if not (data / "counts" / f"{s}.tsv.gz").is_file():
-                raise EmoError(f"spatial: section {s}: {data / 'counts' / f'{s}.tsv.gz'} not found; fix the section name")
+            if not layout.has_counts(s):
+                raise EmoError(f"spatial: section {s}: {layout.counts(s)} not found; fix the section name")
+        leaked = sorted(set(sp.basis_sections or []) & set(sp.test_sections))
+        if leaked:
+            raise EmoError(f"spatial.basis_sections: {', '.join(leaked)} are test sections; their counts must not "
+                           "shape the target components")
 
 
 def load_study(path: str | Path) -> StudyConfig:

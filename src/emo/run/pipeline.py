@@ -93,18 +93,9 @@ def run_expression(ctx: StudyContext) -> None:
     from emo.expression import prepare_targets
 
     e = _cfg(ctx).expression
-    options = {"fractions": tuple(e.fractions)} if e.fractions else {}
     prepare_targets(
-        _paths(ctx, e.matrices),
-        _cfg(ctx).path(e.samples),
-        e.reference_cohort,
-        targets_path(ctx),
-        counts_matrices=_paths(ctx, e.counts_matrices),
-        min_variance=e.min_variance,
-        seed=e.seed,
-        stratify=e.stratify,
-        external_cohorts=tuple(e.external_cohorts),
-        **options,
+        _paths(ctx, e.matrices), _cfg(ctx).path(e.samples), e.reference_cohort, targets_path(ctx),
+        counts_matrices=_paths(ctx, e.counts_matrices), **e.options(),
     )
 
 
@@ -123,16 +114,16 @@ def model_dir(ctx: StudyContext) -> Path:
 def run_train(ctx: StudyContext) -> None:
     t = _cfg(ctx).training
     if t.protocol == "paper":
-        from emo.training.paper import PaperProtocolConfig, train_paper_protocol
+        from emo.training.paper import train_paper_protocol
 
         train_paper_protocol(
-            ctx.out_dir / "tiles", targets_path(ctx), model_dir(ctx), _genes(t.genes), PaperProtocolConfig(seed=t.seed),
+            ctx.out_dir / "tiles", targets_path(ctx), model_dir(ctx), _genes(t.genes), t.paper_config(),
             **_with_executor(train_paper_protocol, ctx, {}),
         )
     else:
         from emo.training import train_model
 
-        train_model(feature_dir(ctx), targets_path(ctx), model_dir(ctx), head=t.head, genes=_genes(t.genes), seed=t.seed)
+        train_model(feature_dir(ctx), targets_path(ctx), model_dir(ctx), t.model_copy(update={"genes": _genes(t.genes)}))
 
 
 def train_inputs(ctx: StudyContext) -> list[Path]:
@@ -175,10 +166,8 @@ def run_null(ctx: StudyContext) -> None:
     from emo.training import train_model
 
     t = _cfg(ctx).training
-    train_model(
-        feature_dir(ctx), targets_path(ctx), null_dir(ctx) / "permuted_model", head=t.head, genes=_genes(t.genes),
-        seed=t.seed, permute_labels=True,
-    )
+    train_model(feature_dir(ctx), targets_path(ctx), null_dir(ctx) / "permuted_model",
+                t.model_copy(update={"genes": _genes(t.genes), "permute_labels": True}))
     predict(null_dir(ctx) / "permuted_model", feature_dir(ctx), null_dir(ctx) / "predictions")
 
 

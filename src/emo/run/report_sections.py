@@ -3,8 +3,6 @@ noise genes not? Shown for any run folder holding the demo's `planted.json` besi
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from pathlib import Path
 
@@ -86,14 +84,11 @@ def _figure(folder: Path, planted: dict) -> str:
     axes[0].set_ylim(-1, 1)
     axes[1].set_ylim(max(-1.5, axes[1].get_ylim()[0]), 1)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    b64 = base64.b64encode(buf.getvalue()).decode("ascii")
     caption = ("each dot a gene, over the held-out slides; R²pred below 0 means worse than predicting the mean. "
                "The null head's ρ can stray far from 0 because ρ ignores scale: a tiny chance slope along a strong image "
                "signal still ranks slides in that signal's order; its R²pred stays near 0")
-    return f'<div class="figs"><figure><img alt="demo recovery" src="data:image/png;base64,{b64}"><figcaption>{caption}</figcaption></figure></div>'
+    sources = [folder / "genes.csv"] + ([null_path] if null is not None else [])
+    return f'<div class="figs">{h.plot(fig, caption, sources)}</div>'
 
 
 @register_section("demo", title="Demo: planted genes recovered?", order=45, find=_demo_evaluations)
@@ -148,10 +143,15 @@ def spatial_evaluate(folder: Path, run_dir: Path) -> str:
             "section below was never used for fitting. Per gene, Pearson r over the section's spots between predicted and "
             "measured normalised log1p expression, BH-FDR over genes; the proliferation score is the mean of the 11 PAM50 "
             "proliferation genes (Spearman ρ over spots). Count noise alone caps r near 0.4 on these genes.</p>")
-    png = folder / "r_histogram.png"
-    if png.exists():
-        b64 = base64.b64encode(png.read_bytes()).decode("ascii")
-        body += (f'<div class="figs"><figure><img alt="per-gene r" src="data:image/png;base64,{b64}">'
-                 "<figcaption>per-gene Pearson r on each held-out section</figcaption></figure></div>")
-    body += h.table(sections, caption="per held-out section")
+    for section in sections["section"].astype(str):
+        body += h.figure(folder / f"maps_{section}.png",
+                         f"Section {section}: measured (top) and predicted (bottom) expression of its best-predicted genes "
+                         "over the H&E, one circle per spot")
+    body += h.figure(folder / "r_histogram.png", "per-gene Pearson r on each held-out section")
+    body += h.table(sections, caption="per held-out section", source=folder / "sections.csv")
+    for section in sections["section"].astype(str):
+        genes_csv = folder / f"genes_{section}.csv"
+        if genes_csv.exists():
+            best = pd.read_csv(genes_csv).sort_values("r", ascending=False)
+            body += h.table(best, max_rows=15, caption=f"best-predicted genes on section {section}", source=genes_csv)
     return body

@@ -1,19 +1,22 @@
 """Spot-level stages of `emo run` (study `spatial:` section): spatial_train → spatial_predict →
 spatial_evaluate → report. Each calls `emo.spot_models`'s public functions; records work as for bulk stages.
 
-Paths inside `<out>`: spatial_model/, spatial_predictions/<S>.csv, spatial_evaluate/ (sections.csv,
-genes_<S>.csv, r_histogram.png), report.html; spot features are cached in `spatial.cache`
+Paths inside `<out>`: spatial_model/, spatial_predictions/<S>.csv + <S>.h5ad, spatial_evaluate/ (sections.csv,
+genes_<S>.csv, maps_<S>.png, r_histogram.png), report.html; spot features are cached in `spatial.cache`
 (default `<out>/spatial_cache`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emo.errors import EmoError
 from emo.run.config import SpatialConfig, StudyConfig
 from emo.run.runner import Stage, StudyContext
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _sp(ctx: StudyContext) -> SpatialConfig:
@@ -59,26 +62,26 @@ def _model_config(ctx: StudyContext):
                            n_components=sp.n_components or None, context_radius=sp.context_radius)
 
 
+def _layout(ctx: StudyContext):
+    from emo.expression.her2st import Her2stLayout
+
+    return Her2stLayout(_data(ctx))
+
+
 def _section_files(ctx: StudyContext, section: str, image: bool) -> list[Path]:
-    d = _data(ctx)
-    files = [d / "counts" / f"{section}.tsv.gz", d / "spots" / f"{section}.tsv"]
-    if image:
-        files += sorted((d / "images").glob(f"{section}.jpg")) + sorted((d / "images").glob(f"{section}_lowres.png"))
-    return [f for f in files if f.exists()]
+    return _layout(ctx).section_files(section, image=image)
 
 
 def _basis_pool(ctx: StudyContext) -> list[str]:
-    from emo.spot_models.pipeline import count_sections
-
     sp = _sp(ctx)
     if not sp.n_components:
         return []
-    return [s for s in sp.basis_sections or count_sections(_data(ctx)) if s not in set(sp.test_sections)]
+    return [s for s in sp.basis_sections or _layout(ctx).count_sections() if s not in set(sp.test_sections)]
 
 
 def _scale_files(ctx: StudyContext) -> list[Path]:
     """Files `read_her2st` takes image scale from (present in the shared her2st folder)."""
-    return [p for p in (_data(ctx) / n for n in ("image_dims.json", "mpp_estimate.json")) if p.is_file()]
+    return _layout(ctx).scale_files()
 
 
 # ---------------------------------------------------------------- train
@@ -121,13 +124,13 @@ def predictions_dir(ctx: StudyContext) -> Path:
 
 
 def run_predict(ctx: StudyContext) -> None:
-    from emo.io import write_table_atomic
-    from emo.spot_models import SpotModel, predict_section
+    from emo.models import load
+    from emo.spot_models import predict_section, write_spot_predictions
 
-    model = SpotModel.load(model_dir(ctx))
+    model = load(model_dir(ctx))
     for s in _sp(ctx).test_sections:
-        pred, _ = predict_section(model, _data(ctx), s, _cache(ctx))
-        write_table_atomic(predictions_dir(ctx) / f"{s}.csv", pred, index=True)
+        pred, measured = predict_section(model, _data(ctx), s, _cache(ctx))
+        write_spot_predictions(predictions_dir(ctx), s, pred, measured, model_dir(ctx))
 
 
 def predict_inputs(ctx: StudyContext) -> list[Path]:
@@ -164,6 +167,7 @@ def run_evaluate(ctx: StudyContext) -> None:
         table = gene_correlations(pred[genes].to_numpy(), measured[genes].to_numpy(), genes)
         rho, rho_p = score_spearman(pred, measured, [g for g in prolif if g in cols])
         write_table_atomic(out / f"genes_{s}.csv", table, index=False)
+        expression_maps_png(predictions_dir(ctx) / f"{s}.h5ad", measured, pred, table, out / f"maps_{s}.png")
         tables[s] = table
         rows.append({"section": s, "n_spots": len(pred), "n_genes": len(genes), "mean_r": table.r.mean(),
                      "median_r": table.r.median(), "n_r_positive": int((table.r > 0).sum()),
@@ -172,6 +176,34 @@ def run_evaluate(ctx: StudyContext) -> None:
     write_table_atomic(out / "sections.csv", summary, index=False)
     write_json_atomic(out / "summary.json", {"train_sections": _sp(ctx).train_sections, "sections": rows})
     _histogram(tables, out / "r_histogram.png")
+
+
+def expression_maps_png(pred_h5ad: Path, measured: pd.DataFrame, pred: pd.DataFrame, table: pd.DataFrame,
+                        path: Path, n_genes: int = 4) -> Path:
+    """Measured (top row) and predicted (bottom row) expression of the best-predicted genes over the section's
+    H&E, spot by spot; each panel has its own colour scale (predictions are shrunk towards the mean)."""
+    import anndata
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from emo.io import save_figure
+    from emo.prediction.render import expression_map
+
+    adata = anndata.read_h5ad(pred_h5ad)
+    (section,) = adata.uns["spatial"]
+    lib, mpp = adata.uns["spatial"][section], float(adata.uns["emo_spatial"]["mpp"])
+    genes = table.sort_values("r", ascending=False)["gene"].head(n_genes).tolist()
+    r = table.set_index("gene")["r"]
+    fig, axes = plt.subplots(2, len(genes), figsize=(4.2 * len(genes), 7.6), squeeze=False)
+    for j, gene in enumerate(genes):
+        for i, (what, frame) in enumerate((("measured", measured), ("predicted", pred))):
+            expression_map(axes[i, j], lib, adata.obsm["spatial"], frame.loc[adata.obs_names, gene].to_numpy(),
+                           square=False, mpp=mpp, label=f"{what} log1p expression",
+                           title=f"{section} {what}: {gene}" + (f" (r = {r[gene]:.2f})" if i else ""))
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=90, bbox_inches="tight")
 
 
 def _histogram(tables: dict, path: Path) -> None:

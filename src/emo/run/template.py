@@ -21,6 +21,7 @@ slides:                         # `emo tile`'s options (TilingConfig), plus whic
   mpp: null                     # level-0 µm/px, only for slides without scale metadata
   roi: null                     # folder of <slide_id>.geojson regions to keep (null: whole tissue)
   min_roi: null                 # keep tiles with at least this fraction inside the ROI (null: centre inside)
+  roi_classes: null             # QuPath classes whose annotations make the ROI (null: all but Ignore*)
   roi_classes: null             # QuPath annotation classes that make the ROI (null: every class but Ignore*)
   tile_size_um: 271             # tile edge in µm (the paper: 598 px at 0.453 µm/px)
   target_mpp: 0.453             # tiles are resampled to this µm/px
@@ -47,6 +48,9 @@ expression:
   stratify: null                # sample-sheet column the split is balanced on (e.g. er_status)
   fractions: null               # [train, tune, validation, test] shares of patients; null: the paper's
                                 #   [0.563, 0.14, 0.123, 0.174]
+  orientation: auto             # matrices: auto (rows/columns matched to the sheet's sample ids),
+                                #   genes-by-samples or samples-by-genes
+  on_duplicate: error           # a patient with several samples / a slide of several samples: error, first, all
 
 features:                       # `emo features`' options (ExtractionConfig)
   backbone: efficientnet_lite0  # `emo models` lists the registry
@@ -62,7 +66,13 @@ training:
   protocol: features            # features: one shared backbone pass + multi-output head; paper: per-gene CNNs
   head: ridge                   # head for protocol: features
   genes: null                   # panel names and/or genes, e.g. "pam50,ESR1"; null: all kept genes
-  seed: 0
+  seed: 0                       # seeds every random choice (MLP, tile sampling, the paper's CNNs)
+  level: slide                  # slide: bulk targets, slide = mean of tiles; tile: per-tile/spot targets
+  alphas: null                  # ridge penalties searched; null: n_train × logspace(-4, 3, 15)
+  mlp: null                     # MLP head options, e.g. {hidden: 256, max_epochs: 200}; null: defaults
+  paper: null                   # paper-protocol options, e.g. {max_epochs: 500, lr: 1.0e-6}; null: the paper's
+  allow_missing_features: false # skip train/tune slides without features
+  permute_labels: false         # fit on shuffled labels (a null model); the study's null stage does this itself
 
 prediction:
   genes: null                   # genes drawn as heatmaps and written to GeoJSON (every gene is always

@@ -2,8 +2,8 @@
 
 `READERS` lists them fastest first: pyvips (TIFF-family pyramids: .svs, .tif, generic tiled TIFF,
 multi-threaded decode and resampling), tifffile (+zarr, any TIFF pyramid tifffile parses),
-OpenSlide (the universal fallback: .ndpi, .mrxs, .scn, .vms, .bif, ...), then plain RGB images
-(JPEG/PNG/non-pyramidal TIFF photographs) whose µm/px the user supplies. Coordinates given to
+OpenSlide (the universal fallback: .ndpi, .mrxs, .scn, .vms, .bif, DICOM WSI .dcm, ...), then plain RGB images
+(JPEG/PNG/non-pyramidal TIFF photographs) whose µm/px their resolution tag or the user supplies. Coordinates given to
 `read_scaled` are in the pixels of the chosen level; everything returns uint8 RGB arrays.
 
 A reader claims a slide only after it decodes a small region of level 0 and of the level tiling
@@ -31,7 +31,7 @@ SMALL_LEVEL_PX = 32_000_000  # levels up to this size (~100 MB RGB) are decoded 
 PROBE_PX = 32  # side of the region a reader must decode before it claims a slide
 # OME `UnitsLength` symbols → µm (the lengths a PhysicalSizeX is written in)
 OME_UNIT_UM = {
-    "m": 1e6, "dm": 1e5, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "nm": 1e-3, "pm": 1e-6, "Å": 1e-4,
+    "m": 1e6, "dm": 1e5, "cm": 1e4, "mm": 1e3, "µm": 1.0, "μm": 1.0, "um": 1.0, "nm": 1e-3, "pm": 1e-6, "Å": 1e-4,
     "in": 25400.0, "thou": 25.4, "mil": 25.4,
 }  # fmt: skip
 TIFF_UNIT_UM = {2: ("inch", 25400.0), 3: ("cm", 10000.0), 4: ("mm", 1000.0), 5: ("µm", 1.0)}  # ResolutionUnit
@@ -119,8 +119,11 @@ def _ome_mpp(ome_xml: str) -> tuple[float | None, str]:
     """Level-0 µm/px of the first image of an OME-XML (`PhysicalSizeX`, in its `PhysicalSizeXUnit`)."""
     import tifffile
 
-    image = tifffile.xml2dict(ome_xml).get("OME", {}).get("Image", {})
-    pixels = (image[0] if isinstance(image, list) else image).get("Pixels", {})
+    try:
+        image = tifffile.xml2dict(ome_xml).get("OME", {}).get("Image", {})
+        pixels = (image[0] if isinstance(image, list) else image).get("Pixels", {})
+    except Exception:  # malformed OME-XML: the pixels may still be fine, µm/px then comes from elsewhere
+        return None, ""
     size = pixels.get("PhysicalSizeX")
     unit = str(pixels.get("PhysicalSizeXUnit", "µm"))  # µm is the OME default
     if size is None or unit not in OME_UNIT_UM:

@@ -7,20 +7,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from emo.errors import EmoError
 from emo.expression import normalize_spots
+from emo.expression.her2st import Her2stLayout
+from emo.expression.st_readers import SPATIAL_KEY
 
 
 def section_has_image(data_dir: str | Path, section: str) -> bool:
     """Whether `read_her2st` will find an image (full resolution or preview) for the section."""
-    images = Path(data_dir) / "images"
-    return (images / f"{section}.jpg").exists() or (images / f"{section}_lowres.png").exists()
+    return Her2stLayout(data_dir).has_image(section)
 
 
 def spot_targets(adata, genes: list[str]) -> np.ndarray:
-    """float32 [spots, genes]: counts normalised to 1e4 per spot, log1p (genes absent from the section are 0)."""
+    """float32 [spots, genes]: counts normalised to 1e4 per spot, log1p; a gene the section does not
+    measure is an error naming it (never a silent 0)."""
     norm = normalize_spots(adata)
     pos = pd.Index(norm.var_names).get_indexer(genes)
-    have = pos >= 0
-    out = np.zeros((norm.n_obs, len(genes)), np.float32)
-    out[:, have] = norm.X[:, pos[have]].toarray()
-    return out
+    if (pos < 0).any():
+        missing = [g for g, p in zip(genes, pos) if p < 0]
+        section = adata.uns.get(SPATIAL_KEY, {}).get("section_id", "section")
+        raise EmoError(f"section {section}: {len(missing)} gene(s) not measured: {', '.join(missing[:10])}; "
+                       "drop them from the gene list")
+    return np.asarray(norm.X[:, pos].toarray(), np.float32)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anndata
 import numpy as np
 import pandas as pd
 
 from emo.expression import read_her2st
 from emo.io import atomic_path
 from emo.spot_models.data import spot_targets
-from emo.spot_models.pipeline import spot_tile_store
+from emo.spot_models.pipeline import check_held_out, spot_tile_store
 from emo.training.finetune import FinetuneConfig, load_finetune_model, train_finetune
 
 
@@ -25,8 +26,6 @@ def train_spot_finetune(data_dir: str | Path, train_sections: list[str], genes: 
                         executor="local") -> Path:
     """Fine-tune on every spot of `train_sections`; writes `<out_dir>/targets.h5ad` (spot targets,
     normalised log1p) beside the model and returns the model folder."""
-    import anndata
-
     out_dir = Path(out_dir)
     rng = np.random.default_rng([config.seed, 0x5907])
     stores, frames, obs = [], [], []
@@ -45,14 +44,19 @@ def train_spot_finetune(data_dir: str | Path, train_sections: list[str], genes: 
 
 
 def predict_spot_finetune(model_dir: str | Path, data_dir: str | Path, section: str,
-                          cache_dir: str | Path | None = None, tile_size_um: float = 224.0) -> pd.DataFrame:
-    """Predicted normalised log1p expression, spots × genes (index = spot ids "<x>x<y>")."""
+                          cache_dir: str | Path | None = None,
+                          tile_size_um: float = 224.0) -> tuple[pd.DataFrame, anndata.AnnData]:
+    """Predicted normalised log1p expression, spots × genes (index = spot ids "<x>x<y>"), and the
+    section's spots; like `predict_section`, no counts needed and training sections are refused."""
     from emo.slides import TileStore
 
-    model = load_finetune_model(Path(model_dir))
-    adata = read_her2st(data_dir, section)
+    model_dir = Path(model_dir)
+    model = load_finetune_model(model_dir)
+    trained = model_dir / "targets.h5ad"
+    if trained.exists():
+        check_held_out(sorted(set(anndata.read_h5ad(trained, backed="r").obs["slide_id"].astype(str))), [section],
+                       "predicted")
+    adata = read_her2st(data_dir, section, require_counts=False)
     store = TileStore(spot_tile_store(adata, tile_size_um, int(model.manifest["protocol"]["input_size"]),
-                                      cache_dir or Path(model_dir) / "tiles"))
-    pred = np.concatenate([model.predict_tiles(store.read_tiles(np.arange(s, min(s + 64, len(store)))))
-                           for s in range(0, len(store), 64)])
-    return pd.DataFrame(pred, index=adata.obs_names, columns=model.genes)
+                                      cache_dir or model_dir / "tiles"))
+    return pd.DataFrame(model.predict(store), index=adata.obs_names, columns=model.genes), adata

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from emo.errors import EmoError
 from emo.io import atomic_path, provenance, write_json_atomic, write_table_atomic
+from emo.models.registry import register_model_kind
 
 if TYPE_CHECKING:
     from emo.executors import Executor
@@ -346,9 +347,11 @@ def _tile_attrs(path: Path) -> dict:
 
 
 class FinetuneModel:
-    """The selected checkpoint of a fine-tuned network; `predict_tiles` gives every gene at once."""
+    """The selected checkpoint of a fine-tuned network; `predict_tiles` gives every gene at once.
+    Behind `emo.models.load` (kind `finetune_cnn`) it reads pixels: `predict` takes a tile store."""
 
     kind = KIND
+    reads_pixels = True
 
     def __init__(self, manifest: dict, net, device: str, path: Path):
         self.manifest, self.net, self.device, self.path = manifest, net, device, path
@@ -374,6 +377,21 @@ class FinetuneModel:
                 x = to_model_input(tiles[s : s + batch_size], b.input_size, b.mean, b.std).to(self.device)
                 out.append(self.net.expression(x).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.genes)), np.float32)
+
+    def predict(self, source, batch_size: int = 64) -> np.ndarray:
+        """float32 [tiles, genes] for every tile of a tile store."""
+        from emo.slides import TileStore
+
+        if not isinstance(source, TileStore):
+            raise EmoError(f"fine-tuned model {self.path}: reads tile pixels; pass a tile store "
+                           "(`emo predict --tiles TILE_DIR`), not features")
+        out = [self.predict_tiles(tiles, batch_size) for _, tiles in source.iter_batches(batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.genes)), np.float32)
+
+
+@register_model_kind(KIND)
+def _load(model_dir: Path, manifest: dict) -> FinetuneModel:
+    return load_finetune_model(model_dir)
 
 
 def load_finetune_model(model_dir: Path) -> FinetuneModel:

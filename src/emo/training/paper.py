@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from emo.errors import EmoError
 from emo.io import atomic_path, provenance, write_json_atomic, write_table_atomic
+from emo.models.registry import register_model_kind
 
 if TYPE_CHECKING:
     from emo.executors import Executor
@@ -365,17 +366,25 @@ def load_gene_model(model_dir: Path, gene: str):
 
 
 class PaperModel:
-    """All genes' selected CNNs; `predict_tiles` runs each on the same tiles (EMO-spatial per gene)."""
+    """All genes' selected CNNs; `predict_tiles` runs each on the same tiles (EMO-spatial per gene).
+    Behind `emo.models.load` (kind `paper_cnn`) it reads pixels: `predict` takes a tile store."""
 
     kind = "paper_cnn"
+    reads_pixels = True
 
-    def __init__(self, manifest: dict, nets: list, input_size: int, mean, std, device: str):
-        self.manifest, self.nets, self.device = manifest, nets, device
+    def __init__(self, manifest: dict, nets: list, input_size: int, mean, std, device: str, path: Path | None = None):
+        self.manifest, self.nets, self.device, self.path = manifest, nets, device, path
         self.input_size, self.mean, self.std = input_size, tuple(mean), tuple(std)
 
     @property
     def genes(self) -> list[str]:
         return list(self.manifest["genes"])
+
+    @property
+    def backbone(self) -> dict:
+        """Its own network (one per gene), not cached features."""
+        p = self.manifest["protocol"]
+        return {"name": p["backbone"], "input_size": int(p["input_size"]), "mean": list(self.mean), "std": list(self.std)}
 
     def predict_tiles(self, tiles: np.ndarray) -> np.ndarray:
         """uint8 [k, H, W, 3] tiles → float32 [k, genes]."""
@@ -387,14 +396,23 @@ class PaperModel:
         with torch.inference_mode():
             return torch.cat([net(x) for net in self.nets], dim=1).float().cpu().numpy()
 
+    def predict(self, source, batch_size: int = 64) -> np.ndarray:
+        """float32 [tiles, genes] for every tile of a tile store."""
+        from emo.slides import TileStore
 
-def load_paper_model(model_dir: Path) -> PaperModel:
+        if not isinstance(source, TileStore):
+            raise EmoError(f"paper-protocol model {self.path}: reads tile pixels; pass a tile store "
+                           "(`emo predict --tiles TILE_DIR`), not features")
+        out = [self.predict_tiles(tiles) for _, tiles in source.iter_batches(batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.genes)), np.float32)
+
+
+@register_model_kind("paper_cnn")
+def _load_paper_model(model_dir: Path, manifest: dict) -> PaperModel:
     import torch
 
-    from emo.models.model import read_manifest
-
-    manifest = read_manifest(model_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     nets = [load_gene_model(model_dir, g).to(device) for g in manifest["genes"]]
     backbone = nets[0][0]
-    return PaperModel(manifest, nets, int(manifest["protocol"]["input_size"]), backbone.mean, backbone.std, device)
+    return PaperModel(manifest, nets, int(manifest["protocol"]["input_size"]), backbone.mean, backbone.std, device,
+                      Path(model_dir))

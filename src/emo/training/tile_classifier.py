@@ -18,7 +18,8 @@ import pandas as pd
 
 from emo.errors import EmoError
 from emo.io import atomic_path, plain_attr, provenance, save_figure, write_json_atomic
-from emo.training.data import feature_identity, open_feature_stores
+from emo.features.store import feature_identity, open_feature_stores
+from emo.models.registry import register_model_kind
 
 LABEL_SUFFIXES = ("_labeled_coordinates.tsv", ".geojson", ".json", ".tsv", ".csv")
 
@@ -103,15 +104,15 @@ def collect_labels(feature_dir: Path, label_files: list[Path], tiles: Path | Non
             raise EmoError(f"{path}: slide {slide_id} has no feature store in {feature_dir}; run `emo features` on it")
         store = stores[slide_id]
         if str(path).endswith((".geojson", ".json")):
-            coords_px, _ = store.coords()
+            coords_px = store.coords_px
             labels = labels_from_geojson(path, coords_px + _tile_size_level0(tiles, slide_id) / 2)
         else:
-            labels = labels_from_spots(path, store.tile_ids())
+            labels = labels_from_spots(path, store.tile_ids)
         keep = np.flatnonzero([v is not None for v in labels])
         xs.append(store.read(keep))
         ys.append(labels[keep].astype(str))
         groups += [slide_id] * len(keep)
-        coords.append(store.coords()[0][keep])
+        coords.append(store.coords_px[keep])
     if not xs or sum(len(y) for y in ys) == 0:
         raise EmoError("no labelled tiles: check that label files are named <slide_id>.geojson / <slide_id>_labeled_coordinates.tsv")
     return np.concatenate(xs), np.concatenate(ys), np.array(groups), np.concatenate(coords), stores
@@ -212,9 +213,23 @@ def _confusion_png(dest: Path, metrics: dict) -> None:
 
 
 class TileClassifier:
-    def __init__(self, manifest: dict, tensors: dict[str, np.ndarray]):
-        self.manifest, self.t = manifest, tensors
+    """Tile classes from backbone features; behind `emo.models.load` its output columns (`genes`) are
+    the classes and `predict(source)` gives their probabilities per tile."""
+
+    kind = "tile_classifier"
+    reads_pixels = False
+
+    def __init__(self, manifest: dict, tensors: dict[str, np.ndarray], path: Path | None = None):
+        self.manifest, self.t, self.path = manifest, tensors, path
         self.classes = list(manifest["classes"])
+
+    @property
+    def genes(self) -> list[str]:
+        return list(self.classes)
+
+    @property
+    def backbone(self) -> dict:
+        return self.manifest["backbone"]
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         z = (np.asarray(features, np.float32) - self.t["mean"]) / self.t["scale"]
@@ -223,19 +238,37 @@ class TileClassifier:
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
 
-    def predict(self, features: np.ndarray) -> np.ndarray:
+    def predict(self, source) -> np.ndarray:
+        """float32 [tiles, classes] probabilities from features, a FeatureStore or a TileStore."""
+        from emo.features import FeatureStore
+        from emo.models.model import embed_tile_store
+        from emo.slides import TileStore
+
+        if isinstance(source, TileStore):
+            source = embed_tile_store(source, self.backbone)
+        x = source.features if isinstance(source, FeatureStore) else np.asarray(source, np.float32)
+        if x.ndim != 2 or x.shape[1] != int(self.backbone["dim"]):
+            raise EmoError(f"classifier {self.path}: expects features [n, {self.backbone['dim']}], got {list(x.shape)}")
+        return self.predict_proba(x).astype(np.float32)
+
+    def predict_classes(self, features: np.ndarray) -> np.ndarray:
         return np.asarray(self.classes, dtype=object)[self.predict_proba(features).argmax(axis=1)]
 
 
-def load_tile_classifier(model_dir: Path) -> TileClassifier:
+@register_model_kind("tile_classifier")
+def _load_classifier(model_dir: Path, manifest: dict) -> TileClassifier:
     from safetensors.numpy import load_file
 
-    from emo.models.model import read_manifest
+    return TileClassifier(manifest, load_file(str(Path(model_dir) / "weights.safetensors")), Path(model_dir))
 
-    manifest = read_manifest(model_dir)
-    if manifest.get("kind") != "tile_classifier":
-        raise EmoError(f"{model_dir}: not a tile classifier (kind {manifest.get('kind')}); use `emo train-classifier`")
-    return TileClassifier(manifest, load_file(str(Path(model_dir) / "weights.safetensors")))
+
+def load_tile_classifier(model_dir: Path) -> TileClassifier:
+    from emo.models import load
+
+    model = load(model_dir)
+    if not isinstance(model, TileClassifier):
+        raise EmoError(f"{model_dir}: not a tile classifier (kind {model.kind}); use `emo train-classifier`")
+    return model
 
 
 def filter_tile_stores(classifier: Path, tile_dir: Path, out_dir: Path, keep: list[str],
@@ -262,9 +295,9 @@ def filter_tile_stores(classifier: Path, tile_dir: Path, out_dir: Path, keep: li
         st = stores[slide_id]
         with h5py.File(path, "r") as src:
             n = len(src["coords_px"])
-            if st.n_tiles != n or st.tile_ids() != [plain_attr(t) for t in src["tile_id"][...]]:
+            if st.n_tiles != n or st.tile_ids != [plain_attr(t) for t in src["tile_id"][...]]:
                 raise EmoError(f"{st.path}: rows differ from tile store {path}; re-run `emo features` on it")
-            pred = model.predict(st.read()) if n else np.array([], dtype=object)
+            pred = model.predict_classes(st.read()) if n else np.array([], dtype=object)
             kept = np.flatnonzero(np.isin(pred, keep))
             dest = out_dir / path.name
             with atomic_path(dest) as tmp, h5py.File(tmp, "w") as dst:

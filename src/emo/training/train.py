@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from emo.errors import EmoError
 from emo.io import provenance, write_table_atomic
-from emo.training.data import (
-    feature_identity,
-    load_targets,
-    open_feature_stores,
-    select_genes,
-    source_tile_store_attrs,
-    training_hash,
-)
+from emo.features.store import feature_identity, open_feature_stores
+from emo.training.data import load_targets, select_genes, source_tile_store_attrs, training_hash
+
+if TYPE_CHECKING:
+    from emo.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 FIT_SPLITS = ("train", "tune")
@@ -55,7 +54,11 @@ def _slide_of(obs: pd.DataFrame) -> pd.Series:
     return obs["slide_id"].where(obs["slide_id"].notna()).map(lambda s: s if pd.isna(s) else str(s))
 
 
-def _slide_level_data(adata, stores, genes, targets, allow_missing, mlp_tiles, seed):
+def _slide_level_data(adata, stores, genes, targets, allow_missing, tiles_per_sample, seed):
+    """Per fitting split: tile features with their sample index (`groups`) and slide targets.
+
+    `tiles_per_sample` None gives one row per slide, its mean feature over all tiles; a number
+    samples that many tiles per slide (once, seeded)."""
     obs = adata.obs
     slides = _slide_of(obs)
     fit = obs["split"].astype(str).isin(FIT_SPLITS).to_numpy() & slides.notna().to_numpy()
@@ -76,15 +79,18 @@ def _slide_level_data(adata, stores, genes, targets, allow_missing, mlp_tiles, s
         rows = np.flatnonzero(use & (obs["split"].astype(str) == split).to_numpy())
         ids = slides.iloc[rows].tolist()
         y = _dense(adata.X[rows][:, col]) if len(rows) else np.zeros((0, len(genes)))
-        x = np.stack([stores[s].mean() for s in ids]) if ids else np.zeros((0, 0))
-        bags = None
-        if mlp_tiles:
+        if tiles_per_sample is None:
+            x = np.stack([stores[s].mean() for s in ids]) if ids else np.zeros((0, 0))
+            groups = np.arange(len(ids))
+        else:
             bags = []
             for s in ids:
                 st = stores[s]
-                pick = np.sort(rng.choice(st.n_tiles, min(mlp_tiles, st.n_tiles), replace=False))
+                pick = np.sort(rng.choice(st.n_tiles, min(tiles_per_sample, st.n_tiles), replace=False))
                 bags.append(st.read(pick))
-        out[split] = (x, y, bags, ids)
+            x = np.concatenate(bags) if bags else np.zeros((0, 0), np.float32)
+            groups = np.repeat(np.arange(len(bags)), [len(b) for b in bags])
+        out[split] = (x, y, groups, ids)
     return out
 
 
@@ -104,7 +110,7 @@ def _tile_level_data(adata, stores, genes, targets):
     feats, rows_found = [], []
     for slide_id in sorted(set(slides[fit])):
         st = stores[slide_id]
-        row_of = {t: i for i, t in enumerate(st.tile_ids())}
+        row_of = {t: i for i, t in enumerate(st.tile_ids)}
         obs_rows = np.flatnonzero(fit & (slides == slide_id).to_numpy())
         store_rows = np.array([row_of.get(t, -1) for t in tiles.iloc[obs_rows]])
         if (store_rows < 0).all():
@@ -119,7 +125,7 @@ def _tile_level_data(adata, stores, genes, targets):
     out = {}
     for name in FIT_SPLITS:
         m = split[rows] == name
-        out[name] = (x_all[m], y_all[m], [r[None] for r in x_all[m]], list(tiles.iloc[rows[m]]))
+        out[name] = (x_all[m], y_all[m], None, list(tiles.iloc[rows[m]]))
     return out
 
 
@@ -134,110 +140,135 @@ def _spearman_cols(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return (ra * rb).sum(0) / den
 
 
-def train_model(
-    feature_dir: Path,
-    targets: Path,
-    out_dir: Path,
-    head: str = "ridge",
-    genes=None,
-    seed: int = 0,
-    *,
-    level: str = "slide",
-    alphas: list[float] | None = None,
-    mlp_config=None,  # the config of a torch head (MLPConfig, AttentionMILConfig)
-    allow_missing_features: bool = False,
-    permute_labels: bool = False,
-) -> Path:
-    """Fit `head` for all selected genes at once and write the model directory; returns it.
+def train_config(config: TrainConfig | None = None, **options) -> TrainConfig:
+    """`config`, or one built from keyword options (`mlp_config` is the MLP options); errors are EmoError."""
+    from pydantic import ValidationError
+
+    from emo.training.config import TrainConfig
+
+    if config is not None:
+        return config
+    if "mlp_config" in options:
+        options["mlp"] = options.pop("mlp_config")
+    try:
+        return TrainConfig(**{k: v for k, v in options.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "training"
+        raise EmoError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+@dataclass
+class FittedHead:
+    """What training computed, before anything is written: the head, its genes and tuning results."""
+
+    head: object
+    config: TrainConfig
+    genes: list[str]
+    per_gene: pd.DataFrame
+    tuning: dict
+    tensors: dict[str, np.ndarray]
+    offsets: list[str]
+    n_train: int
+    n_tune: int
+
+
+def fit_head(stores: dict, adata, targets: Path, config: TrainConfig) -> FittedHead:
+    """Fit `config.head` for all selected genes at once on the train split, tuned on the tune split.
 
     `permute_labels` fits a null baseline: each fitting split's target rows (whole slides, or tiles at
     tile level) are shuffled among its samples with `seed`, so the same head and features meet labels
     that carry no image information — what chance and the architecture give.
     """
-    from emo.models.heads import LinearHead, fit_ridge_path, get_head_class
-    from emo.models.model import save_model
+    from emo.models.heads import HEADS, predict_groups
 
-    targets, out_dir = Path(targets), Path(out_dir)
-    head_cls = get_head_class(head)
-    bagged = hasattr(head_cls, "config_class")  # torch heads trained on bags of tiles
-    cfg = (mlp_config or head_cls.config_class(seed=seed)) if bagged else None
-    if level not in ("slide", "tile"):
-        raise EmoError(f"unknown level {level!r}; choose slide or tile")
-    stores = open_feature_stores(feature_dir)
-    adata = load_targets(targets)
-    genes = select_genes(adata, genes, targets)
-    if level == "tile":
+    head_cls = HEADS[config.head]
+    seed = config.seed
+    genes = select_genes(adata, config.genes, targets)
+    if config.level == "tile":
         data = _tile_level_data(adata, stores, genes, targets)
     else:
-        data = _slide_level_data(adata, stores, genes, targets, allow_missing_features,
-                                 cfg.tiles_per_slide if bagged else 0, seed)
-    (x_tr, y_tr, bags_tr, _), (x_tu, y_tu, bags_tu, _) = data["train"], data["tune"]
-    if permute_labels:
+        data = _slide_level_data(adata, stores, genes, targets, config.allow_missing_features,
+                                 head_cls.tiles_per_sample(config), seed)
+    (x_tr, y_tr, g_tr, _), (x_tu, y_tu, g_tu, _) = data["train"], data["tune"]
+    if config.permute_labels:
         rng = np.random.default_rng([seed, 0x9E11])
         y_tr, y_tu = y_tr[rng.permutation(len(y_tr))], y_tu[rng.permutation(len(y_tu))]
     if len(y_tr) < 2 or len(y_tu) < 1:
         raise EmoError(f"{targets}: need ≥2 train and ≥1 tune samples with features (have {len(y_tr)} train, "
                        f"{len(y_tu)} tune); check the split column and the feature folder")
+    head = head_cls.fit(x_tr, y_tr, x_tu, y_tu, groups_train=g_tr, groups_tune=g_tu, config=config)
+    per_gene = pd.DataFrame({"gene": genes, **head.fit_report["per_gene"]})
 
-    tensors: dict[str, np.ndarray] = {}
-    head_config: dict = {}
-    if head == "ridge":
-        fit = fit_ridge_path(x_tr, y_tr, x_tu, y_tu, alphas=alphas)
-        model_head = LinearHead(fit.weight, fit.bias)
-        per_gene = pd.DataFrame({"gene": genes, "alpha": fit.alpha, "tune_mse_std": fit.tune_mse.min(axis=0)})
-        extra = {"alphas": fit.alphas.tolist(), "alpha_median": float(np.median(fit.alpha))}
-    else:
-        model_head, info = head_cls.fit(bags_tr, y_tr, bags_tu, y_tu, cfg)
-        head_config = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
-        per_gene = pd.DataFrame({"gene": genes})
-        extra = {k: info[k] for k in ("best_epoch", "epochs", "tune_history")}
-    tensors.update(model_head.to_tensors())
-
-    # Tuning metrics on the original scale: the slide prediction is the head's pool of its tiles.
-    if level == "slide" and bagged:
-        pred_tu = np.stack([model_head.pool(b) for b in bags_tu])
-    else:
-        pred_tu = model_head.predict(x_tu)
+    # Tuning metrics on the original scale: the slide prediction is the mean of its tile predictions.
+    pred_tu = predict_groups(head, x_tu, g_tu)
     rho = _spearman_cols(pred_tu, y_tu)
     per_gene["tune_spearman"] = rho
     per_gene["tune_mse"] = ((pred_tu - y_tu) ** 2).mean(axis=0)
+    tensors = dict(head.to_tensors())
     tensors["target_mean"] = y_tr.mean(axis=0).astype(np.float32)
     tensors["target_std"] = y_tr.std(axis=0).astype(np.float32)
     offsets = [c for c in adata.var.columns if c.startswith("offset_")]
     for c in offsets:
         tensors[f"cohort_{c}"] = adata.var.loc[genes, c].to_numpy(dtype=np.float32)
+    tuning = {"mse_mean": float(per_gene["tune_mse"].mean()),
+              "spearman_median": float(np.nanmedian(rho)) if np.isfinite(rho).any() else None,
+              **head.fit_report["tuning"]}
+    return FittedHead(head, config, genes, per_gene, tuning, tensors, offsets, len(y_tr), len(y_tu))
 
+
+def write_model(out_dir: Path, fitted: FittedHead, stores: dict, targets: Path) -> Path:
+    """The model directory: weights, manifest (backbone identity, geometry, genes, tuning), tuning.csv."""
+    from emo.models.model import save_model
+
+    c = fitted.config
     first = next(iter(stores.values()))
     geometry, stain_reference = _geometry(first.attrs, source_tile_store_attrs(first))
-    prov = provenance(head=head, level=level, seed=seed, n_genes=len(genes), alphas=alphas, permute_labels=permute_labels)
+    prov = provenance(head=c.head, level=c.level, seed=c.seed, n_genes=len(fitted.genes), alphas=c.alphas,
+                      permute_labels=c.permute_labels)
     manifest = {
         "emo_version": prov["emo_version"],
         "created": prov["created"],
-        "kind": head,
-        "level": level,
+        "kind": c.head,
+        "level": c.level,
         "backbone": feature_identity(stores),
         "tile_geometry": geometry,
         "stain_reference": stain_reference,
-        "genes": genes,
+        "genes": fitted.genes,
         "target_normalisation": "per gene (x - target_mean) / target_std on the train split for fitting; "
         "predictions are on the targets' original scale (target_mean/target_std in weights.safetensors)",
-        "cohort_offsets": {c.removeprefix("offset_"): f"cohort_{c}" for c in offsets},
-        "training_data_hash": training_hash(targets, stores, genes, {"level": level, "head": head, "permute_labels": permute_labels}),
-        "permuted_labels": permute_labels,
+        "cohort_offsets": {o.removeprefix("offset_"): f"cohort_{o}" for o in fitted.offsets},
+        "training_data_hash": training_hash(targets, stores, fitted.genes,
+                                            {"level": c.level, "head": c.head, "permute_labels": c.permute_labels}),
+        "permuted_labels": c.permute_labels,
         "targets": str(targets.resolve()),
-        "n_train": len(y_tr),
-        "n_tune": len(y_tu),
-        "head_config": head_config,
-        "tuning": {
-            "mse_mean": float(per_gene["tune_mse"].mean()),
-            "spearman_median": float(np.nanmedian(rho)) if np.isfinite(rho).any() else None,
-            **extra,
-        },
+        "n_train": fitted.n_train,
+        "n_tune": fitted.n_tune,
+        "head_config": fitted.head.head_config(),
+        "tuning": fitted.tuning,
         "provenance": prov,
     }
-    save_model(out_dir, manifest, tensors)
-    write_table_atomic(out_dir / "tuning.csv", per_gene)
-    _tuning_png(out_dir / "tuning.png", per_gene, head)
+    save_model(out_dir, manifest, fitted.tensors)
+    write_table_atomic(out_dir / "tuning.csv", fitted.per_gene)
+    return out_dir
+
+
+def train_model(feature_dir: Path, targets: Path, out_dir: Path, config: TrainConfig | None = None, **options) -> Path:
+    """Fit a head for all selected genes at once and write the model directory; returns it.
+
+    `config` is a `TrainConfig`; without one, keyword options build it (`head`, `genes`, `seed`,
+    `level`, `alphas`, `mlp_config`, `allow_missing_features`, `permute_labels`).
+    """
+    config = train_config(config, **options)
+    if config.protocol != "features":
+        raise EmoError("train_model: fits heads on cached features; use emo.training.paper.train_paper_protocol "
+                       "for protocol 'paper'")
+    targets, out_dir = Path(targets), Path(out_dir)
+    stores = open_feature_stores(feature_dir)
+    adata = load_targets(targets)
+    fitted = fit_head(stores, adata, targets, config)
+    write_model(out_dir, fitted, stores, targets)
+    _tuning_png(out_dir / "tuning.png", fitted.per_gene, config.head)
     return out_dir
 
 
