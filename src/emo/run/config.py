@@ -117,6 +117,15 @@ class SpatialConfig(Section):
             raise ValueError(f"sections {overlap} are also train_sections; hold test sections out")
         return v
 
+    @field_validator("basis_sections")
+    @classmethod
+    def _basis_without_test(cls, v: list[str] | None, info: Any) -> list[str] | None:
+        leaked = sorted(set(v or []) & set(info.data.get("test_sections") or []))
+        if leaked:
+            raise ValueError(f"sections {leaked} are test_sections; their counts must not shape the target "
+                             "components: remove them from basis_sections")
+        return v
+
 
 class StudyConfig(Section):
     out: str = "emo-study"
