@@ -12,7 +12,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def _centres(collection) -> np.ndarray:
-    return np.array([p.vertices[:-1].mean(axis=0) for p in collection.get_paths()])
+    """Centre of each drawn circle: the middle of its path's bounding box (a Bézier circle repeats its
+    start vertex, so the vertex mean is off by r/25)."""
+    return np.array([(p.vertices.min(axis=0) + p.vertices.max(axis=0)) / 2 for p in collection.get_paths()])
 
 
 def _check_axes(ax, adata, gene: str, library: str) -> None:

@@ -131,48 +131,10 @@ class AttentionMILHead:
     @classmethod
     def fit_bags(cls, train_bags: list[np.ndarray], y_train: np.ndarray, tune_bags: list[np.ndarray],
                  y_tune: np.ndarray, config: AttentionMILConfig | None = None) -> tuple[AttentionMILHead, dict]:
-        """AdamW on minibatches of bags, MSE in standardised target units; the epoch with the lowest
-        tuning MSE is kept (early stopping). Seeded; deterministic on CPU."""
-        import torch
-
-        from emo.models.heads import _standardise_stats
+        """`emo.models.heads.fit_bag_module` with the attention pool as the bag prediction."""
+        from emo.models.heads import fit_bag_module
 
         cfg = config or AttentionMILConfig()
-        if not tune_bags:
-            raise EmoError("attention_mil: the tuning split is empty; targets need samples with split == 'tune'")
-        torch.manual_seed(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
-        x_mean, x_std = _standardise_stats(np.concatenate(train_bags).astype(np.float64))
-        y_mean, y_std = _standardise_stats(np.asarray(y_train, dtype=np.float64))
-        module = _module(train_bags[0].shape[1], y_train.shape[1], cfg)
-        for name, value in (("x_mean", x_mean), ("x_std", x_std), ("y_mean", y_mean), ("y_std", y_std)):
-            getattr(module, name).copy_(torch.from_numpy(value.astype(np.float32)))
-        yt_train = torch.from_numpy(((y_train - y_mean) / y_std).astype(np.float32))
-        yt_tune = torch.from_numpy(((y_tune - y_mean) / y_std).astype(np.float32))
-        train_t = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for b in train_bags]
-        tune_t = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for b in tune_bags]
-        opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        best, best_state, best_epoch, wait, history = np.inf, None, -1, 0, []
-        for epoch in range(cfg.max_epochs):
-            module.train()
-            order = rng.permutation(len(train_t))
-            for s in range(0, len(order), cfg.batch_size):
-                batch = order[s : s + cfg.batch_size]
-                loss = torch.nn.functional.mse_loss(module([train_t[i] for i in batch]), yt_train[batch])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            module.eval()
-            with torch.no_grad():
-                loss = float(((module(tune_t) - yt_tune) ** 2).mean())
-            history.append(loss)
-            if loss < best:
-                best, best_epoch, wait = loss, epoch, 0
-                best_state = {k: v.clone() for k, v in module.state_dict().items()}
-            else:
-                wait += 1
-                if wait >= cfg.patience:
-                    break
-        module.load_state_dict(best_state)
-        return cls(module, cfg), {"tune_mse": best, "best_epoch": best_epoch, "epochs": len(history),
-                                  "tune_history": history}
+        module, metrics = fit_bag_module(lambda dim, n_genes: _module(dim, n_genes, cfg), lambda m, bags: m(bags),
+                                         train_bags, y_train, tune_bags, y_tune, cfg, "attention_mil")
+        return cls(module, cfg), metrics

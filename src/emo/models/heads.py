@@ -112,6 +112,74 @@ def predict_groups(head, x: np.ndarray, groups: np.ndarray | None) -> np.ndarray
     return np.stack([head.predict(b).mean(axis=0) for b in group_bags(x, groups)])
 
 
+def _bag_means(module, bags):
+    """Per-bag mean of a per-tile module's outputs (index_add_ is deterministic on CPU)."""
+    import torch
+
+    x = torch.cat(bags)
+    idx = torch.repeat_interleave(torch.arange(len(bags)), torch.tensor([len(b) for b in bags]))
+    out = module(x)
+    sums = torch.zeros(len(bags), out.shape[1]).index_add_(0, idx, out)
+    return sums / torch.tensor([len(b) for b in bags], dtype=out.dtype)[:, None]
+
+
+def fit_bag_module(make_module, forward, train_bags: list[np.ndarray], y_train: np.ndarray,
+                   tune_bags: list[np.ndarray], y_tune: np.ndarray, cfg, what: str, progress=None):
+    """The torch heads' training loop: `make_module(dim, n_genes)` (with x/y mean/std buffers) fitted by
+    AdamW on seeded minibatches of bags, `forward(module, bags)` → [bags, genes], MSE in standardised
+    target units; the epoch with the lowest tuning MSE is kept (early stopping, `cfg.patience`).
+    Returns the module and its tuning history."""
+    import torch
+
+    if not tune_bags:
+        raise EmoError(f"{what}: the tuning split is empty; targets need samples with split == 'tune'")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    x_mean, x_std = _standardise_stats(np.concatenate(train_bags).astype(np.float64))
+    y_mean, y_std = _standardise_stats(np.asarray(y_train, dtype=np.float64))
+    module = make_module(train_bags[0].shape[1], y_train.shape[1])
+    for name, value in (("x_mean", x_mean), ("x_std", x_std), ("y_mean", y_mean), ("y_std", y_std)):
+        getattr(module, name).copy_(torch.from_numpy(value.astype(np.float32)))
+    yt_train = torch.from_numpy(((y_train - y_mean) / y_std).astype(np.float32))
+    yt_tune = torch.from_numpy(((y_tune - y_mean) / y_std).astype(np.float32))
+    train_t = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for b in train_bags]
+    tune_t = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for b in tune_bags]
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def tune_loss() -> float:
+        module.eval()
+        with torch.no_grad():
+            total = 0.0
+            for s in range(0, len(tune_t), 256):
+                total += float(((forward(module, tune_t[s : s + 256]) - yt_tune[s : s + 256]) ** 2).sum())
+        return total / yt_tune.numel()
+
+    best_loss, best_state, best_epoch, wait, history = np.inf, None, -1, 0, []
+    for epoch in range(cfg.max_epochs):
+        module.train()
+        order = rng.permutation(len(train_t))
+        for s in range(0, len(order), cfg.batch_size):
+            batch = order[s : s + cfg.batch_size]
+            loss = torch.nn.functional.mse_loss(forward(module, [train_t[i] for i in batch]), yt_train[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        loss = tune_loss()
+        history.append(loss)
+        if progress is not None:
+            progress(epoch, loss)
+        if loss < best_loss:
+            best_loss, best_epoch, wait = loss, epoch, 0
+            best_state = {k: v.clone() for k, v in module.state_dict().items()}
+        else:
+            wait += 1
+            if wait >= cfg.patience:
+                break
+    module.load_state_dict(best_state)
+    return module.eval(), {"tune_mse": best_loss, "best_epoch": best_epoch, "epochs": len(history),
+                           "tune_history": history}
+
+
 class LinearHead:
     """Per-tile linear model `x @ weight + bias`: the ridge head.
 
@@ -272,69 +340,13 @@ class MLPHead:
         progress=None,
     ) -> tuple[MLPHead, dict]:
         """The MLP's training loop on explicit bags; returns the head and its tuning history."""
-        import torch
-
         cfg = config or MLPConfig()
-        if not tune_bags:
-            raise EmoError("mlp: the tuning split is empty; targets need samples with split == 'tune'")
-        torch.manual_seed(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
-        dim = train_bags[0].shape[1]
-        all_train = np.concatenate(train_bags)
-        x_mean, x_std = _standardise_stats(all_train.astype(np.float64))
-        y_mean, y_std = _standardise_stats(np.asarray(y_train, dtype=np.float64))
-        module = _mlp_module(dim, y_train.shape[1], cfg.hidden, cfg.dropout)
-        for name, value in (("x_mean", x_mean), ("x_std", x_std), ("y_mean", y_mean), ("y_std", y_std)):
-            getattr(module, name).copy_(torch.from_numpy(value.astype(np.float32)))
-        yt_train = torch.from_numpy(((y_train - y_mean) / y_std).astype(np.float32))
-        yt_tune = torch.from_numpy(((y_tune - y_mean) / y_std).astype(np.float32))
-        train_t = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for b in train_bags]
-        tune_t = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) for b in tune_bags]
-        opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-        def bag_means(bags):
-            x = torch.cat(bags)
-            idx = torch.repeat_interleave(torch.arange(len(bags)), torch.tensor([len(b) for b in bags]))
-            out = module(x)
-            sums = torch.zeros(len(bags), out.shape[1]).index_add_(0, idx, out)
-            return sums / torch.tensor([len(b) for b in bags], dtype=out.dtype)[:, None]
-
-        def tune_loss() -> float:
-            module.eval()
-            with torch.no_grad():
-                total = 0.0
-                for s in range(0, len(tune_t), 256):
-                    pred = bag_means(tune_t[s : s + 256])
-                    total += float(((pred - yt_tune[s : s + 256]) ** 2).sum())
-            return total / yt_tune.numel()
-
-        best_loss, best_state, best_epoch, wait, history = np.inf, None, -1, 0, []
-        for epoch in range(cfg.max_epochs):
-            module.train()
-            order = rng.permutation(len(train_t))
-            for s in range(0, len(order), cfg.batch_size):
-                batch = order[s : s + cfg.batch_size]
-                loss = torch.nn.functional.mse_loss(bag_means([train_t[i] for i in batch]), yt_train[batch])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            loss = tune_loss()
-            history.append(loss)
-            if progress is not None:
-                progress(epoch, loss)
-            if loss < best_loss:
-                best_loss, best_epoch, wait = loss, epoch, 0
-                best_state = {k: v.clone() for k, v in module.state_dict().items()}
-            else:
-                wait += 1
-                if wait >= cfg.patience:
-                    break
-        module.load_state_dict(best_state)
-        metrics = {"tune_mse": best_loss, "best_epoch": best_epoch, "epochs": len(history), "tune_history": history}
+        module, metrics = fit_bag_module(lambda dim, n_genes: _mlp_module(dim, n_genes, cfg.hidden, cfg.dropout),
+                                         _bag_means, train_bags, y_train, tune_bags, y_tune, cfg, "mlp", progress)
         return cls(module, cfg), metrics
 
 
-from emo.models.attention_mil import AttentionMILHead  # noqa: E402 (it reuses _standardise_stats above)
+from emo.models.attention_mil import AttentionMILHead  # noqa: E402 (it reuses fit_bag_module above)
 
 HEADS: dict[str, type] = {"ridge": LinearHead, "mlp": MLPHead, "attention_mil": AttentionMILHead}
 

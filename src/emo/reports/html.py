@@ -133,10 +133,17 @@ def csv_table(path: Path, max_rows: int = 25, caption: str | None = None) -> str
     return table(frame, max_rows, caption or path.name, source=path)
 
 
+def _cell(v) -> str:
+    """A value as a reader sees it: floats to 4 significant digits, nested values as compact JSON."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v) if isinstance(v, (str, int, bool)) or v is None else json.dumps(v, default=str)
+
+
 def mapping(obj: dict, caption: str | None = None) -> str:
     """A dict as a two-column table; nested values shown as compact JSON."""
     rows = "".join(
-        f"<tr><th>{esc(plain_label(k))}</th><td>{esc(v if isinstance(v, (str, int, float, bool)) or v is None else json.dumps(v, default=str))}</td></tr>"
+        f"<tr><th>{esc(plain_label(k))}</th><td>{esc(_cell(v))}</td></tr>"
         for k, v in obj.items()
     )
     cap = f"<h4>{esc(caption)}</h4>" if caption else ""

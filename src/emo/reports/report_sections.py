@@ -69,8 +69,10 @@ def targets(path: Path, run_dir: Path) -> str:
 
 # ------------------------------------------------------------------------------------ model
 def _manifests(run_dir: Path) -> list[Path]:
-    return [p for p in _glob(run_dir, "**/manifest.json")
-            if any(part.startswith("model") or part.endswith("_model") for part in p.relative_to(run_dir).parts[:-1])]
+    """Model folders, the study's own first and the permuted-label null model (evaluate/null/) last."""
+    found = [p for p in _glob(run_dir, "**/manifest.json")
+             if any(part.startswith("model") or part.endswith("_model") for part in p.relative_to(run_dir).parts[:-1])]
+    return sorted(found, key=lambda p: (bool(_json(p).get("permuted_labels")), str(p)))
 
 
 def _penalty_range(m: dict) -> str:

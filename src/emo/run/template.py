@@ -64,12 +64,13 @@ features:                       # `emo features`' options (ExtractionConfig)
 
 training:
   protocol: features            # features: one shared backbone pass + multi-output head; paper: per-gene CNNs
-  head: ridge                   # head for protocol: features
+  head: ridge                   # head for protocol features: ridge | mlp | attention_mil
   genes: null                   # panel names and/or genes, e.g. "pam50,ESR1"; null: all kept genes
   seed: 0                       # seeds every random choice (MLP, tile sampling, the paper's CNNs)
   level: slide                  # slide: bulk targets, slide = mean of tiles; tile: per-tile/spot targets
   alphas: null                  # ridge penalties searched; null: n_train × logspace(-4, 3, 15)
   mlp: null                     # MLP head options, e.g. {hidden: 256, max_epochs: 200}; null: defaults
+  attention_mil: null           # attention-MIL head options, e.g. {hidden: 128, tiles_per_slide: 256}; null: defaults
   paper: null                   # paper-protocol options, e.g. {max_epochs: 500, lr: 1.0e-6}; null: the paper's
   allow_missing_features: false # skip train/tune slides without features
   permute_labels: false         # fit on shuffled labels (a null model); the study's null stage does this itself
