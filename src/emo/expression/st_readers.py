@@ -292,16 +292,24 @@ def read_spatial(path: str | Path, section: str | None = None, **kwargs):
     raise EmoError(f"{path}: not a spatial dataset (.h5ad, Visium outs/ folder, or counts/ + spots/ folders)")
 
 
-def scanpy_spatial(adata):
-    """`adata` as scanpy/squidpy plot it as is: `uns["spatial"][section]` (H&E thumbnails, scale
-    factors for `obsm["spatial"]`) and the raw counts also in `layers["counts"]`. Modified in place."""
+def section_spatial_uns(adata) -> dict:
+    """The section's `uns["spatial"]` for scanpy/squidpy: its own when it has one, else built from
+    `uns[SPATIAL_KEY]` (H&E thumbnails, scale factors for `obsm["spatial"]`)."""
     from emo.slides.spatial_uns import image_spatial_uns
 
+    spatial = adata.uns.get("spatial")
+    if isinstance(spatial, dict) and spatial:
+        return spatial
     meta = adata.uns[SPATIAL_KEY]
-    if not isinstance(adata.uns.get("spatial"), dict) or not adata.uns["spatial"]:
-        adata.uns["spatial"] = image_spatial_uns(
-            str(meta["section_id"]), meta.get("image_path") or None, None,
-            float(meta["spot_diameter_um"]) / float(meta["mpp"]), {"mpp": float(meta["mpp"]), "source": meta.get("source")})
+    return image_spatial_uns(
+        str(meta["section_id"]), meta.get("image_path") or None, None,
+        float(meta["spot_diameter_um"]) / float(meta["mpp"]), {"mpp": float(meta["mpp"]), "source": meta.get("source")})
+
+
+def scanpy_spatial(adata):
+    """`adata` as scanpy/squidpy plot it as is: `uns["spatial"]` (`section_spatial_uns`) and the raw
+    counts also in `layers["counts"]`. Modified in place."""
+    adata.uns["spatial"] = section_spatial_uns(adata)
     if "counts" not in adata.layers:
         adata.layers["counts"] = adata.X.copy()
     return adata

@@ -15,7 +15,7 @@ from emo.io import atomic_path, write_table_atomic
 def prediction_anndata(pred: pd.DataFrame, measured: ad.AnnData, model: str | Path | None = None) -> ad.AnnData:
     """Predicted normalised log1p expression in X, with the measured section's obs, `obsm["spatial"]` and
     `uns["spatial"]` (thumbnails and scale factors) so predicted and measured maps line up."""
-    from emo.expression.st_readers import SPATIAL_KEY, scanpy_spatial
+    from emo.expression.st_readers import SPATIAL_KEY, section_spatial_uns
 
     obs = measured.obs.loc[pred.index].copy()
     out = ad.AnnData(X=pred.to_numpy(dtype=np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(pred.columns.astype(str))))
@@ -23,12 +23,7 @@ def prediction_anndata(pred: pd.DataFrame, measured: ad.AnnData, model: str | Pa
     out.uns[SPATIAL_KEY] = dict(measured.uns[SPATIAL_KEY])
     out.uns["emo"] = {"kind": "spot predictions", "values": "predicted normalised log1p expression",
                       "model": str(Path(model).resolve()) if model else ""}
-    spatial = measured.uns.get("spatial")
-    if isinstance(spatial, dict) and spatial:
-        out.uns["spatial"] = spatial
-    else:
-        scanpy_spatial(out)
-        del out.layers["counts"]  # predictions have no counts
+    out.uns["spatial"] = section_spatial_uns(measured)
     return out
 
 
