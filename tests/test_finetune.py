@@ -14,7 +14,7 @@ import pytest
 
 from emo.errors import EmoError
 from emo.training.finetune import FinetuneConfig, load_finetune_model, train_finetune
-from training_cohort import write_targets
+from training_cohort import cmu_tile_stores, write_targets
 
 TINY = dict(backbone="timm:resnet10t", weights="none", input_size=32, batch_size=4, steps_per_epoch=2,
             tuning_batches=1, max_epochs=3, patience=10, lr=1e-3)
@@ -22,22 +22,9 @@ TINY = dict(backbone="timm:resnet10t", weights="none", input_size=32, batch_size
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from conftest import require_data
-
-    from emo.slides import TilingConfig
-    from emo.slides.tiling import tile_slide_at
-
-    svs = require_data("slides/CMU-1-Small-Region.svs")
     root = tmp_path_factory.mktemp("finetune")
     rng = np.random.default_rng(0)
-    slides = [f"S{i}" for i in range(5)]
-    for sid in slides:
-        link = root / "slides" / f"{sid}.svs"
-        link.parent.mkdir(exist_ok=True)
-        link.symlink_to(svs)
-        centres = np.column_stack([rng.uniform(300, 1900, 6), rng.uniform(300, 2600, 6)])
-        tile_slide_at(link, centres, root / "tiles" / f"{sid}.h5", tile_size_um=48,
-                      config=TilingConfig(target_mpp=0.5, normalize=False))
+    slides = cmu_tile_stores(root, 5, 6, rng)
     write_targets(root / "targets.h5ad", rng.normal(size=(5, 4)), ["ESR1", "MKI67", "ERBB2", "GRB7"], slides,
                   ["train", "train", "train", "tune", "tune"])
     return root

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from training_cohort import write_targets
+from training_cohort import cmu_tile_stores, write_targets
 
 from emo.errors import EmoError
 from emo.features import FeatureStore, extract_features
@@ -18,22 +18,9 @@ from emo.slides import TileStore
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     """Five slides cut from the CMU H&E (8 tiles of 48 µm each), their features and slide targets."""
-    from conftest import require_data
-
-    from emo.slides import TilingConfig
-    from emo.slides.tiling import tile_slide_at
-
-    svs = require_data("slides/CMU-1-Small-Region.svs")
     root = tmp_path_factory.mktemp("registry")
     rng = np.random.default_rng(0)
-    slides = [f"S{i}" for i in range(5)]
-    for sid in slides:
-        link = root / "slides" / f"{sid}.svs"
-        link.parent.mkdir(exist_ok=True)
-        link.symlink_to(svs)
-        centres = np.column_stack([rng.uniform(300, 1900, 8), rng.uniform(300, 2600, 8)])
-        tile_slide_at(link, centres, root / "tiles" / f"{sid}.h5", tile_size_um=48,
-                      tile_ids=[f"{i}x{i % 3}" for i in range(8)], config=TilingConfig(target_mpp=0.5, normalize=False))
+    slides = cmu_tile_stores(root, 5, 8, rng, tile_ids=[f"{i}x{i % 3}" for i in range(8)])
     feature_dir = extract_features(root / "tiles", root, backbone="efficientnet_lite0", workers=0, progress=False)
     write_targets(root / "targets.h5ad", rng.normal(size=(5, 3)), ["ESR1", "MKI67", "ERBB2"], slides,
                   ["train", "train", "train", "tune", "tune"])

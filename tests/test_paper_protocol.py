@@ -12,7 +12,7 @@ import pytest
 
 from emo.errors import EmoError
 from emo.training.paper import CheckpointKeeper, EarlyStopping, PaperProtocolConfig, load_gene_model
-from training_cohort import write_targets
+from training_cohort import cmu_tile_stores, write_targets
 
 
 def _stop_epoch(losses, min_delta, patience):
@@ -59,22 +59,9 @@ def test_checkpoint_keeper_keeps_best_and_random(tmp_path):
 
 @pytest.fixture(scope="module")
 def paper_inputs(tmp_path_factory):
-    from conftest import require_data
-
-    from emo.slides import TilingConfig
-    from emo.slides.tiling import tile_slide_at
-
-    svs = require_data("slides/CMU-1-Small-Region.svs")
     root = tmp_path_factory.mktemp("paper")
     rng = np.random.default_rng(0)
-    slides = [f"S{i}" for i in range(5)]
-    for i, sid in enumerate(slides):
-        link = root / "slides" / f"{sid}.svs"
-        link.parent.mkdir(exist_ok=True)
-        link.symlink_to(svs)
-        centres = np.column_stack([rng.uniform(300, 1900, 6), rng.uniform(300, 2600, 6)])
-        tile_slide_at(link, centres, root / "tiles" / f"{sid}.h5", tile_size_um=48,
-                      config=TilingConfig(target_mpp=0.5, normalize=False))
+    slides = cmu_tile_stores(root, 5, 6, rng)
     y = rng.normal(size=(5, 3))
     write_targets(root / "targets.h5ad", y, ["ESR1", "MKI67", "ERBB2"], slides,
                   ["train", "train", "train", "tune", "tune"])

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_executors import ray_executor, slurm_folder  # noqa: F401  (fixtures: module Ray cluster, SLURM or skip)
-from training_cohort import write_targets
+from training_cohort import cmu_tile_stores, write_targets
 
 from emo.errors import EmoError
 from emo.slides import TilingConfig, tile_slides
@@ -144,20 +144,9 @@ def test_tile_cli_takes_an_executor(slides, tiled_locally, tmp_path):
 
 @pytest.fixture(scope="module")
 def paper_inputs(tmp_path_factory):
-    from conftest import require_data
-
-    from emo.slides.tiling import tile_slide_at
-
-    svs = require_data("slides/CMU-1-Small-Region.svs")
     root = tmp_path_factory.mktemp("paper")
     rng = np.random.default_rng(0)
-    slide_ids = [f"S{i}" for i in range(4)]
-    for sid in slide_ids:
-        link = root / "slides" / f"{sid}.svs"
-        link.parent.mkdir(exist_ok=True)
-        link.symlink_to(svs)
-        centres = np.column_stack([rng.uniform(300, 1900, 5), rng.uniform(300, 2600, 5)])
-        tile_slide_at(link, centres, root / "tiles" / f"{sid}.h5", tile_size_um=48, config=TilingConfig(target_mpp=0.5, normalize=False))
+    slide_ids = cmu_tile_stores(root, 4, 5, rng)
     y = rng.normal(size=(4, 3))
     y[:, 2] = np.nan  # a gene without a single measurement
     write_targets(root / "targets.h5ad", y, ["ESR1", "MKI67", "BROKEN"], slide_ids, ["train", "train", "tune", "tune"])

@@ -130,3 +130,24 @@ def write_targets(path: Path, y, genes, slide_ids, split, obs_extra=None, index=
     ad.uns["emo"] = {"version": "0.1.0"}
     ad.write_h5ad(path)
     return path
+
+
+def cmu_tile_stores(root: Path, n_slides: int, tiles_per_slide: int, rng: np.random.Generator,
+                    tile_ids: list[str] | None = None) -> list[str]:
+    """Slides S0…S{n-1}, each a link to the real CMU H&E under root/slides with a store of
+    `tiles_per_slide` random 48-µm tiles (0.5 µm/px, no stain normalisation) under root/tiles."""
+    from conftest import require_data
+
+    from emo.slides import TilingConfig
+    from emo.slides.tiling import tile_slide_at
+
+    svs = require_data("slides/CMU-1-Small-Region.svs")
+    slide_ids = [f"S{i}" for i in range(n_slides)]
+    for sid in slide_ids:
+        link = root / "slides" / f"{sid}.svs"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(svs)
+        centres = np.column_stack([rng.uniform(300, 1900, tiles_per_slide), rng.uniform(300, 2600, tiles_per_slide)])
+        tile_slide_at(link, centres, root / "tiles" / f"{sid}.h5", tile_size_um=48, tile_ids=tile_ids,
+                      config=TilingConfig(target_mpp=0.5, normalize=False))
+    return slide_ids
