@@ -148,7 +148,8 @@ def make_demo_cohort(
     `expression/samples.csv`, `morphology.csv` and `planted.json` under `out_dir`."""
     import openslide
     import pandas as pd
-    from tqdm.auto import tqdm
+
+    from emo.progress import track
 
     out_dir = Path(out_dir)
     source_path = find_source_slide(download=download)
@@ -182,7 +183,7 @@ def make_demo_cohort(
     slide_dir = out_dir / "slides"
     slide_dir.mkdir(parents=True, exist_ok=True)
     measured = {}
-    for i in tqdm(range(n_slides), desc="demo slides", unit="slide"):
+    for i in track(range(n_slides), "demo slides", "slide"):
         slide_id = f"demo_{i + 1:02d}"
         canvas = np.full((rows * REGION_PX, cols * REGION_PX, 3), BACKGROUND, np.uint8)
         placed = np.zeros(canvas.shape[:2], bool)

@@ -88,7 +88,7 @@ def consensus_clustering(
     progress: bool = False,
 ) -> ConsensusResult:
     """Consensus clustering of the rows of `data` [items × features]; `k` a number or the k to scan."""
-    from tqdm.auto import tqdm
+    from emo.progress import track
 
     x = np.asarray(data, dtype=np.float64)
     ks = [int(k)] if np.isscalar(k) else sorted(int(v) for v in k)
@@ -107,7 +107,7 @@ def consensus_clustering(
     n_feat = max(int(round(feature_fraction * m)), 2)
     together = np.zeros((len(ks), n, n))
     sampled = np.zeros((n, n))
-    for _ in tqdm(range(n_iter), desc=f"consensus k={ks[0]}..{ks[-1]}", disable=not progress):
+    for _ in track(range(n_iter), f"consensus k={ks[0]}..{ks[-1]}", "resample", disable=not progress):
         items = np.sort(rng.choice(n, n_items, replace=False))
         feats = np.sort(rng.choice(m, n_feat, replace=False)) if n_feat < m else slice(None)
         sub = x[np.ix_(items, np.arange(m)[feats])]

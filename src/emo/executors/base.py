@@ -72,7 +72,7 @@ class Executor:
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, desc: str = "items") -> list[Any]:
         """fn over items in parallel; results in item order; raises ExecutorError if any item fails."""
-        from tqdm.auto import tqdm
+        from emo.progress import progress_bar
 
         items = list(items)
         results: list[Any] = [None] * len(items)
@@ -80,10 +80,10 @@ class Executor:
         pending = list(range(len(items)))
         attempts = 0
         disable = None if self.progress is None else not self.progress
-        with tqdm(total=len(items), desc=desc, unit="item", disable=disable, leave=False) as bar:
+        with progress_bar(desc, len(items), "item", disable=disable, transient=True) as (advance, say):
             while pending and attempts <= self.retries:
                 attempts += 1
-                outcomes = self._run(fn, [(i, items[i]) for i in pending], lambda ok: bar.update(int(ok)))
+                outcomes = self._run(fn, [(i, items[i]) for i in pending], lambda ok: advance(int(ok)))
                 pending = []
                 for i, (ok, value) in sorted(outcomes.items()):
                     if ok:
@@ -93,7 +93,7 @@ class Executor:
                         failures[i] = value
                         pending.append(i)
                 if pending and attempts <= self.retries:
-                    bar.write(f"{desc}: retrying {len(pending)} failed item(s) (attempt {attempts + 1})")
+                    say(f"{desc}: retrying {len(pending)} failed item(s) (attempt {attempts + 1})")
         if failures:
             raise ExecutorError(desc, items, failures, results, attempts)
         return results

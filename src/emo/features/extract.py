@@ -206,12 +206,11 @@ def _embed_slides(jobs: list[_SlideJob], model: Any, identity: dict[str, Any], d
     done: dict[int, list[np.ndarray]] = {j: [] for j in range(len(jobs))}
     run_params = {"device": device, "amp": cuda, "batch_size": batch_size}
 
-    from tqdm.auto import tqdm
+    from emo.progress import progress_bar
 
     n_total = sum(job.n_tiles for job in jobs)
-    bar = tqdm(total=n_total, unit="tile", desc=f"features {model.name}", disable=not progress)
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), progress_bar(f"features {model.name}", n_total, "tile", disable=not progress) as (advance, _):
         for j, x in loader:
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -220,7 +219,7 @@ def _embed_slides(jobs: list[_SlideJob], model: Any, identity: dict[str, Any], d
             else:
                 y = model(x)
             done[j].append(y.float().cpu().numpy())
-            bar.update(len(x))
+            advance(len(x))
             job = jobs[j]
             if sum(len(a) for a in done[j]) == job.n_tiles:
                 features = np.concatenate(done.pop(j)) if job.n_tiles else np.zeros((0, model.dim), np.float32)
@@ -231,7 +230,6 @@ def _embed_slides(jobs: list[_SlideJob], model: Any, identity: dict[str, Any], d
         _write(jobs[j], np.zeros((0, model.dim), np.float32), identity, run_params)
         if on_slide_done:
             on_slide_done(jobs[j].slide_id, jobs[j].out_path, "computed")
-    bar.close()
     seconds = time.perf_counter() - start
     msg = f"{n_total} tiles from {len(jobs)} slides in {seconds:.1f} s: {n_total / max(seconds, 1e-9):.1f} tiles/s on {device}"
     log.info(msg)

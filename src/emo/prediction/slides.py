@@ -208,13 +208,9 @@ def predict(
         sources = _feature_sources(model, feature_dir, tiles)
     chosen = _chosen_genes(model.genes, genes, panel)
     model_id = _model_id(model_dir, manifest)
-    try:
-        from rich.progress import track
-    except ImportError:  # pragma: no cover
-        def track(x, **_):
-            return x
+    from emo.progress import track
 
-    for slide_id in track(sorted(sources), description="predicting slides"):
+    for slide_id in track(sorted(sources), "predicting slides", "slide"):
         dest = out_dir / "spatial" / f"{slide_id}.h5ad"
         if dest.exists() and _finished_with(dest, model_id):
             continue
