@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test", required=True, help="comma-separated test sections")
     ap.add_argument("--genes", type=Path, required=True, help="gene list, one symbol per line")
     ap.add_argument("--out", type=Path, required=True, help="output folder for <S>.csv")
-    ap.add_argument("--cache", type=Path, default=None, help="feature cache folder (outside the repo); off by default")
+    ap.add_argument("--cache", type=Path, default=None, help="spot feature cache folder (default: the shared emo cache, $EMO_CACHE_DIR or ~/.cache/emo)")
     ap.add_argument("--tile-sizes-um", default="224,100,448", help="tile sizes around each spot, µm")
     ap.add_argument("--backbone", default="efficientnet_lite0_ms", help="frozen feature backbone")
     ap.add_argument("--alpha", type=float, default=3.0, help="ridge penalty per feature")
@@ -56,7 +56,8 @@ def run(args: argparse.Namespace, t0: float) -> int:
     from emo.io import write_table_atomic
     from emo.panels import get_panel, read_gene_file
     from emo.spot_models import SpotModelConfig, gene_correlations, predict_section, score_spearman, train_spot_model
-    from emo.spot_models.data import section_has_image, spot_targets
+    from emo.expression.her2st import Her2stLayout
+    from emo.spot_models.targets import spot_targets
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     eval_genes = read_gene_file(args.genes)
@@ -66,12 +67,9 @@ def run(args: argparse.Namespace, t0: float) -> int:
     test = [s for s in args.test.split(",") if s]
     if overlap := set(train) & set(test):
         raise EmoError(f"sections {sorted(overlap)} are in both --train and --test; hold test sections out")
-    for s in train:
-        if not section_has_image(args.data, s):
-            raise EmoError(f"train section {s}: no image in {args.data / 'images'}; train on sections with images")
     runnable = []
     for s in test:
-        if not section_has_image(args.data, s):
+        if not Her2stLayout(args.data).has_image(s):
             print(f"{s}: SKIPPED — no image in {args.data / 'images'} (counts only), cannot predict its spots")
         else:
             runnable.append(s)
@@ -79,13 +77,12 @@ def run(args: argparse.Namespace, t0: float) -> int:
         raise EmoError(f"none of the test sections {test} has an image in {args.data / 'images'}")
     if args.finetune:
         return run_finetune(args, t0, train, runnable, genes, eval_genes, prolif)
-    config = SpotModelConfig(
+    config = SpotModelConfig.build(
         tile_sizes_um=tuple(float(v) for v in args.tile_sizes_um.split(",")), backbone=args.backbone, alpha=args.alpha,
         n_components=args.components or None, context_radius=args.context_radius,
         section_standardize=not args.no_section_standardize)
     print(f"config: {config}")
-    model = train_spot_model(args.data, train, genes, config, exclude_from_basis=test, cache_dir=args.cache,
-                             progress=lambda s: print(f"  features {s} ({time.perf_counter() - t0:.0f}s)", flush=True))
+    model = train_spot_model(args.data, train, genes, config, exclude_from_basis=test, cache=args.cache)
     print(f"trained on {','.join(train)}; target basis from {len(model.meta['basis_sections'])} count sections "
           f"({time.perf_counter() - t0:.0f}s)")
     rows = []
@@ -114,8 +111,10 @@ def run_finetune(args, t0, train, test, genes, eval_genes, prolif) -> int:
     from emo.expression import read_her2st
     from emo.io import write_table_atomic
     from emo.spot_models import gene_correlations, score_spearman
-    from emo.spot_models.data import spot_targets
-    from emo.spot_models.finetune import predict_spot_finetune, train_spot_finetune
+    from emo.models import load
+    from emo.spot_models import predict_section
+    from emo.spot_models.finetune import train_spot_finetune
+    from emo.spot_models.targets import spot_targets
     from emo.training.finetune import FinetuneConfig
 
     import json
@@ -123,11 +122,11 @@ def run_finetune(args, t0, train, test, genes, eval_genes, prolif) -> int:
     overrides = {k: json.loads(v) for k, v in (kv.split("=") for kv in args.finetune_options.split(",") if kv)}
     config = FinetuneConfig(**overrides)
     print(f"finetune: {config}")
-    model_dir = train_spot_finetune(args.data, train, genes, args.out / "finetune_model", config, cache_dir=args.cache)
+    model = load(train_spot_finetune(args.data, train, genes, args.out / "finetune_model", config, cache=args.cache))
     print(f"trained on {','.join(train)} ({time.perf_counter() - t0:.0f}s)", flush=True)
     rows = []
     for s in test:
-        pred, _ = predict_spot_finetune(model_dir, args.data, s, args.cache)
+        pred, _ = predict_section(model, args.data, s, args.cache)
         write_table_atomic(args.out / f"{s}.csv", pred, index=True)
         measured = spot_targets(read_her2st(args.data, s), genes)
         table = gene_correlations(pred[eval_genes].to_numpy(), measured[:, : len(eval_genes)], eval_genes)

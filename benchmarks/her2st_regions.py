@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test", required=True, help="comma-separated test sections (need images)")
     ap.add_argument("--genes", type=Path, required=True, help="gene list, one symbol per line")
     ap.add_argument("--out", type=Path, required=True, help="output folder")
-    ap.add_argument("--cache", type=Path, default=None, help="spot feature cache folder (outside the repo); off by default")
+    ap.add_argument("--cache", type=Path, default=None, help="spot feature cache folder (default: the shared emo cache, $EMO_CACHE_DIR or ~/.cache/emo)")
     ap.add_argument("--head", default="ridge", help="slide-level head from emo.models.HEADS")
     ap.add_argument("--tile-sizes-um", default="224,100,448", help="spot-centred tile sizes, µm (several: features concatenated)")
     ap.add_argument("--backbone", default="efficientnet_lite0_ms", help="frozen feature backbone")
@@ -71,10 +71,10 @@ def _sections(value: str) -> list[str]:
 
 
 def check_images(data: Path, sections: list[str], role: str) -> None:
-    from emo.spot_models.data import section_has_image
+    from emo.expression.her2st import Her2stLayout
 
     for s in sections:
-        if not section_has_image(data, s):
+        if not Her2stLayout(data).has_image(s):
             raise EmoError(f"{role} section {s}: no image {data / 'images' / f'{s}.jpg'} (nor {s}_lowres.png); its "
                            "regions have counts only and no tiles — choose sections with images (e.g. --train B4,C2 "
                            "--test C3,C4)")
@@ -243,7 +243,7 @@ def spot_baseline(args, train, test, genes, eval_genes, spot_regions, targets: P
     from emo.spot_models import SpotModelConfig, predict_section, score_spearman, train_spot_model
 
     config = SpotModelConfig(alpha=3.0, n_components=10, context_radius=1.5)
-    model = train_spot_model(args.data, train, genes, config, exclude_from_basis=test, cache_dir=args.cache)
+    model = train_spot_model(args.data, train, genes, config, exclude_from_basis=test, cache=args.cache)
     preds = []
     for s in test:
         pred, _ = predict_section(model, args.data, s, args.cache)

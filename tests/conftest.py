@@ -32,6 +32,12 @@ def require_data(relpath: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _emo_cache(tmp_path_factory):
+    """Tests never write to the user's emo cache (~/.cache/emo): one cache folder per test session."""
+    os.environ["EMO_CACHE_DIR"] = str(tmp_path_factory.mktemp("emo-cache"))
+
+
 @pytest.fixture
 def shared_data():
     return require_data

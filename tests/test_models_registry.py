@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from training_cohort import cmu_tile_stores, write_targets
 
-from emo.errors import EmoError
-from emo.features import FeatureStore, extract_features
-from emo.models import MODEL_KINDS, MLPConfig, load
+from emo.errors import EmoError, EmoWarning
+from emo.features import FeatureStore, embed, extract_features
+from emo.models import MODEL_KINDS, EmoModel, MLPConfig, load
 from emo.slides import TileStore
 
 
@@ -29,11 +29,48 @@ def stores(tmp_path_factory):
 
 def test_every_kind_emo_writes_is_registered():
     load  # noqa: B018 - the registry fills on first load; importing the kind modules does it too
-    import emo.spot_models.model  # noqa: F401
+    import emo.models.spot  # noqa: F401
+    import emo.training.finetune  # noqa: F401
     import emo.training.paper  # noqa: F401
     import emo.training.tile_classifier  # noqa: F401
 
-    assert {"ridge", "mlp", "paper_cnn", "tile_classifier", "spot_ridge"} <= set(MODEL_KINDS)
+    assert {"ridge", "mlp", "attention_mil", "paper_cnn", "finetune_cnn", "tile_classifier", "spot_ridge"} <= set(MODEL_KINDS)
+    assert all(issubclass(cls, EmoModel) for cls in MODEL_KINDS.values())
+
+
+def test_a_subclass_registers_its_kind_and_loads_with_its_identity(tmp_path):
+    from emo import __version__
+
+    class Constant(EmoModel):
+        kinds = ("test_constant",)
+
+        def __init__(self, manifest, path=None):
+            self.manifest, self.path = manifest, path
+
+        @classmethod
+        def from_folder(cls, model_dir, manifest):
+            return cls(manifest, model_dir)
+
+        def predict(self, source, embed=None):
+            return np.full((len(source), 1), float(self.manifest["value"]), np.float32)
+
+    try:
+        assert MODEL_KINDS["test_constant"] is Constant
+        folder = tmp_path / "m"
+        folder.mkdir()
+        manifest = {"kind": "test_constant", "emo_version": __version__, "genes": ["G"], "value": 2.0}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        (folder / "weights.safetensors").write_bytes(b"a")
+        model = load(folder)
+        assert isinstance(model, Constant) and model.kind == "test_constant" and model.genes == ["G"]
+        assert model.predict(np.zeros((3, 4))).tolist() == [[2.0]] * 3
+        first = model.model_id
+        (folder / "weights.safetensors").write_bytes(b"bb")
+        assert load(folder).model_id != first  # other weights, other identity
+        with pytest.raises(EmoError, match="saved by the run that trains it"):
+            model.save(tmp_path / "copy")
+    finally:
+        MODEL_KINDS.pop("test_constant", None)
 
 
 @pytest.mark.parametrize("head", ["ridge", "mlp"])
@@ -46,7 +83,9 @@ def test_head_predicts_tile_store_like_its_features(stores, tmp_path, head):
     assert model.kind == head and model.genes == ["ESR1", "MKI67", "ERBB2"]
     assert model.backbone["name"] == "efficientnet_lite0"
     tiles = TileStore(stores["tiles"] / "S0.h5")
-    from_tiles = model.predict(tiles)  # embedded with the manifest's backbone on the fly
+    from_tiles = model.predict(tiles, embed)  # embedded in memory with the manifest's backbone
+    with pytest.raises(EmoError, match="needs an embedder"):
+        model.predict(tiles)
     from_store = model.predict(FeatureStore(stores["features"] / "S0.h5"))
     assert from_tiles.shape == (8, 3) and from_tiles.dtype == np.float32
     np.testing.assert_allclose(from_tiles, from_store, rtol=1e-4, atol=1e-5)
@@ -66,7 +105,7 @@ def test_tile_classifier_predicts_class_probabilities_of_a_tile_store(stores, tm
     train_tile_classifier(stores["features"], labels, tmp_path / "clf", min_count=2)
     model = load(tmp_path / "clf")
     assert model.kind == "tile_classifier" and model.genes == ["a", "b"]
-    proba = model.predict(TileStore(stores["tiles"] / "S1.h5"))
+    proba = model.predict(TileStore(stores["tiles"] / "S1.h5"), embed)
     assert proba.shape == (8, 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(proba, load_tile_classifier(tmp_path / "clf").predict_proba(
@@ -97,8 +136,8 @@ def test_paper_cnn_predicts_tile_pixels_and_refuses_features(stores, tmp_path):
 
 def _spot_model(stores, tmp_path, meta=None):
     """A spot model fitted for real on the tile stores' multi-scale features (random spot targets)."""
-    from emo.spot_models.model import SpotModelConfig, fit_spot_model, section_design
-    from emo.spot_models.pipeline import tile_store_features
+    from emo.spot_models import SpotModelConfig, fit_spot_model
+    from emo.models.spot import section_design
 
     config = SpotModelConfig(tile_sizes_um=(48.0, 96.0), backbone="efficientnet_lite0", n_components=None,
                              context_radius=1.5)
@@ -107,7 +146,7 @@ def _spot_model(stores, tmp_path, meta=None):
     for sid in stores["slides"][:3]:
         store = TileStore(stores["tiles"] / f"{sid}.h5")
         centres_um = (np.asarray(store.coords_px) + store.attrs["tile_size_level0"] / 2) * store.mpp
-        designs.append(section_design(tile_store_features(store, config), centres_um, config, 300.0))
+        designs.append(section_design(_stored_features(store, config, tmp_path), centres_um, config, 300.0))
         targets.append(rng.normal(size=(len(store), 2)))
     meta = {"train_sections": ["S0", "S1", "S2"], "basis_sections": [], "spot_pitch_um": 200.0,
             "context_radius_um": 300.0, **(meta or {})}
@@ -116,9 +155,24 @@ def _spot_model(stores, tmp_path, meta=None):
     return model, config
 
 
-def test_spot_model_predicts_any_tile_store_from_tile_coordinates(stores, tmp_path):
-    from emo.spot_models.model import section_design
-    from emo.spot_models.pipeline import tile_store_features
+def _stored_features(store, config, cache):
+    """The features stage's way: a spot-centred tile store per scale (slides stage) and its feature store."""
+    from emo.spot_models.sections import centred_tile_store
+
+    centres = np.asarray(store.coords_px, np.float64) + float(store.attrs["tile_size_level0"]) / 2
+    parts = []
+    for size in config.tile_sizes_um:
+        tiles = centred_tile_store(store.slide_path, centres, store.mpp, store.tile_ids, size, config.tile_px, cache,
+                                   store.slide_id)
+        folder = extract_features(tiles, tiles.parents[1], backbone=config.backbone, workers=0, progress=False)
+        parts.append(FeatureStore(next(folder.glob("*.h5"))).features)
+    return np.concatenate(parts, axis=1)
+
+
+def test_spot_model_predicts_any_tile_store_in_memory_like_the_cached_stores(stores, tmp_path, monkeypatch):
+    import tempfile
+
+    from emo.models.spot import section_design
 
     fitted, config = _spot_model(stores, tmp_path)
     model = load(tmp_path / "spot")
@@ -126,12 +180,18 @@ def test_spot_model_predicts_any_tile_store_from_tile_coordinates(stores, tmp_pa
     assert model.backbone["tile_sizes_um"] == [48.0, 96.0]
     assert json.loads((tmp_path / "spot" / "manifest.json").read_text())["context_radius_um"] == 300.0
     store = TileStore(stores["tiles"] / "S4.h5")  # a slide it never saw; no counts, no spot grid
-    pred = model.predict(store)
+    view = store.centred_view(96.0, 224)
+    assert len(view) == len(store) and view.read_tiles([0]).shape == (1, 224, 224, 3)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    pred = model.predict(store, embed)  # pixels read through the store's reader: nothing written
     centres_um = (np.asarray(store.coords_px) + store.attrs["tile_size_level0"] / 2) * store.mpp
-    ref = fitted.predict_design(section_design(tile_store_features(store, config), centres_um, config, 300.0))
+    ref = fitted.predict_design(section_design(_stored_features(store, config, tmp_path / "c"), centres_um,
+                                               config, 300.0))
     assert pred.shape == (8, 2)
-    np.testing.assert_allclose(pred, ref, rtol=1e-4, atol=1e-4)
-    with pytest.raises(EmoError, match="reads pixels around tile centres"):
+    np.testing.assert_allclose(pred, ref, rtol=1e-5, atol=1e-5)  # the same pixels as the stored tiles
+    with pytest.raises(EmoError, match="reads tile pixels; pass a tile store"):
         model.predict(np.zeros((8, 10), np.float32))
 
     # the same model through `emo predict --tiles`: EMO-spatial per slide and EMO-average, every gene
@@ -144,10 +204,11 @@ def test_spot_model_predicts_any_tile_store_from_tile_coordinates(stores, tmp_pa
     assert list(spatial.var_names) == ["ESR1", "MKI67"] and list(spatial.obs_names) == list(store.tile_ids)
     np.testing.assert_allclose(spatial.X, pred, rtol=1e-5, atol=1e-5)
     assert anndata.read_h5ad(tmp_path / "pred" / "average.h5ad").shape == (5, 2)
+    assert list(temp.iterdir()) == []
 
 
 def test_spot_predictions_refuse_leaking_sections(stores, tmp_path):
-    from emo.spot_models.pipeline import check_held_out, predict_section
+    from emo.spot_models.sections import check_held_out, predict_section
 
     model, _ = _spot_model(stores, tmp_path, {"train_sections": ["B4"], "basis_sections": ["B4", "C4"]})
     with pytest.raises(EmoError, match="C4: its counts shaped the model's target components"):
@@ -156,7 +217,7 @@ def test_spot_predictions_refuse_leaking_sections(stores, tmp_path):
         predict_section(model, tmp_path, "B4")
     with pytest.raises(EmoError, match="sections C3: both training and held-out"):
         check_held_out(["B4", "C3"], ["C3"])
-    with pytest.warns(UserWarning, match="patient C: train C2,C3 vs held-out C4"):
+    with pytest.warns(EmoWarning, match="patient C: train C2,C3 vs held-out C4"):
         check_held_out(["B4", "C2", "C3"], ["C4"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -167,7 +228,7 @@ def test_unknown_kind_and_unknown_spot_genes_are_errors(tmp_path):
     import anndata
     from scipy import sparse
 
-    from emo.spot_models.data import spot_targets
+    from emo.spot_models.targets import spot_targets
 
     (tmp_path / "m").mkdir()
     from emo import __version__

@@ -35,11 +35,19 @@ for _name in _COMMAND_MODULES:
     importlib.import_module(f"emo.cli.{_name}")
 
 
+def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one `emo: warning: ...` line on stderr: no category, path or source line."""
+    typer.echo(f"emo: warning: {message}", err=True)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 2.
 
     Usage errors (missing/invalid options) are reported by click itself in standalone mode.
     """
+    import warnings
+
+    warnings.showwarning = _one_line
     try:
         app()
     except EmoError as exc:

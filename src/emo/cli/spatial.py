@@ -9,7 +9,7 @@ import typer
 
 from emo.cli._apps import app
 from emo.expression.her2st import DESCRIPTION as LAYOUT
-from emo.spot_models.model import SpotModelConfig
+from emo.models.spot import SpotModelConfig
 
 DEFAULT = SpotModelConfig()
 
@@ -30,16 +30,22 @@ def train(
                                       help="tile sizes around each spot in µm"),
     backbone: str = typer.Option(DEFAULT.backbone, help="frozen feature backbone (see `emo features --help`)"),
     alpha: float = typer.Option(DEFAULT.alpha, help="ridge penalty per feature"),
-    components: int = typer.Option(DEFAULT.n_components, help="target principal components learned from all count sections (0 = off)"),
+    components: int = typer.Option(DEFAULT.n_components or 0, help="target principal components learned from all count sections (0 = off)"),
     context_radius: float = typer.Option(DEFAULT.context_radius, help="neighbour radius in spot pitches for spot context (0 = off)"),
-    cache: Path | None = typer.Option(None, help="feature cache folder"),
+    cache: Path | None = typer.Option(None, help="spot feature cache folder (default: $EMO_CACHE_DIR or ~/.cache/emo)"),
     finetune: bool = typer.Option(False, "--finetune", help="fine-tune one network for all genes end to end on 224 µm spot tiles instead"),
     finetune_config: Path | None = typer.Option(None, help="with --finetune: JSON of FinetuneConfig fields (epochs, steps, input_size, hed_jitter, ...)"),
 ) -> None:
-    """Train a spot-level model over all genes at once on frozen multi-scale features (or --finetune)."""
+    """Train a spot-level model over all genes at once on frozen multi-scale features (or --finetune).
+
+    Sections, genes and the output folder are checked first; spot features are cached (`--cache`,
+    default `$EMO_CACHE_DIR` or ~/.cache/emo), so a re-run or `emo run` on the same sections reuses them."""
     from emo.panels import resolve_genes
     from emo.spot_models import SpotModelConfig, train_spot_model
+    from emo.spot_models.sections import check_out_dir
 
+    check_out_dir(out)
+    train_sections = [s for s in sections.split(",") if s]
     if finetune:
         import json
 
@@ -47,17 +53,16 @@ def train(
         from emo.training.finetune import FinetuneConfig
 
         config = FinetuneConfig(**(json.loads(finetune_config.read_text()) if finetune_config else {}))
-        path = train_spot_finetune(data, [s for s in sections.split(",") if s], resolve_genes(genes), out, config,
-                                   cache_dir=cache)
-        typer.echo(f"model: {path}")
+        typer.echo(f"model: {train_spot_finetune(data, train_sections, resolve_genes(genes), out, config, cache=cache)}")
         return
 
-    config = SpotModelConfig(tile_sizes_um=tuple(float(v) for v in tile_sizes_um.split(",")), backbone=backbone,
-                             alpha=alpha, n_components=components or None, context_radius=context_radius)
-    model = train_spot_model(data, [s for s in sections.split(",") if s], resolve_genes(genes), config,
-                             exclude_from_basis=[s for s in hold_out.split(",") if s], cache_dir=cache,
-                             progress=lambda s: typer.echo(f"features: {s}"))
-    typer.echo(f"model: {model.save(out)}")
+    config = SpotModelConfig.build(tile_sizes_um=tuple(float(v) for v in tile_sizes_um.split(",")), backbone=backbone,
+                                   alpha=alpha, n_components=components, context_radius=context_radius)
+    summary = []
+    model = train_spot_model(data, train_sections, resolve_genes(genes), config,
+                             exclude_from_basis=[s for s in hold_out.split(",") if s], cache=cache,
+                             on_done=summary.append)
+    typer.echo(summary[0].line(model.save(out)))
 
 
 @spatial_app.command("predict")
@@ -66,19 +71,20 @@ def predict(
     data: Path = typer.Option(..., help=f"folder in the {LAYOUT}"),
     sections: str = typer.Option(..., help="comma-separated sections to predict (an image and spots/<S>.tsv each)"),
     out: Path = typer.Option(..., help="output folder: <S>.csv, spots × genes of normalised log1p expression, and <S>.h5ad for scanpy/squidpy"),
-    cache: Path | None = typer.Option(None, help="feature cache folder"),
+    cache: Path | None = typer.Option(None, help="spot feature cache folder (default: $EMO_CACHE_DIR or ~/.cache/emo)"),
     allow_basis_sections: bool = typer.Option(False, help="predict sections whose counts shaped the target "
                                               "components (their scores are optimistic)"),
 ) -> None:
     """Predict every spot of each section with a trained spot-level model (no counts needed)."""
-    from emo.models.model import read_manifest
-    from emo.spot_models import SpotModel, predict_section, write_spot_predictions
-    from emo.spot_models.finetune import predict_spot_finetune
+    from emo.models import load
+    from emo.spot_models import check_sections, predict_section, write_spot_predictions
+    from emo.spot_models.sections import check_out_dir
 
-    tuned = read_manifest(model).get("kind") == "finetune_cnn"
-    fitted = None if tuned else SpotModel.load(model)
-    for section in (s for s in sections.split(",") if s):
-        pred, spots = (predict_spot_finetune(model, data, section, cache) if tuned
-                       else predict_section(fitted, data, section, cache, allow_basis=allow_basis_sections))
+    fitted = load(model)
+    wanted = [s for s in sections.split(",") if s]
+    check_sections(data, wanted, counts=False)
+    check_out_dir(out)
+    for section in wanted:
+        pred, spots = predict_section(fitted, data, section, cache, allow_basis=allow_basis_sections)
         csv, h5ad = write_spot_predictions(out, section, pred, spots, model)
         typer.echo(f"{section}: {csv}, {h5ad}")

@@ -8,6 +8,7 @@ when its backbone identity and tile-store hash match; anything else is recompute
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -79,7 +80,7 @@ class _TileBatches(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor | None]:
         job, path, indices = self.chunks[i]
-        store = self._stores.get(path)
+        store = path if not isinstance(path, (str, Path)) else self._stores.get(path)
         if store is None:
             from emo.slides import TileStore
 
@@ -97,7 +98,8 @@ class _TileBatches(Dataset):
 
 def model_inputs(chunks: Sequence[tuple[int, Path, np.ndarray]], input_size: int, mean: Sequence[float],
                  std: Sequence[float], device: str, workers: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """(job, float [k, 3, s, s] on `device`) for each chunk (job, tile store, row indices), in order.
+    """(job, float [k, 3, s, s] on `device`) for each chunk (job, tile store path or TileStore, row
+    indices), in order.
 
     Workers decode; on CUDA they send raw uint8 tiles (a third of the float bytes) and Macenko +
     resize + normalisation run batched on the GPU; on CPU the workers do it all, vectorised.
@@ -136,13 +138,15 @@ def extract_features(tile_dir: Path | Sequence[Path], out_dir: Path, backbone: s
                      weights: str = "default", batch_size: int = 64, device: str | None = None, workers: int = 2, *,
                      pooling: str | None = None, input_size: int | None = None, progress: bool = True,
                      on_slide_done: Callable[[str, Path, str], None] | None = None,
+                     on_tiles: Callable[[int], None] | None = None,
                      executor: str | Executor | None = None, slides_per_job: int = 8,
                      executor_options: dict[str, Any] | None = None) -> Path:
     """Write `<out_dir>/features/<backbone>/<slide_id>.h5` for every tile store; return that folder.
 
     `tile_dir` is a folder of tile stores (or its parent, or one store, or a list of stores).
     `on_slide_done(slide_id, path, status)` is called after each slide with status `computed` or
-    `cached` (finished earlier with the same backbone and tile store). One process with a loader
+    `cached` (finished earlier with the same backbone and tile store); `on_tiles(n)` after each batch
+    of n tiles (a caller's own progress bar). One process with a loader
     feeding one device is the fastest on a machine; for a cluster, `executor` = `ray` or `slurm`
     (or such an Executor) splits the unfinished slides into jobs of `slides_per_job` slides, each
     running this function on its slides where it lands (a local executor keeps the single loader).
@@ -172,7 +176,7 @@ def extract_features(tile_dir: Path | Sequence[Path], out_dir: Path, backbone: s
         options = dict(batch_size=batch_size, device=device, workers=workers, pooling=pooling, input_size=input_size)
         _fan_out(jobs, out_dir, backbone, weights, options, executor, slides_per_job, executor_options, on_slide_done)
     else:
-        _embed_slides(jobs, model, identity, device, batch_size, workers, progress, on_slide_done)
+        _embed_slides(jobs, model, identity, device, batch_size, workers, progress, on_slide_done, on_tiles)
     return out_folder
 
 
@@ -196,13 +200,12 @@ def _pending_slides(tile_paths: Sequence[Path], out_folder: Path, identity: dict
 
 
 def _embed_slides(jobs: list[_SlideJob], model: Any, identity: dict[str, Any], device: str, batch_size: int,
-                  workers: int, progress: bool, on_slide_done: Callable[[str, Path, str], None] | None) -> None:
+                  workers: int, progress: bool, on_slide_done: Callable[[str, Path, str], None] | None,
+                  on_tiles: Callable[[int], None] | None = None) -> None:
     """One loader feeding one device: every slide's tiles in batches, each slide written when complete."""
     chunks = [(j, job.tile_store, np.arange(s, min(s + batch_size, job.n_tiles)))
               for j, job in enumerate(jobs) for s in range(0, job.n_tiles, batch_size)]
-    loader = model_inputs(chunks, model.input_size, model.mean, model.std, device, workers)
     cuda = device.startswith("cuda")
-    model = model.to(device, memory_format=torch.channels_last) if cuda else model.to(device)
     done: dict[int, list[np.ndarray]] = {j: [] for j in range(len(jobs))}
     run_params = {"device": device, "amp": cuda, "batch_size": batch_size}
 
@@ -210,16 +213,12 @@ def _embed_slides(jobs: list[_SlideJob], model: Any, identity: dict[str, Any], d
 
     n_total = sum(job.n_tiles for job in jobs)
     start = time.perf_counter()
-    with torch.inference_mode(), progress_bar(f"features {model.name}", n_total, "tile", disable=not progress) as (advance, _):
-        for j, x in loader:
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cuda", dtype=torch.float16):
-                    y = model(x)
-            else:
-                y = model(x)
-            done[j].append(y.float().cpu().numpy())
-            advance(len(x))
+    with progress_bar(f"features {model.name}", n_total, "tile", disable=not progress) as (advance, _):
+        for j, y in _forward(model, chunks, device, workers):
+            done[j].append(y)
+            advance(len(y))
+            if on_tiles:
+                on_tiles(len(y))
             job = jobs[j]
             if sum(len(a) for a in done[j]) == job.n_tiles:
                 features = np.concatenate(done.pop(j)) if job.n_tiles else np.zeros((0, model.dim), np.float32)
@@ -235,6 +234,64 @@ def _embed_slides(jobs: list[_SlideJob], model: Any, identity: dict[str, Any], d
     log.info(msg)
     if progress:
         print(msg)
+
+
+def _forward(model: Any, chunks: Sequence[tuple[int, Any, np.ndarray]], device: str,
+             workers: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(job, float32 [k, dim]) for each chunk: the backbone over the loader's batches (AMP on CUDA)."""
+    cuda = device.startswith("cuda")
+    loader = model_inputs(chunks, model.input_size, model.mean, model.std, device, workers)
+    model = model.to(device, memory_format=torch.channels_last) if cuda else model.to(device)
+    with torch.inference_mode():
+        for j, x in loader:
+            if cuda:
+                with torch.autocast("cuda", dtype=torch.float16):
+                    y = model(x.contiguous(memory_format=torch.channels_last))
+            else:
+                y = model(x)
+            yield j, y.float().cpu().numpy()
+
+
+@functools.lru_cache(maxsize=4)
+def _backbone(name: str, weights: str, pooling: str | None, input_size: int | None) -> Any:
+    from emo.models import create_backbone
+
+    return create_backbone(name, weights, pooling=pooling, input_size=input_size).eval()
+
+
+def _weights_argument(identity: str | None) -> str:
+    """`create_backbone`'s `weights` argument that reproduces a recorded weights identity."""
+    from emo.models.backbones import WHEEL_WEIGHTS
+
+    identity = str(identity or "default")
+    for prefix, argument in (("none:", "none"), (f"{WHEEL_WEIGHTS}:", WHEEL_WEIGHTS), ("imagenet:", "imagenet")):
+        if identity.startswith(prefix):
+            return argument
+    return identity  # default, hf-hub:<id>; file identities cannot be rebuilt (checked in `embed`)
+
+
+def embed(store: Any, backbone: str | dict[str, Any] = "efficientnet_lite0", *, batch_size: int = 64,
+          device: str | None = None, workers: int = 0) -> np.ndarray:
+    """float32 [tiles, dim]: `backbone` over every tile of `store` (a TileStore or its `centred_view`),
+    in memory: `extract_features` without the writing, for prediction.
+
+    `backbone` is a name or a recorded identity (a model's `backbone`: name, weights, pooling,
+    input_size); the network is built once per identity and the weights it gives must match."""
+    wanted = {"name": backbone} if isinstance(backbone, str) else dict(backbone)
+    try:
+        model = _backbone(wanted["name"], _weights_argument(wanted.get("weights")), wanted.get("pooling"),
+                          wanted.get("input_size"))
+    except EmoError as exc:
+        raise EmoError(f"{getattr(store, 'path', 'tiles')}: cannot embed tiles with backbone {wanted['name']} ({exc}); "
+                       "run `emo features` and pass --features") from None
+    got = model.identity().get("weights")
+    if wanted.get("weights") is not None and str(got) != str(wanted["weights"]):
+        raise EmoError(f"{getattr(store, 'path', 'tiles')}: backbone {wanted['name']} gives weights {got}, the model "
+                       f"was trained on {wanted['weights']}; run `emo features` with those weights and pass --features")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    chunks = [(0, store, np.arange(s, min(s + batch_size, len(store)))) for s in range(0, len(store), batch_size)]
+    parts = [y for _, y in _forward(model, chunks, device, workers)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.dim), np.float32)
 
 
 def _fans_out(executor: str | Executor | None) -> bool:

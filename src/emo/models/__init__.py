@@ -1,11 +1,11 @@
 """Model registries: image backbones, heads on cached features, and every trained-model kind
-behind one interface (`load(model_dir)` → `.genes`, `.backbone`, `.predict(source)`)."""
+behind one interface (`EmoModel`; `load(model_dir)` → `.genes`, `.backbone`, `.predict(source, embed)`, `.save`, `.model_id`)."""
 
 from emo.models.attention_mil import AttentionMILConfig, AttentionMILHead
 from emo.models.backbones import BACKBONES, Backbone, create_backbone, list_backbones
 from emo.models.heads import HEADS, LinearHead, MLPConfig, MLPHead, fit_ridge_path, get_head_class
 from emo.models.model import Model, save_model
-from emo.models.registry import MODEL_KINDS, EmoModel, load, register_model_kind
+from emo.models.registry import MODEL_KINDS, EmoModel, load, load_kind
 
 __all__ = [
     "AttentionMILConfig",
@@ -24,6 +24,6 @@ __all__ = [
     "get_head_class",
     "list_backbones",
     "load",
-    "register_model_kind",
+    "load_kind",
     "save_model",
 ]

@@ -11,7 +11,7 @@ import numpy as np
 from emo.errors import EmoError
 from emo.io import atomic_path, write_json_atomic
 from emo.models.heads import HEADS
-from emo.models.registry import register_model_kind
+from emo.models.registry import Embedder, EmoModel
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
@@ -21,10 +21,11 @@ def _major(version: str) -> str:
     return str(version).split(".")[0]
 
 
-class Model:
-    """A loaded head (`ridge`, `mlp`) with its manifest: per-tile expression from backbone features."""
+class Model(EmoModel):
+    """A loaded head (`ridge`, `mlp`, `attention_mil`) with its manifest: per-tile expression from
+    backbone features."""
 
-    reads_pixels = False
+    kinds = tuple(HEADS)
 
     def __init__(self, manifest: dict, head, path: Path | None = None):
         self.manifest = manifest
@@ -32,36 +33,34 @@ class Model:
         self.path = path
 
     @property
-    def genes(self) -> list[str]:
-        return list(self.manifest["genes"])
-
-    @property
-    def kind(self) -> str:
-        return self.manifest["kind"]
-
-    @property
-    def backbone(self) -> dict:
-        return self.manifest["backbone"]
-
-    @property
     def dim(self) -> int:
         return int(self.manifest["backbone"]["dim"])
 
-    def predict(self, source) -> np.ndarray:
-        """float32 [tiles, genes] from a feature array, a FeatureStore, or a TileStore (embedded with
-        the model's backbone, checked to give the identity it was trained on)."""
-        from emo.features import FeatureStore
+    def predict(self, source, embed: Embedder | None = None) -> np.ndarray:
+        """float32 [tiles, genes] from a feature array, a FeatureStore, or a TileStore (embedded in
+        memory by `embed` with the model's backbone, checked to give the identity it was trained on)."""
         from emo.slides import TileStore
 
         if isinstance(source, TileStore):
-            source = embed_tile_store(source, self.backbone)
-        if isinstance(source, FeatureStore):
+            if embed is None:
+                raise EmoError(f"model {self.path}: predicting a tile store needs an embedder (emo.features.embed)")
+            source = embed(source, self.backbone)
+        elif hasattr(source, "features") and hasattr(source, "attrs"):  # a FeatureStore
             check_features(self, {"name": source.attrs.get("backbone"), "dim": source.dim}, str(source.path))
             source = source.features
         x = np.asarray(source, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise EmoError(f"model {self.path}: expects features [n, {self.dim}], got {list(x.shape)}")
         return np.asarray(self.head.predict(x), dtype=np.float32)
+
+    def save(self, model_dir: str | Path) -> Path:
+        self.path = save_model(Path(model_dir), self.manifest, self.head.to_tensors())
+        return self.path
+
+    @classmethod
+    def from_folder(cls, model_dir: Path, manifest: dict) -> Model:
+        """Heads on cached features: weights via safetensors, never pickle."""
+        return _load_head(model_dir, manifest)
 
 
 def check_features(model, identity: dict, where: str) -> None:
@@ -74,46 +73,6 @@ def check_features(model, identity: dict, where: str) -> None:
             f"{where}: features are {identity.get('name')} dim {identity.get('dim')} but model {model.path} "
             f"was trained on {mine.get('name')} dim {mine.get('dim')}; run `emo features --backbone {mine.get('name')}`"
         )
-
-
-def _weights_argument(identity: str) -> str:
-    """`create_backbone`'s `weights` argument that reproduces a recorded weights identity."""
-    from emo.models.backbones import WHEEL_WEIGHTS
-
-    identity = str(identity or "")
-    if identity.startswith("none:"):
-        return "none"
-    if identity.startswith(f"{WHEEL_WEIGHTS}:"):
-        return WHEEL_WEIGHTS
-    if identity.startswith("imagenet:"):
-        return "imagenet"
-    return identity  # hf-hub:<id>; file identities cannot be rebuilt (checked below)
-
-
-def embed_tile_store(store, backbone: dict):
-    """The feature store of one tile store under `backbone` (a model's recorded identity), in a temp dir."""
-    import tempfile
-
-    from emo.features import FeatureStore, extract_features
-
-    name, weights = backbone.get("name"), _weights_argument(backbone.get("weights"))
-    tmp = Path(tempfile.mkdtemp(prefix="emo-embed-"))
-    try:
-        folder = extract_features([store.path], tmp, backbone=name, weights=weights, workers=0, progress=False,
-                                  pooling=backbone.get("pooling"), input_size=backbone.get("input_size"))
-        features = FeatureStore(folder / f"{store.slide_id}.h5")
-        features.features  # read into memory before the folder goes
-    except EmoError as exc:
-        raise EmoError(f"{store.path}: cannot embed tiles with backbone {name} ({exc}); "
-                       "run `emo features` and pass --features") from None
-    finally:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    if str(features.attrs.get("weights")) != str(backbone.get("weights")):
-        raise EmoError(f"{store.path}: backbone {name} gives weights {features.attrs.get('weights')}, the model was "
-                       f"trained on {backbone.get('weights')}; run `emo features` with those weights and pass --features")
-    return features
 
 
 def save_model(out_dir: Path, manifest: dict, tensors: dict[str, np.ndarray]) -> Path:
@@ -149,7 +108,6 @@ def read_manifest(model_dir: Path) -> dict:
 
 
 def _load_head(model_dir: Path, manifest: dict) -> Model:
-    """Heads on cached features (`ridge`, `mlp`): weights via safetensors, never pickle."""
     from safetensors.numpy import load_file
 
     from emo.models.heads import get_head_class
@@ -162,7 +120,3 @@ def _load_head(model_dir: Path, manifest: dict) -> Model:
     if head.dim != int(manifest["backbone"]["dim"]):
         raise EmoError(f"{weights}: weights expect dim {head.dim}, manifest says {manifest['backbone']['dim']}")
     return Model(manifest, head, model_dir)
-
-
-for _kind in HEADS:  # every head on cached features: ridge, mlp, attention_mil
-    register_model_kind(_kind)(_load_head)

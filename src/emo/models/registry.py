@@ -1,10 +1,13 @@
-"""One model interface: `load(model_dir)` reads `manifest["kind"]` and dispatches to the loader
-registered for that kind, so every trained model predicts any tile store the same way.
+"""One model interface: every trained model emo writes is an `EmoModel` subclass that registers the
+manifest kinds it reads on import (as timm models do); `load(model_dir)` reads `manifest["kind"]`
+and builds that class, so every trained model predicts any tile store the same way.
 
-A loaded model has `.kind`, `.genes` (output columns), `.manifest`, `.path`, `.backbone` (identity of
-the features it needs, or of its own network when it reads pixels) and `.predict(source)` →
-float32 [tiles, genes], where `source` is an `emo.slides.TileStore`, an `emo.features.FeatureStore`
-or a float32 feature array [n, dim] (models that read pixels accept only a TileStore).
+A model has `.kind`, `.genes` (output columns), `.manifest`, `.path`, `.backbone` (identity of the
+features it needs, or of its own network when it reads pixels), `.model_id` (the identity of its
+exact weights), `.save(model_dir)` and `.predict(source, embed=None)` → float32 [tiles, genes],
+where `source` is an `emo.slides.TileStore`, an `emo.features.FeatureStore` or a float32 feature
+array [n, dim] (models that read pixels accept only a TileStore). `embed(store, backbone) -> array`
+is `emo.features.embed`, passed in by the caller so that `emo.models` never imports `emo.features`.
 """
 
 from __future__ import annotations
@@ -12,43 +15,71 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 import numpy as np
 
 from emo.errors import EmoError
 
+Embedder = Callable[[Any, dict], np.ndarray]
+MODEL_KINDS: dict[str, type[EmoModel]] = {}
+# The modules that define emo's model kinds; importing them registers the kinds (done on first `load`).
+_KIND_MODULES = ("emo.models.model", "emo.training.paper", "emo.training.finetune", "emo.training.tile_classifier",
+                 "emo.models.spot")
 
-@runtime_checkable
-class EmoModel(Protocol):
-    kind: str
+
+class EmoModel:
+    """Base of every trained model: subclasses name the manifest `kinds` they load."""
+
+    kinds: ClassVar[tuple[str, ...]] = ()
+    reads_pixels: ClassVar[bool] = False  # predicts from tile pixels (a TileStore), not cached features
     manifest: dict
     path: Path | None
 
-    @property
-    def genes(self) -> list[str]: ...
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for kind in cls.__dict__.get("kinds", ()):
+            MODEL_KINDS[kind] = cls
+
+    @classmethod
+    def from_folder(cls, model_dir: Path, manifest: dict) -> EmoModel:
+        """The model saved in `model_dir` (manifest already read and version-checked)."""
+        raise NotImplementedError
 
     @property
-    def backbone(self) -> dict: ...
+    def kind(self) -> str:
+        return str(self.manifest["kind"])
 
-    def predict(self, source: Any) -> np.ndarray: ...
+    @property
+    def genes(self) -> list[str]:
+        return list(self.manifest["genes"])
 
+    @property
+    def backbone(self) -> dict:
+        return dict(self.manifest["backbone"])
 
-Loader = Callable[[Path, dict], EmoModel]
-MODEL_KINDS: dict[str, Loader] = {}
-# Modules whose import registers the kinds emo writes (imported on first `load`, not at `import emo`).
-_KIND_MODULES = ("emo.models.model", "emo.training.paper", "emo.training.finetune", "emo.training.tile_classifier",
-                 "emo.spot_models.model")
+    @property
+    def model_id(self) -> str:
+        """Identity of the exact weights: outputs of another model are never mistaken for finished."""
+        from emo.io import file_fingerprint, params_hash
 
+        files = [] if self.path is None else [self.path / "weights.safetensors", self.path / "done.json",
+                                              *sorted(self.path.glob("genes/*/done.json"))]
+        return params_hash({"manifest": self.manifest, "weights": [file_fingerprint(p) for p in files if p.exists()]})
 
-def register_model_kind(kind: str) -> Callable[[Loader], Loader]:
-    """Decorator: `loader(model_dir, manifest) -> EmoModel` loads model folders of `kind`."""
+    def predict(self, source: Any, embed: Embedder | None = None) -> np.ndarray:
+        raise NotImplementedError
 
-    def wrap(loader: Loader) -> Loader:
-        MODEL_KINDS[kind] = loader
-        return loader
+    def save(self, model_dir: str | Path) -> Path:
+        raise EmoError(f"{self.path}: a {self.kind} model is saved by the run that trains it; copy its folder")
 
-    return wrap
+    def pixels_only(self, source: Any) -> None:
+        """Models that read pixels take a tile store, never features (one line saying so)."""
+        from emo.slides import TileStore
+
+        if not isinstance(source, TileStore):
+            raise EmoError(f"{self.kind} model {self.path}: reads tile pixels; pass a tile store "
+                           "(`emo predict --tiles TILE_DIR`), not features")
 
 
 def load(model_dir: str | Path) -> EmoModel:
@@ -63,9 +94,12 @@ def load(model_dir: str | Path) -> EmoModel:
     if kind not in MODEL_KINDS:
         raise EmoError(f"{model_dir / 'manifest.json'}: unknown model kind {kind!r}; "
                        f"this emo loads {', '.join(sorted(MODEL_KINDS))}")
-    return MODEL_KINDS[kind](model_dir, manifest)
+    return MODEL_KINDS[kind].from_folder(model_dir, manifest)
 
 
-def reads_pixels(model: EmoModel) -> bool:
-    """Whether the model predicts from tile pixels (a TileStore) rather than cached features."""
-    return bool(getattr(model, "reads_pixels", False))
+def load_kind(model_dir: str | Path, cls: type[EmoModel]) -> EmoModel:
+    """`load`, refusing a folder of another kind than `cls` (for commands that need one kind)."""
+    model = load(model_dir)
+    if not isinstance(model, cls):
+        raise EmoError(f"{model_dir}: kind={model.kind!r} is not a {cls.__name__} ({', '.join(cls.kinds)})")
+    return model

@@ -123,6 +123,7 @@ def _feature_sources(model, feature_dir: Path, tiles: Path | None) -> dict[str, 
 def _tile_sources(model, tiles: Path) -> dict[str, Callable[[], _SlideSource]]:
     """Each tile store predicted whole by `model.predict(TileStore)` (models that read pixels, or a
     head embedding the tiles with its own backbone), then written in chunks like features."""
+    from emo.features import embed
     from emo.slides import TileStore
 
     paths = sorted(Path(tiles).glob("*.h5"))
@@ -131,7 +132,8 @@ def _tile_sources(model, tiles: Path) -> dict[str, Callable[[], _SlideSource]]:
 
     def source(path: Path) -> _SlideSource:
         ts = TileStore(path)
-        pred = np.asarray(model.predict(ts), dtype=np.float32)
+        pred = np.asarray(model.predict(ts, embed), dtype=np.float32)
+        ts.close()
         if pred.shape != (len(ts), len(model.genes)):
             raise EmoError(f"{path}: model {model.path} gave {list(pred.shape)} for {len(ts)} tiles × "
                            f"{len(model.genes)} genes")
@@ -167,14 +169,6 @@ def _write_spatial(dest: Path, genes: list[str], src: _SlideSource, obs: pd.Data
     return picked
 
 
-def _model_id(model_dir: Path, manifest: dict) -> str:
-    """Identity of the exact weights: outputs of another model are never mistaken for finished."""
-    from emo.io import file_fingerprint, params_hash
-
-    files = [Path(model_dir) / "weights.safetensors"] + sorted(Path(model_dir).glob("genes/*/done.json"))
-    return params_hash({"manifest": manifest, "weights": [file_fingerprint(p) for p in files if p.exists()]})
-
-
 def predict(
     model_dir: Path,
     feature_dir: Path | None,
@@ -193,21 +187,19 @@ def predict(
     """
     from emo import __version__
     from emo.models import load
-    from emo.models.registry import reads_pixels
-
     out_dir = Path(out_dir)
     model = load(model_dir)
     manifest = model.manifest
-    if reads_pixels(model) or feature_dir is None:
+    if model.reads_pixels or feature_dir is None:
         if tiles is None:
-            what = "reads tile pixels" if reads_pixels(model) else "predicts from features or tiles"
+            what = "reads tile pixels" if model.reads_pixels else "predicts from features or tiles"
             raise EmoError(f"{model_dir}: a {model.kind} model {what}; pass --tiles TILE_DIR"
-                           + ("" if reads_pixels(model) else " or --features FEATURE_DIR"))
+                           + ("" if model.reads_pixels else " or --features FEATURE_DIR"))
         sources = _tile_sources(model, tiles)
     else:
         sources = _feature_sources(model, feature_dir, tiles)
     chosen = _chosen_genes(model.genes, genes, panel)
-    model_id = _model_id(model_dir, manifest)
+    model_id = model.model_id
     from emo.progress import track
 
     for slide_id in track(sorted(sources), "predicting slides", "slide"):

@@ -28,10 +28,8 @@ from emo.expression.her2st import Her2stLayout
 from emo.expression.prepare import PrepareConfig
 from emo.features.config import ExtractionConfig
 from emo.slides import TilingConfig
-from emo.spot_models.model import SpotModelConfig
+from emo.models.spot import SpotModelConfig
 from emo.training.config import TrainConfig
-
-_SPOT = SpotModelConfig()
 
 
 class Section(BaseModel):
@@ -93,21 +91,21 @@ class ExecutorConfig(Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class SpatialConfig(Section):
+class SpatialConfig(SpotModelConfig):
     """Spot-level study (her2st layout, `emo.expression.her2st`): replaces the bulk stages when set.
-    Model defaults are `SpotModelConfig`'s (one source)."""
+    The spot model's own `SpotModelConfig` (every `emo spatial train` option, same defaults) plus
+    which sections and genes."""
 
     data_dir: str = Field(..., description=f"folder in the {HER2ST_LAYOUT}")
     train_sections: list[str] = Field(..., min_length=1, description="sections with images to fit on")
     test_sections: list[str] = Field(..., min_length=1, description="held-out sections with images to predict")
     genes: str | list[str] = Field(..., description="gene-list file (one symbol per line), or panel names/genes")
-    tile_sizes_um: list[float] = Field(default_factory=lambda: list(_SPOT.tile_sizes_um), min_length=1)
-    backbone: str = _SPOT.backbone
-    alpha: float = Field(_SPOT.alpha, gt=0, description="ridge penalty per feature")
-    n_components: int = Field(_SPOT.n_components, ge=0, description="target principal components (0: every gene directly)")
-    context_radius: float = Field(_SPOT.context_radius, ge=0, description="neighbour radius in spot pitches (0: off)")
     basis_sections: list[str] | None = Field(None, description="count sections for the target basis (null: all but test)")
-    cache: str | None = Field(None, description="spot-feature cache folder (null: <out>/spatial_cache)")
+    cache: str | None = Field(None, description="spot feature cache folder (null: $EMO_CACHE_DIR or ~/.cache/emo)")
+
+    def spot_model(self) -> SpotModelConfig:
+        """The `SpotModelConfig` part, as `emo spatial train` builds it."""
+        return SpotModelConfig(**self.model_dump(include=set(SpotModelConfig.model_fields)))
 
     @field_validator("test_sections")
     @classmethod
@@ -216,6 +214,13 @@ class StudyConfig(Section):
         if leaked:
             raise EmoError(f"spatial.basis_sections: {', '.join(leaked)} are test sections; their counts must not "
                            "shape the target components")
+        from emo.run.spot_study import study_genes
+        from emo.spot_models.sections import check_sections
+
+        try:
+            check_sections(layout.root, sp.train_sections, study_genes(self))
+        except EmoError as exc:
+            raise EmoError(f"spatial: {exc}") from None
 
 
 def load_study(path: str | Path) -> StudyConfig:

@@ -27,39 +27,38 @@ def _data(ctx: StudyContext) -> Path:
     return ctx.config.path(_sp(ctx).data_dir)
 
 
-def _cache(ctx: StudyContext) -> Path:
+def _cache(ctx: StudyContext) -> Path | None:
     c = _sp(ctx).cache
-    return ctx.config.path(c) if c else ctx.out_dir / "spatial_cache"
+    return ctx.config.path(c) if c else None  # the shared default (`emo.cache.cache_dir`)
 
 
 def eval_genes(ctx: StudyContext) -> list[str]:
     """The genes the study evaluates: a gene-list file (one symbol per line) or panel names/genes."""
+    return _eval_genes(ctx.config)
+
+
+def _eval_genes(cfg: StudyConfig) -> list[str]:
     from emo.panels import resolve_genes
 
-    cfg: StudyConfig = ctx.config
     path = cfg.spatial_genes_file()
     if path is not None:
         genes = resolve_genes(path)
         if not genes:
             raise EmoError(f"spatial.genes: {path} lists no genes; one symbol per line")
         return genes
-    return resolve_genes(_sp(ctx).genes)
+    return resolve_genes(cfg.spatial.genes)
 
 
-def model_genes(ctx: StudyContext) -> list[str]:
-    """Evaluated genes plus the PAM50 proliferation genes (for the proliferation-score ρ)."""
+def study_genes(cfg: StudyConfig) -> list[str]:
+    """Evaluated genes plus the PAM50 proliferation genes (for the proliferation-score ρ): the model's genes."""
     from emo.panels import get_panel
 
-    genes = eval_genes(ctx)
+    genes = _eval_genes(cfg)
     return genes + [g for g in get_panel("pam50_proliferation") if g not in set(genes)]
 
 
-def _model_config(ctx: StudyContext):
-    from emo.spot_models import SpotModelConfig
-
-    sp = _sp(ctx)
-    return SpotModelConfig(tile_sizes_um=tuple(float(v) for v in sp.tile_sizes_um), backbone=sp.backbone, alpha=sp.alpha,
-                           n_components=sp.n_components or None, context_radius=sp.context_radius)
+def model_genes(ctx: StudyContext) -> list[str]:
+    return study_genes(ctx.config)
 
 
 def _layout(ctx: StudyContext):
@@ -98,10 +97,11 @@ def run_train(ctx: StudyContext) -> None:
 
     sp = _sp(ctx)
     log = Console(stderr=True, highlight=False).print
-    model = train_spot_model(_data(ctx), sp.train_sections, model_genes(ctx), _model_config(ctx),
+    summary = []
+    model = train_spot_model(_data(ctx), sp.train_sections, model_genes(ctx), sp.spot_model(),
                              exclude_from_basis=sp.test_sections, basis_sections=sp.basis_sections,
-                             cache_dir=_cache(ctx), progress=lambda s: log(f"  spot features {s} done"))
-    model.save(model_dir(ctx))
+                             cache=_cache(ctx), on_done=summary.append)
+    log(f"  {summary[0].line(model.save(model_dir(ctx)))}")
 
 
 def train_inputs(ctx: StudyContext) -> list[Path]:

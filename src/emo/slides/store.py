@@ -60,6 +60,7 @@ class TileStore:
             raise EmoError(f"{self.path}: not a valid tile store ({exc}); delete it and re-run `emo tile`") from None
         self.slide_path = Path(slide_path or self.attrs["slide_path"])
         self._reader = None
+        self._geometry = None
 
     slide_id = property(lambda self: self.attrs["slide_id"])
     mpp = property(lambda self: float(self.attrs["mpp"]))
@@ -89,7 +90,7 @@ class TileStore:
 
     def __getstate__(self):  # picklable for worker processes: the slide handle is reopened there
         state = self.__dict__.copy()
-        state["_reader"] = None
+        state["_reader"] = state["_geometry"] = None
         return state
 
     def _open(self):
@@ -103,6 +104,10 @@ class TileStore:
             served = self.attrs.get("reader")  # the reader that tiled the slide serves its tiles again
             order = [served, *(n for n in READERS if n != served)] if served in READERS else None
             reader = open_slide(self.slide_path, mpp=self.mpp, readers=order, target_mpp=float(self.attrs["target_mpp"]))
+            self._matrix = self.normalization_matrix
+            self._reader = reader
+        if self._geometry is None:
+            reader = self._reader
             level = int(self.attrs.get("level", 0))
             if level >= len(reader.level_downsamples):
                 level = 0
@@ -115,9 +120,27 @@ class TileStore:
                 level=level,
                 level_downsample=float(reader.level_downsamples[level]),
             )
-            self._matrix = self.normalization_matrix
-            self._reader = reader
         return self._reader
+
+    def centred_view(self, tile_size_um: float, tile_px: int) -> TileStore:
+        """The same tile centres read as `tile_size_um` tiles of `tile_px` pixels (not stain-normalised)
+        through this store's slide reader, in memory: the pixels `tile_slide_at` would store, nothing
+        written (spot models read their own scales around any store's tiles)."""
+        import copy
+
+        from emo.slides.geometry import plan_geometry
+
+        reader = self._open()
+        geom = plan_geometry(reader, tile_size_um, tile_size_um / tile_px)
+        centres = self.coords_px.astype(np.float64) + float(self.attrs["tile_size_level0"]) / 2.0
+        view = copy.copy(self)
+        view.attrs = {**self.attrs, "tile_size_um": geom.tile_size_um, "tile_size_px": geom.tile_size_px,
+                      "target_mpp": geom.target_mpp, "tile_size_level0": geom.tile_size_level0,
+                      "level": geom.level, "normalize": False}
+        view.coords_px = np.round(centres - geom.tile_size_level0 / 2).astype(np.int64)
+        view.coords_um = view.coords_px * geom.mpp
+        view._geometry, view._matrix = geom, None
+        return view
 
     def read_tiles(self, indices: Sequence[int] | np.ndarray, normalize: bool | None = None) -> np.ndarray:
         """uint8 [k, tile_size_px, tile_size_px, 3] at target µm/px, stain-normalised when the store says so.

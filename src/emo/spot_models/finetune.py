@@ -14,24 +14,28 @@ import numpy as np
 import pandas as pd
 
 from emo.expression import read_her2st
-from emo.io import atomic_path
-from emo.spot_models.data import spot_targets
-from emo.spot_models.pipeline import check_held_out, spot_tile_store
-from emo.training.finetune import FinetuneConfig, load_finetune_model, train_finetune
+from emo.io import atomic_path, write_json_atomic
+from emo.spot_models.sections import check_sections, spot_tile_store
+from emo.spot_models.targets import spot_targets
+from emo.training.finetune import FinetuneConfig, train_finetune
 
 
 def train_spot_finetune(data_dir: str | Path, train_sections: list[str], genes: list[str], out_dir: str | Path,
                         config: FinetuneConfig = FinetuneConfig(), *, tile_size_um: float = 224.0,
-                        tune_fraction: float = 0.15, cache_dir: str | Path | None = None,
+                        tune_fraction: float = 0.15, cache: str | Path | None = None,
                         executor="local") -> Path:
     """Fine-tune on every spot of `train_sections`; writes `<out_dir>/targets.h5ad` (spot targets,
-    normalised log1p) beside the model and returns the model folder."""
+    normalised log1p) beside the model and returns the model folder (`emo.models.load` reads it;
+    `emo spatial predict` predicts sections with it, refusing the training sections)."""
+    import json
+
     out_dir = Path(out_dir)
+    check_sections(data_dir, list(train_sections), list(genes))
     rng = np.random.default_rng([config.seed, 0x5907])
     stores, frames, obs = [], [], []
     for section in train_sections:
         adata = read_her2st(data_dir, section)
-        stores.append(spot_tile_store(adata, tile_size_um, config.input_size, cache_dir or out_dir / "tiles"))
+        stores.append(spot_tile_store(adata, tile_size_um, config.input_size, cache))
         frames.append(spot_targets(adata, genes))
         obs.append(pd.DataFrame({"slide_id": section, "tile_id": adata.obs_names, "patient_id": section,
                                  "split": np.where(rng.random(adata.n_obs) < tune_fraction, "tune", "train")},
@@ -40,23 +44,7 @@ def train_spot_finetune(data_dir: str | Path, train_sections: list[str], genes: 
     targets.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(targets) as tmp:
         anndata.AnnData(np.concatenate(frames), obs=pd.concat(obs), var=pd.DataFrame(index=list(genes))).write_h5ad(tmp)
-    return train_finetune(stores, targets, out_dir, list(genes), config, executor, level="tile")
-
-
-def predict_spot_finetune(model_dir: str | Path, data_dir: str | Path, section: str,
-                          cache_dir: str | Path | None = None,
-                          tile_size_um: float = 224.0) -> tuple[pd.DataFrame, anndata.AnnData]:
-    """Predicted normalised log1p expression, spots × genes (index = spot ids "<x>x<y>"), and the
-    section's spots; like `predict_section`, no counts needed and training sections are refused."""
-    from emo.slides import TileStore
-
-    model_dir = Path(model_dir)
-    model = load_finetune_model(model_dir)
-    trained = model_dir / "targets.h5ad"
-    if trained.exists():
-        check_held_out(sorted(set(anndata.read_h5ad(trained, backed="r").obs["slide_id"].astype(str))), [section],
-                       "predicted")
-    adata = read_her2st(data_dir, section, require_counts=False)
-    store = TileStore(spot_tile_store(adata, tile_size_um, int(model.manifest["protocol"]["input_size"]),
-                                      cache_dir or model_dir / "tiles"))
-    return pd.DataFrame(model.predict(store), index=adata.obs_names, columns=model.genes), adata
+    model_dir = train_finetune(stores, targets, out_dir, list(genes), config, executor, level="tile")
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    write_json_atomic(model_dir / "manifest.json", manifest | {"train_sections": list(train_sections)})
+    return model_dir

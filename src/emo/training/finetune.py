@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from emo.errors import EmoError
 from emo.io import atomic_path, provenance, write_json_atomic, write_table_atomic
-from emo.models.registry import register_model_kind
+from emo.models.registry import EmoModel
 
 if TYPE_CHECKING:
     from emo.executors import Executor
@@ -346,19 +346,19 @@ def _tile_attrs(path: Path) -> dict:
             if k in ("tile_size_um", "target_mpp", "tile_size_px", "normalize", "stain_reference")}
 
 
-class FinetuneModel:
+class FinetuneModel(EmoModel):
     """The selected checkpoint of a fine-tuned network; `predict_tiles` gives every gene at once.
     Behind `emo.models.load` (kind `finetune_cnn`) it reads pixels: `predict` takes a tile store."""
 
-    kind = KIND
+    kinds = (KIND,)
+
+    @classmethod
+    def from_folder(cls, model_dir: Path, manifest: dict) -> FinetuneModel:
+        return _load(model_dir, manifest)
     reads_pixels = True
 
     def __init__(self, manifest: dict, net, device: str, path: Path):
         self.manifest, self.net, self.device, self.path = manifest, net, device, path
-
-    @property
-    def genes(self) -> list[str]:
-        return list(self.manifest["genes"])
 
     @property
     def backbone(self) -> dict:
@@ -378,7 +378,7 @@ class FinetuneModel:
                 out.append(self.net.expression(x).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.genes)), np.float32)
 
-    def predict(self, source, batch_size: int = 64) -> np.ndarray:
+    def predict(self, source, embed=None, batch_size: int = 64) -> np.ndarray:
         """float32 [tiles, genes] for every tile of a tile store."""
         from emo.slides import TileStore
 
@@ -388,8 +388,13 @@ class FinetuneModel:
         out = [self.predict_tiles(tiles, batch_size) for _, tiles in source.iter_batches(batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.genes)), np.float32)
 
+    def predict_section(self, section) -> np.ndarray:
+        """Every spot of one section (`emo.spot_models.SpotSection`) from its spot-centred tiles at the
+        training tile size."""
+        size_um = float(self.manifest["tile_geometry"]["tile_size_um"])
+        return self.predict(section.tiles(size_um, int(self.manifest["protocol"]["input_size"])))
 
-@register_model_kind(KIND)
+
 def _load(model_dir: Path, manifest: dict) -> FinetuneModel:
     return load_finetune_model(model_dir)
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from emo.errors import EmoError
 from emo.io import atomic_path, provenance, write_json_atomic, write_table_atomic
-from emo.models.registry import register_model_kind
+from emo.models.registry import EmoModel
 
 if TYPE_CHECKING:
     from emo.executors import Executor
@@ -365,20 +365,20 @@ def load_gene_model(model_dir: Path, gene: str):
     return model.eval()
 
 
-class PaperModel:
+class PaperModel(EmoModel):
     """All genes' selected CNNs; `predict_tiles` runs each on the same tiles (EMO-spatial per gene).
     Behind `emo.models.load` (kind `paper_cnn`) it reads pixels: `predict` takes a tile store."""
 
-    kind = "paper_cnn"
+    kinds = ("paper_cnn",)
+
+    @classmethod
+    def from_folder(cls, model_dir: Path, manifest: dict) -> PaperModel:
+        return _load_paper_model(model_dir, manifest)
     reads_pixels = True
 
     def __init__(self, manifest: dict, nets: list, input_size: int, mean, std, device: str, path: Path | None = None):
         self.manifest, self.nets, self.device, self.path = manifest, nets, device, path
         self.input_size, self.mean, self.std = input_size, tuple(mean), tuple(std)
-
-    @property
-    def genes(self) -> list[str]:
-        return list(self.manifest["genes"])
 
     @property
     def backbone(self) -> dict:
@@ -396,7 +396,7 @@ class PaperModel:
         with torch.inference_mode():
             return torch.cat([net(x) for net in self.nets], dim=1).float().cpu().numpy()
 
-    def predict(self, source, batch_size: int = 64) -> np.ndarray:
+    def predict(self, source, embed=None, batch_size: int = 64) -> np.ndarray:
         """float32 [tiles, genes] for every tile of a tile store."""
         from emo.slides import TileStore
 
@@ -407,7 +407,6 @@ class PaperModel:
         return np.concatenate(out) if out else np.zeros((0, len(self.genes)), np.float32)
 
 
-@register_model_kind("paper_cnn")
 def _load_paper_model(model_dir: Path, manifest: dict) -> PaperModel:
     import torch
 

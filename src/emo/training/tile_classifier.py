@@ -19,7 +19,7 @@ import pandas as pd
 from emo.errors import EmoError
 from emo.io import atomic_path, plain_attr, provenance, save_figure, write_json_atomic
 from emo.features.store import feature_identity, open_feature_stores
-from emo.models.registry import register_model_kind
+from emo.models.registry import EmoModel
 
 LABEL_SUFFIXES = ("_labeled_coordinates.tsv", ".geojson", ".json", ".tsv", ".csv")
 
@@ -212,12 +212,15 @@ def _confusion_png(dest: Path, metrics: dict) -> None:
     save_figure(fig, dest, dpi=100)
 
 
-class TileClassifier:
+class TileClassifier(EmoModel):
     """Tile classes from backbone features; behind `emo.models.load` its output columns (`genes`) are
     the classes and `predict(source)` gives their probabilities per tile."""
 
-    kind = "tile_classifier"
-    reads_pixels = False
+    kinds = ("tile_classifier",)
+
+    @classmethod
+    def from_folder(cls, model_dir: Path, manifest: dict) -> TileClassifier:
+        return _load_classifier(model_dir, manifest)
 
     def __init__(self, manifest: dict, tensors: dict[str, np.ndarray], path: Path | None = None):
         self.manifest, self.t, self.path = manifest, tensors, path
@@ -238,15 +241,15 @@ class TileClassifier:
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
 
-    def predict(self, source) -> np.ndarray:
+    def predict(self, source, embed=None) -> np.ndarray:
         """float32 [tiles, classes] probabilities from features, a FeatureStore or a TileStore."""
-        from emo.features import FeatureStore
-        from emo.models.model import embed_tile_store
         from emo.slides import TileStore
 
         if isinstance(source, TileStore):
-            source = embed_tile_store(source, self.backbone)
-        x = source.features if isinstance(source, FeatureStore) else np.asarray(source, np.float32)
+            if embed is None:
+                raise EmoError(f"classifier {self.path}: predicting a tile store needs an embedder (emo.features.embed)")
+            source = embed(source, self.backbone)
+        x = source.features if hasattr(source, "features") else np.asarray(source, np.float32)
         if x.ndim != 2 or x.shape[1] != int(self.backbone["dim"]):
             raise EmoError(f"classifier {self.path}: expects features [n, {self.backbone['dim']}], got {list(x.shape)}")
         return self.predict_proba(x).astype(np.float32)
@@ -255,7 +258,6 @@ class TileClassifier:
         return np.asarray(self.classes, dtype=object)[self.predict_proba(features).argmax(axis=1)]
 
 
-@register_model_kind("tile_classifier")
 def _load_classifier(model_dir: Path, manifest: dict) -> TileClassifier:
     from safetensors.numpy import load_file
 

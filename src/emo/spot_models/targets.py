@@ -9,13 +9,7 @@ import pandas as pd
 
 from emo.errors import EmoError
 from emo.expression import normalize_spots
-from emo.expression.her2st import Her2stLayout
 from emo.expression.st_readers import SPATIAL_KEY
-
-
-def section_has_image(data_dir: str | Path, section: str) -> bool:
-    """Whether `read_her2st` will find an image (full resolution or preview) for the section."""
-    return Her2stLayout(data_dir).has_image(section)
 
 
 def spot_targets(adata, genes: list[str]) -> np.ndarray:
