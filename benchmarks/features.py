@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from emo.features import extract_features
 from emo.features.extract import _TileBatches, _worker_init, loader_context, model_inputs
-from emo.features.preprocess import to_model_input
+from emo.models.inputs import to_model_input
 from emo.models import create_backbone
 from emo.slides import TileStore, TilingConfig, tile_slides
 

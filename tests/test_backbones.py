@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from emo.errors import EmoError
-from emo.features.preprocess import to_model_input
+from emo.models.inputs import to_model_input
 from emo.models import create_backbone
 from emo.models.backbones import _wheel_weights_file
 

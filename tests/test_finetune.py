@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from emo.errors import EmoError
-from emo.training.finetune import FinetuneConfig, load_finetune_model, train_finetune
+from emo.models.finetune_cnn import load_finetune_model
+from emo.training.finetune import FinetuneConfig, train_finetune
 from training_cohort import cmu_tile_stores, write_targets
 
 TINY = dict(backbone="timm:resnet10t", weights="none", input_size=32, batch_size=4, steps_per_epoch=2,

@@ -28,11 +28,11 @@ def stores(tmp_path_factory):
 
 
 def test_every_kind_emo_writes_is_registered():
-    load  # noqa: B018 - the registry fills on first load; importing the kind modules does it too
+    load  # noqa: B018 - the registry fills on first load; importing the kind modules does it too (as in timm)
+    import emo.models.finetune_cnn  # noqa: F401
+    import emo.models.paper_cnn  # noqa: F401
     import emo.models.spot  # noqa: F401
-    import emo.training.finetune  # noqa: F401
-    import emo.training.paper  # noqa: F401
-    import emo.training.tile_classifier  # noqa: F401
+    import emo.models.tile_classifier  # noqa: F401
 
     assert {"ridge", "mlp", "attention_mil", "paper_cnn", "finetune_cnn", "tile_classifier", "spot_ridge"} <= set(MODEL_KINDS)
     assert all(issubclass(cls, EmoModel) for cls in MODEL_KINDS.values())
@@ -92,7 +92,8 @@ def test_head_predicts_tile_store_like_its_features(stores, tmp_path, head):
 
 
 def test_tile_classifier_predicts_class_probabilities_of_a_tile_store(stores, tmp_path):
-    from emo.training.tile_classifier import load_tile_classifier, train_tile_classifier
+    from emo.models.tile_classifier import load_tile_classifier
+    from emo.training.tile_classifier import train_tile_classifier
 
     labels = []
     for sid in stores["slides"]:
@@ -113,7 +114,8 @@ def test_tile_classifier_predicts_class_probabilities_of_a_tile_store(stores, tm
 
 
 def test_paper_cnn_predicts_tile_pixels_and_refuses_features(stores, tmp_path):
-    from emo.training.paper import PaperProtocolConfig, load_gene_model, train_paper_protocol
+    from emo.models.paper_cnn import load_gene_model
+    from emo.training.paper import PaperProtocolConfig, train_paper_protocol
 
     config = PaperProtocolConfig(backbone="timm:resnet10t", weights="none", input_size=75, max_epochs=1,
                                  steps_per_epoch=1, tuning_batches=1, batch_size=4, keep_best=1, keep_random=0)
@@ -124,7 +126,7 @@ def test_paper_cnn_predicts_tile_pixels_and_refuses_features(stores, tmp_path):
     pred = model.predict(tiles)
     import torch
 
-    from emo.features.preprocess import to_model_input
+    from emo.models.inputs import to_model_input
 
     net = load_gene_model(tmp_path / "paper", "ESR1")
     with torch.no_grad():

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from emo.errors import EmoError
-from emo.training.paper import CheckpointKeeper, EarlyStopping, PaperProtocolConfig, load_gene_model
+from emo.models.paper_cnn import load_gene_model
+from emo.training.paper import CheckpointKeeper, EarlyStopping, PaperProtocolConfig
 from training_cohort import cmu_tile_stores, write_targets
 
 
@@ -99,7 +100,7 @@ def test_paper_protocol_end_to_end_keeps_checkpoints_and_resumes(paper_inputs, t
     # EMO-spatial from the per-gene CNNs, read from the tile stores' pixels
     import anndata
 
-    from emo.features.preprocess import to_model_input
+    from emo.models.inputs import to_model_input
     from emo.prediction import predict
     from emo.slides import TileStore
 
@@ -126,9 +127,10 @@ def test_paper_protocol_end_to_end_keeps_checkpoints_and_resumes(paper_inputs, t
 def test_paper_cnn_is_inception_v3_with_one_linear_output():
     import torch
 
-    from emo.training.paper import _paper_cnn
+    from emo.models.paper_cnn import paper_cnn
 
-    model, backbone = _paper_cnn(PaperProtocolConfig(weights="none", input_size=75))
+    config = PaperProtocolConfig(weights="none", input_size=75)
+    model, backbone = paper_cnn(config.backbone, config.weights, config.seed)
     assert type(backbone.model).__name__ == "Inception3" and backbone.dim == 2048
     assert isinstance(model[-1], torch.nn.Linear) and (model[-1].in_features, model[-1].out_features) == (2048, 1)
     with torch.no_grad():

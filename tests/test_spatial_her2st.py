@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from emo.errors import EmoError
-from emo.spot_models import SpotModel, SpotModelConfig, gene_correlations, predict_section, train_spot_model
 from emo.expression import read_her2st
-from emo.spot_models.data import spot_targets
-from emo.spot_models.model import target_basis
+from emo.models import load
+from emo.spot_models import SpotModelConfig, gene_correlations, predict_section, train_spot_model
+from emo.spot_models.ridge import target_basis
+from emo.spot_models.targets import spot_targets
 
 
 def test_gene_correlations_match_scipy():
@@ -47,7 +48,7 @@ def test_spot_model_on_her2st_beats_mean_predictor(shared_data, tmp_path):
                              basis_sections=["B1", "D1", "G2"])
     assert model.meta["basis_sections"] == ["B1", "B4", "C2", "C3", "D1", "G2"]
     model.save(tmp_path / "model")
-    pred, adata = predict_section(SpotModel.load(tmp_path / "model"), data, "C4")
+    pred, adata = predict_section(load(tmp_path / "model"), data, "C4")
     measured = spot_targets(adata, genes)
     assert list(pred.index) == list(adata.obs_names) and list(pred.columns) == genes
 
@@ -67,3 +68,13 @@ def test_section_without_image_is_a_clear_error(shared_data):
 
     with pytest.raises(EmoError, match="A3: no image"):
         section_features(adata, SpotModelConfig())
+    with pytest.raises(EmoError, match="section A3: no image"):
+        train_spot_model(data, ["A3"], ["ERBB2"])  # before any feature
+
+
+def test_spot_config_is_one_validated_object():
+    assert SpotModelConfig(n_components=0).n_components is None  # 0 = every gene directly
+    with pytest.raises(EmoError, match="alpha"):
+        SpotModelConfig.build(alpha=-1)
+    with pytest.raises(EmoError, match="tile_sizes_um"):
+        SpotModelConfig.build(tile_sizes_um=(224.0, -1.0))

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from emo.errors import EmoError
-from emo.training.tile_classifier import labels_from_geojson, load_tile_classifier, train_tile_classifier
+from emo.models.tile_classifier import load_tile_classifier
+from emo.training.tile_classifier import labels_from_geojson, train_tile_classifier
 from training_cohort import project, tile_stats, write_feature_store
 
 OTHER = {c: "other" for c in ("cancer in situ", "connective tissue", "adipose tissue", "immune infiltrate", "undetermined")}

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from emo.errors import EmoError
-from emo.features.preprocess import to_model_input
+from emo.models.inputs import to_model_input
 
 
 def random_dihedral(tile: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:

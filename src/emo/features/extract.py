@@ -23,7 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from emo.errors import EmoError
-from emo.features.preprocess import normalize_stains, to_model_input
+from emo.features.preprocess import normalize_stains
+from emo.models.inputs import to_model_input
 from emo.features.store import tile_store_params_hash, write_feature_store
 from emo.io import provenance
 

@@ -24,7 +24,7 @@ from emo.errors import EmoError
 Embedder = Callable[[Any, dict], np.ndarray]
 MODEL_KINDS: dict[str, type[EmoModel]] = {}
 # The modules that define emo's model kinds; importing them registers the kinds (done on first `load`).
-_KIND_MODULES = ("emo.models.model", "emo.training.paper", "emo.training.finetune", "emo.training.tile_classifier",
+_KIND_MODULES = ("emo.models.model", "emo.models.paper_cnn", "emo.models.finetune_cnn", "emo.models.tile_classifier",
                  "emo.models.spot")
 
 

@@ -25,12 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from emo.errors import EmoError
 from emo.io import atomic_path, provenance, write_json_atomic, write_table_atomic
-from emo.models.registry import EmoModel
+from emo.models.finetune_cnn import KIND, finetune_net
 
 if TYPE_CHECKING:
     from emo.executors import Executor
 
-KIND = "finetune_cnn"
 
 
 class FinetuneConfig(BaseModel):
@@ -54,33 +53,6 @@ class FinetuneConfig(BaseModel):
     prefetch_batches: int = Field(2, ge=1)
     seed: int = 0
     cpu_threads: int = Field(1, ge=1)
-
-
-def _net(config: FinetuneConfig, n_genes: int, n_out: int, weights: str | None = None):
-    import torch
-    from torch import nn
-
-    from emo.models import create_backbone
-
-    torch.manual_seed(config.seed)
-    backbone = create_backbone(config.backbone, weights or config.weights, input_size=config.input_size)
-
-    class FinetuneNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.backbone = backbone
-            self.head = nn.Linear(backbone.dim, n_out)
-            self.register_buffer("y_mean", torch.zeros(n_genes))
-            self.register_buffer("y_std", torch.ones(n_genes))
-            self.register_buffer("basis", torch.eye(n_genes, n_out))
-
-        def forward(self, x):  # standardised target scores
-            return self.head(self.backbone(x))
-
-        def expression(self, x):
-            return (self(x) @ self.basis.T) * self.y_std + self.y_mean
-
-    return FinetuneNet()
 
 
 def _batches(dataset, indices: Sequence[int], batch_size: int, basis: np.ndarray, y_mean, y_std, rng=None):
@@ -136,7 +108,7 @@ def _finetune(job: dict, config: FinetuneConfig, folder: Path) -> dict:
     from emo.training.paper import CheckpointKeeper, EarlyStopping, _prefetch
 
     basis, y_mean, y_std = (np.asarray(job[k], np.float64) for k in ("basis", "y_mean", "y_std"))
-    net = _net(config, len(y_mean), basis.shape[1])
+    net = finetune_net(config.backbone, config.weights, config.input_size, config.seed, len(y_mean), basis.shape[1])
     for name, value in (("y_mean", y_mean), ("y_std", y_std), ("basis", basis)):
         getattr(net, name).copy_(torch.from_numpy(value.astype(np.float32)))
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -344,78 +316,3 @@ def _tile_attrs(path: Path) -> dict:
     attrs = TileStore(path).attrs
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()
             if k in ("tile_size_um", "target_mpp", "tile_size_px", "normalize", "stain_reference")}
-
-
-class FinetuneModel(EmoModel):
-    """The selected checkpoint of a fine-tuned network; `predict_tiles` gives every gene at once.
-    Behind `emo.models.load` (kind `finetune_cnn`) it reads pixels: `predict` takes a tile store."""
-
-    kinds = (KIND,)
-
-    @classmethod
-    def from_folder(cls, model_dir: Path, manifest: dict) -> FinetuneModel:
-        return _load(model_dir, manifest)
-    reads_pixels = True
-
-    def __init__(self, manifest: dict, net, device: str, path: Path):
-        self.manifest, self.net, self.device, self.path = manifest, net, device, path
-
-    @property
-    def backbone(self) -> dict:
-        return dict(self.manifest["backbone"])
-
-    def predict_tiles(self, tiles: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """uint8 [k, H, W, 3] tiles → float32 [k, genes]."""
-        import torch
-
-        from emo.features.preprocess import to_model_input
-
-        b = self.net.backbone
-        out = []
-        with torch.inference_mode():
-            for s in range(0, len(tiles), batch_size):
-                x = to_model_input(tiles[s : s + batch_size], b.input_size, b.mean, b.std).to(self.device)
-                out.append(self.net.expression(x).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.genes)), np.float32)
-
-    def predict(self, source, embed=None, batch_size: int = 64) -> np.ndarray:
-        """float32 [tiles, genes] for every tile of a tile store."""
-        from emo.slides import TileStore
-
-        if not isinstance(source, TileStore):
-            raise EmoError(f"fine-tuned model {self.path}: reads tile pixels; pass a tile store "
-                           "(`emo predict --tiles TILE_DIR`), not features")
-        out = [self.predict_tiles(tiles, batch_size) for _, tiles in source.iter_batches(batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.genes)), np.float32)
-
-    def predict_section(self, section) -> np.ndarray:
-        """Every spot of one section (`emo.spot_models.SpotSection`) from its spot-centred tiles at the
-        training tile size."""
-        size_um = float(self.manifest["tile_geometry"]["tile_size_um"])
-        return self.predict(section.tiles(size_um, int(self.manifest["protocol"]["input_size"])))
-
-
-def _load(model_dir: Path, manifest: dict) -> FinetuneModel:
-    return load_finetune_model(model_dir)
-
-
-def load_finetune_model(model_dir: Path) -> FinetuneModel:
-    """Rebuild the network (no download: random init, then the kept checkpoint's weights)."""
-    import torch
-    from safetensors.torch import load_file
-
-    from emo.models.model import read_manifest
-
-    model_dir = Path(model_dir)
-    manifest = read_manifest(model_dir)
-    if manifest.get("kind") != KIND:
-        raise EmoError(f"{model_dir}: kind={manifest.get('kind')!r} is not a fine-tuned network ({KIND})")
-    done = model_dir / "done.json"
-    if not done.exists():
-        raise EmoError(f"{model_dir}: fine-tuning has not finished; re-run `emo train --protocol finetune`")
-    config = FinetuneConfig(**manifest["protocol"])
-    state = load_file(str(model_dir / json.loads(done.read_text())["best_checkpoint"]))
-    net = _net(config, state["y_mean"].shape[0], state["basis"].shape[1], weights="none")
-    net.load_state_dict(state)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return FinetuneModel(manifest, net.to(device).eval(), device, model_dir)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from emo.errors import EmoError
 from emo.io import atomic_path, provenance, write_json_atomic, write_table_atomic
-from emo.models.registry import EmoModel
+from emo.models.paper_cnn import paper_cnn
 
 if TYPE_CHECKING:
     from emo.executors import Executor
@@ -152,17 +152,6 @@ def _batches(dataset, indices: list[int], batch_size: int, rng: np.random.Genera
         yield torch.stack([x for x, _ in items]), torch.stack([y for _, y in items]).float().view(-1, 1)
 
 
-def _paper_cnn(config: PaperProtocolConfig):
-    import torch
-    from torch import nn
-
-    from emo.models import create_backbone
-
-    torch.manual_seed(config.seed)
-    backbone = create_backbone(config.backbone, config.weights)
-    return nn.Sequential(backbone, nn.Linear(backbone.dim, 1)), backbone
-
-
 def _labelled(gene: str, stores: list[str], labels: dict[str, float], split: str) -> tuple[list[str], dict[str, float]]:
     """Slides whose label for this gene is a number (a missing measurement leaves its slide out);
     `stores` and `labels` are in the same slide order."""
@@ -201,7 +190,7 @@ def _train_gene(job: dict, config: PaperProtocolConfig, folder: Path, done: Path
     train_stores, train_labels = _labelled(gene, job["train_stores"], job["train_labels"], "train")
     tune_stores, tune_labels = _labelled(gene, job["tune_stores"], job["tune_labels"], "tune")
     folder.mkdir(parents=True, exist_ok=True)
-    model, backbone = _paper_cnn(config)
+    model, backbone = paper_cnn(config.backbone, config.weights, config.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     kw = dict(input_size=config.input_size, mean=backbone.mean, std=backbone.std)
@@ -347,71 +336,3 @@ def train_paper_protocol(
         raise EmoError(f"{out_dir}: {len(failed)} of {len(genes)} gene(s) failed ({shown}); the other genes are "
                        "trained and kept: fix the input named and re-run (finished genes are skipped)")
     return out_dir
-
-
-def load_gene_model(model_dir: Path, gene: str):
-    """The lowest-tuning-loss checkpoint of one gene as an eval-mode torch module."""
-    from safetensors.torch import load_file
-
-    model_dir = Path(model_dir)
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    done = model_dir / "genes" / gene / "done.json"
-    if not done.exists():
-        raise EmoError(f"{model_dir}: gene {gene} has no finished model; re-run `emo train --protocol paper`")
-    info = json.loads(done.read_text())
-    config = PaperProtocolConfig(**{**manifest["protocol"], "weights": "none"})
-    model, _ = _paper_cnn(config)
-    model.load_state_dict(load_file(str(model_dir / "genes" / gene / info["best_checkpoint"])))
-    return model.eval()
-
-
-class PaperModel(EmoModel):
-    """All genes' selected CNNs; `predict_tiles` runs each on the same tiles (EMO-spatial per gene).
-    Behind `emo.models.load` (kind `paper_cnn`) it reads pixels: `predict` takes a tile store."""
-
-    kinds = ("paper_cnn",)
-
-    @classmethod
-    def from_folder(cls, model_dir: Path, manifest: dict) -> PaperModel:
-        return _load_paper_model(model_dir, manifest)
-    reads_pixels = True
-
-    def __init__(self, manifest: dict, nets: list, input_size: int, mean, std, device: str, path: Path | None = None):
-        self.manifest, self.nets, self.device, self.path = manifest, nets, device, path
-        self.input_size, self.mean, self.std = input_size, tuple(mean), tuple(std)
-
-    @property
-    def backbone(self) -> dict:
-        """Its own network (one per gene), not cached features."""
-        p = self.manifest["protocol"]
-        return {"name": p["backbone"], "input_size": int(p["input_size"]), "mean": list(self.mean), "std": list(self.std)}
-
-    def predict_tiles(self, tiles: np.ndarray) -> np.ndarray:
-        """uint8 [k, H, W, 3] tiles → float32 [k, genes]."""
-        import torch
-
-        from emo.features.preprocess import to_model_input
-
-        x = to_model_input(tiles, self.input_size, self.mean, self.std).to(self.device)
-        with torch.inference_mode():
-            return torch.cat([net(x) for net in self.nets], dim=1).float().cpu().numpy()
-
-    def predict(self, source, embed=None, batch_size: int = 64) -> np.ndarray:
-        """float32 [tiles, genes] for every tile of a tile store."""
-        from emo.slides import TileStore
-
-        if not isinstance(source, TileStore):
-            raise EmoError(f"paper-protocol model {self.path}: reads tile pixels; pass a tile store "
-                           "(`emo predict --tiles TILE_DIR`), not features")
-        out = [self.predict_tiles(tiles) for _, tiles in source.iter_batches(batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.genes)), np.float32)
-
-
-def _load_paper_model(model_dir: Path, manifest: dict) -> PaperModel:
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    nets = [load_gene_model(model_dir, g).to(device) for g in manifest["genes"]]
-    backbone = nets[0][0]
-    return PaperModel(manifest, nets, int(manifest["protocol"]["input_size"]), backbone.mean, backbone.std, device,
-                      Path(model_dir))
