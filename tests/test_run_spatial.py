@@ -11,7 +11,7 @@ import yaml
 
 from emo.errors import EmoError
 from emo.expression import read_her2st
-from emo.run import SPATIAL_TEMPLATE, load_study, parse_study, run_study
+from emo.run import SPOT_TEMPLATE, load_study, parse_study, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _study(tmp_path: Path, data: Path, genes: Path) -> Path:
     study = {
         "out": "out",
-        "spatial": {"data_dir": str(data), "train_sections": ["B4", "C2"], "test_sections": ["C4"], "genes": str(genes),
+        "spots": {"data_dir": str(data), "train_sections": ["B4", "C2"], "test_sections": ["C4"], "genes": str(genes),
                     "tile_sizes_um": [224], "basis_sections": ["B1", "G2"]},
     }
     path = tmp_path / "study.yaml"
@@ -34,37 +34,37 @@ def test_spatial_study_runs_then_skips(shared_data, tmp_path):
     genes_file = shared_data("her2st/hist2st_785_genes.txt")
     config = load_study(_study(tmp_path, data, genes_file))
     status = run_study(config)
-    assert status == dict.fromkeys(["spatial_train", "spatial_predict", "spatial_evaluate", "report"], "ran")
+    assert status == dict.fromkeys(["spot_train", "spot_predict", "spot_evaluate", "report"], "ran")
 
     out = tmp_path / "out"
     genes = genes_file.read_text().split()
-    pred = pd.read_csv(out / "spatial_predictions" / "C4.csv", index_col=0)
+    pred = pd.read_csv(out / "spot_predictions" / "C4.csv", index_col=0)
     section = read_her2st(data, "C4")  # spots with both counts and a position
     assert list(pred.index) == list(section.obs_names) and len(pred) > 100
     assert pred.index.str.fullmatch(r"\d+x\d+").all() and set(genes) <= set(pred.columns)
-    sections = pd.read_csv(out / "spatial_evaluate" / "sections.csv").set_index("section")
+    sections = pd.read_csv(out / "spot_evaluate" / "sections.csv").set_index("section")
     print(f"\nemo run spatial B4,C2 → C4: {sections.loc['C4'].to_dict()}")
     assert sections.loc["C4", "n_genes"] == len(genes) and sections.loc["C4", "n_spots"] == len(pred)
     assert sections.loc["C4", "mean_r"] > 0.05
-    assert (out / "spatial_evaluate" / "r_histogram.png").stat().st_size > 0
+    assert (out / "spot_evaluate" / "r_histogram.png").stat().st_size > 0
     page = (out / "report.html").read_text()
     assert "Spot-level prediction" in page
     # maps of measured and predicted expression over the H&E, linked to their file; plain labels
-    assert 'href="spatial_evaluate/maps_C4.png"' in page and "measured (top) and predicted (bottom)" in page
+    assert 'href="spot_evaluate/maps_C4.png"' in page and "measured (top) and predicted (bottom)" in page
     assert "n_fdr05" not in page and "genes with FDR &lt; 0.05" in page
     from PIL import Image
 
-    assert Image.open(out / "spatial_evaluate" / "maps_C4.png").size[0] > 1000
+    assert Image.open(out / "spot_evaluate" / "maps_C4.png").size[0] > 1000
 
     import anndata
 
     from scverse_plots import assert_scanpy_and_squidpy_plot
 
-    adata = anndata.read_h5ad(out / "spatial_predictions" / "C4.h5ad")
+    adata = anndata.read_h5ad(out / "spot_predictions" / "C4.h5ad")
     assert list(adata.obs_names) == list(pred.index) and list(adata.var_names) == list(pred.columns)
     assert abs(adata.X - pred.to_numpy(dtype="float32")).max() < 1e-6
     assert adata.obsm["spatial"].tolist() == section.obsm["spatial"].tolist()
-    best = pd.read_csv(out / "spatial_evaluate" / "genes_C4.csv").sort_values("r").gene.iloc[-1]
+    best = pd.read_csv(out / "spot_evaluate" / "genes_C4.csv").sort_values("r").gene.iloc[-1]
     assert_scanpy_and_squidpy_plot(adata, best)
 
     records = {p.name: p.read_text() for p in (out / ".emo" / "stages").glob("*.json")}
@@ -73,7 +73,7 @@ def test_spatial_study_runs_then_skips(shared_data, tmp_path):
     assert set(again.values()) == {"skipped"}
     assert {p.name: p.read_text() for p in (out / ".emo" / "stages").glob("*.json")} == records
     assert {p: p.stat().st_mtime_ns for p in outputs} == outputs  # nothing recomputed or rewritten
-    assert json.loads(records["spatial_train.json"])["params"]["train_sections"] == ["B4", "C2"]
+    assert json.loads(records["spot_train.json"])["params"]["train_sections"] == ["B4", "C2"]
 
 
 def test_spatial_study_config_errors(shared_data, tmp_path):
@@ -98,10 +98,25 @@ def test_her2st_example_and_init_spatial_template_parse(tmp_path):
     from emo.cli import app
 
     config = load_study(ROOT / "docs" / "her2st-study.yaml")
-    assert config.spatial.test_sections == ["C4"] and config.spatial.tile_sizes_um == [224, 100, 448]
+    assert config.spots.test_sections == ["C4"] and config.spots.tile_sizes_um == (224, 100, 448)
     result = CliRunner().invoke(app, ["init", str(tmp_path / "s.yaml"), "--spatial"])
     assert result.exit_code == 0, result.output
     written = load_study(tmp_path / "s.yaml")
-    assert written.spatial.train_sections == ["B4", "C2", "C3"] and written.spatial.data_dir == "her2st"
-    # every spatial key is in the template
-    assert set(yaml.safe_load(SPATIAL_TEMPLATE)["spatial"]) == set(written.spatial.model_dump())
+    assert written.spots.train_sections == ["B4", "C2", "C3"] and written.spots.data_dir == "her2st"
+    # every key of the spot study is in the template, and the spot model's keys are SpotModelConfig's
+    from emo.models.spot import SpotModelConfig
+
+    assert set(yaml.safe_load(SPOT_TEMPLATE)["spots"]) == set(written.spots.model_dump())
+    assert written.spots.spot_model() == SpotModelConfig()
+
+
+def test_old_spatial_key_is_read_and_a_gene_typo_fails_at_parse_time(shared_data, tmp_path):
+    import time
+
+    data = shared_data("her2st")
+    old = {"spatial": {"data_dir": str(data), "train_sections": ["B4"], "test_sections": ["C4"], "genes": "ERBB2"}}
+    assert parse_study(old, base_dir=tmp_path).spots.train_sections == ["B4"]
+    start = time.monotonic()
+    with pytest.raises(EmoError, match="spots: gene\\(s\\) ERBB22 not measured in section\\(s\\) B4"):
+        run_study(load_study(_study(tmp_path, data, "ERBB2,ERBB22")))  # checked before any stage
+    assert time.monotonic() - start < 15

@@ -15,14 +15,14 @@ def run(
     study: Path = typer.Argument(..., help="study YAML (write one with `emo init`)"),
     from_stage: Optional[str] = typer.Option(
         None, "--from", help="redo this stage and every later one: tile, features, expression, train, predict, evaluate, analyze, report "
-        "(spatial studies: spatial_train, spatial_predict, spatial_evaluate, report)"
+        "(spot studies: spot_train, spot_predict, spot_evaluate, report)"
     ),
     executor: Optional[str] = typer.Option(None, "--executor", help="local | ray | slurm (overrides the study file)"),
 ) -> None:
     """Run a study: tile → features → expression → train → predict → evaluate → analyze → report.
 
-    With a `spatial:` section (see docs/her2st-study.yaml) the study is spot-level instead:
-    spatial_train → spatial_predict → spatial_evaluate → report.
+    With a `spots:` section (see docs/her2st-study.yaml) the study is spot-level instead:
+    spot_train → spot_predict → spot_evaluate → report.
     Stages whose inputs and parameters did not change since their last finished run are skipped.
     """
     from emo.run import load_study, run_study

@@ -3,10 +3,10 @@
 from emo.run.config import StudyConfig, load_study, parse_study
 from emo.run.pipeline import STAGE_NAMES, STAGES, run_study
 from emo.run.runner import Stage, StudyContext, run_stages
-from emo.run.template import SPATIAL_TEMPLATE, STUDY_TEMPLATE, write_template
+from emo.run.template import SPOT_TEMPLATE, STUDY_TEMPLATE, write_template
 
 __all__ = [
-    "SPATIAL_TEMPLATE",
+    "SPOT_TEMPLATE",
     "STAGES",
     "STAGE_NAMES",
     "STUDY_TEMPLATE",

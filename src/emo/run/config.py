@@ -15,7 +15,7 @@ import glob
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from emo.analysis.clustering import ClustersConfig
 from emo.analysis.de import DEConfig
@@ -91,7 +91,7 @@ class ExecutorConfig(Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class SpatialConfig(SpotModelConfig):
+class SpotStudyConfig(SpotModelConfig):
     """Spot-level study (her2st layout, `emo.expression.her2st`): replaces the bulk stages when set.
     The spot model's own `SpotModelConfig` (every `emo spatial train` option, same defaults) plus
     which sections and genes."""
@@ -127,7 +127,9 @@ class SpatialConfig(SpotModelConfig):
 
 class StudyConfig(Section):
     out: str = "emo-study"
-    spatial: SpatialConfig | None = Field(None, description="spot-level study instead of slides → bulk targets")
+    spots: SpotStudyConfig | None = Field(None, validation_alias=AliasChoices("spots", "spatial"),
+                                          description="spot-level study instead of slides → bulk targets "
+                                                      "(the key `spatial:` of older studies is read too)")
     slides: SlidesConfig = Field(default_factory=SlidesConfig)
     expression: ExpressionConfig = Field(default_factory=ExpressionConfig)
     features: ExtractionConfig = Field(default_factory=ExtractionConfig)
@@ -172,8 +174,8 @@ class StudyConfig(Section):
     def check_files(self) -> None:
         """Every input the study names exists, and preparing targets has what it needs; else one
         EmoError naming the key (e.g. `expression.matrices[1]`)."""
-        if self.spatial is not None:
-            return self._check_spatial()
+        if self.spots is not None:
+            return self._check_spots()
         self.slide_paths()
         named: list[tuple[str, str | None]] = [("slides.roi", self.slides.roi), ("expression.targets", self.expression.targets)]
         e = self.expression
@@ -194,25 +196,25 @@ class StudyConfig(Section):
                                "the others are aligned to")
 
 
-    def spatial_genes_file(self) -> Path | None:
-        g = self.spatial.genes if self.spatial else None
+    def spot_genes_file(self) -> Path | None:
+        g = self.spots.genes if self.spots else None
         return self.path(g) if isinstance(g, str) and self.path(g).is_file() else None
 
-    def _check_spatial(self) -> None:
-        sp = self.spatial
+    def _check_spots(self) -> None:
+        sp = self.spots
         layout = Her2stLayout(self.path(sp.data_dir))
         if not (layout.root / "counts").is_dir():
-            raise EmoError(f"spatial.data_dir: {layout.root} has no counts/ folder; point it at a her2st-layout folder")
+            raise EmoError(f"spots.data_dir: {layout.root} has no counts/ folder; point it at a her2st-layout folder")
         for key in ("train_sections", "test_sections"):
             for s in getattr(sp, key):
                 if not layout.has_image(s):
-                    raise EmoError(f"spatial.{key}: section {s} has no image in {layout.images_dir}; use sections with images")
+                    raise EmoError(f"spots.{key}: section {s} has no image in {layout.images_dir}; use sections with images")
         for s in sp.train_sections + sp.test_sections + (sp.basis_sections or []):
             if not layout.has_counts(s):
-                raise EmoError(f"spatial: section {s}: {layout.counts(s)} not found; fix the section name")
+                raise EmoError(f"spots: section {s}: {layout.counts(s)} not found; fix the section name")
         leaked = sorted(set(sp.basis_sections or []) & set(sp.test_sections))
         if leaked:
-            raise EmoError(f"spatial.basis_sections: {', '.join(leaked)} are test sections; their counts must not "
+            raise EmoError(f"spots.basis_sections: {', '.join(leaked)} are test sections; their counts must not "
                            "shape the target components")
         from emo.run.spot_study import study_genes
         from emo.spot_models.sections import check_sections
@@ -220,7 +222,7 @@ class StudyConfig(Section):
         try:
             check_sections(layout.root, sp.train_sections, study_genes(self))
         except EmoError as exc:
-            raise EmoError(f"spatial: {exc}") from None
+            raise EmoError(f"spots: {exc}") from None
 
 
 def load_study(path: str | Path) -> StudyConfig:

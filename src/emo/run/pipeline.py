@@ -270,8 +270,8 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
 def study_stages(config: StudyConfig) -> tuple[Stage, ...]:
-    """Bulk stages, or the spot-level ones (`emo.run.spot_study`) when the study has a `spatial:` section."""
-    if config.spatial is not None:
+    """Bulk stages, or the spot-level ones (`emo.run.spot_study`) when the study has a `spots:` section."""
+    if config.spots is not None:
         from emo.run.spot_study import SPATIAL_STAGES
 
         return SPATIAL_STAGES

@@ -130,13 +130,14 @@ def stages(folder: Path, run_dir: Path) -> str:
     return body
 
 
-def _spatial_evaluations(run_dir: Path) -> list[Path]:
-    folder = run_dir / "spatial_evaluate"
-    return [folder] if (folder / "sections.csv").is_file() else []
+def _spot_evaluations(run_dir: Path) -> list[Path]:
+    """`spot_evaluate/`, or `spatial_evaluate/` of a run by an older emo."""
+    found = [run_dir / name for name in ("spot_evaluate", "spatial_evaluate") if (run_dir / name / "sections.csv").is_file()]
+    return found[:1]
 
 
-@register_section("spatial_evaluate", title="Spot-level prediction (held-out sections)", order=40, find=_spatial_evaluations)
-def spatial_evaluate(folder: Path, run_dir: Path) -> str:
+@register_section("spot_evaluate", title="Spot-level prediction (held-out sections)", order=40, find=_spot_evaluations)
+def spot_evaluate(folder: Path, run_dir: Path) -> str:
     sections = pd.read_csv(folder / "sections.csv")
     summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else {}
     body = (f"<p>Spot model trained on sections <b>{h.esc(', '.join(summary.get('train_sections', [])))}</b>; each held-out "

@@ -1,9 +1,10 @@
-"""Spot-level stages of `emo run` (study `spatial:` section): spatial_train → spatial_predict →
-spatial_evaluate → report. Each calls `emo.spot_models`'s public functions; records work as for bulk stages.
+"""Spot-level stages of `emo run` (study `spots:` section): spot_train → spot_predict →
+spot_evaluate → report. Each calls `emo.spot_models`'s public functions; records work as for bulk stages.
 
-Paths inside `<out>`: spatial_model/, spatial_predictions/<S>.csv + <S>.h5ad, spatial_evaluate/ (sections.csv,
-genes_<S>.csv, maps_<S>.png, r_histogram.png), report.html; spot features are cached in `spatial.cache`
-(default `<out>/spatial_cache`).
+Paths inside `<out>`: spot_model/, spot_predictions/<S>.csv + <S>.h5ad, spot_evaluate/ (sections.csv,
+genes_<S>.csv, maps_<S>.png, r_histogram.png), report.html (the `spatial_*` folders of older runs are
+read too); spot features come from the shared cache (`spots.cache`, default `emo.cache.cache_dir`),
+so a study after `emo spatial train` on the same sections computes none.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emo.errors import EmoError
-from emo.run.config import SpatialConfig, StudyConfig
+from emo.run.config import SpotStudyConfig, StudyConfig
 from emo.run.runner import Stage, StudyContext
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
-def _sp(ctx: StudyContext) -> SpatialConfig:
-    return ctx.config.spatial
+def _sp(ctx: StudyContext) -> SpotStudyConfig:
+    return ctx.config.spots
 
 
 def _data(ctx: StudyContext) -> Path:
@@ -40,13 +41,13 @@ def eval_genes(ctx: StudyContext) -> list[str]:
 def _eval_genes(cfg: StudyConfig) -> list[str]:
     from emo.panels import resolve_genes
 
-    path = cfg.spatial_genes_file()
+    path = cfg.spot_genes_file()
     if path is not None:
         genes = resolve_genes(path)
         if not genes:
-            raise EmoError(f"spatial.genes: {path} lists no genes; one symbol per line")
+            raise EmoError(f"spots.genes: {path} lists no genes; one symbol per line")
         return genes
-    return resolve_genes(cfg.spatial.genes)
+    return resolve_genes(cfg.spots.genes)
 
 
 def study_genes(cfg: StudyConfig) -> list[str]:
@@ -86,8 +87,14 @@ def _scale_files(ctx: StudyContext) -> list[Path]:
 # ---------------------------------------------------------------- train
 
 
+def _folder(ctx: StudyContext, name: str, old: str) -> Path:
+    """`<out>/<name>`, or the folder an older emo wrote under its former `spatial_` name."""
+    path = ctx.out_dir / name
+    return ctx.out_dir / old if not path.exists() and (ctx.out_dir / old).exists() else path
+
+
 def model_dir(ctx: StudyContext) -> Path:
-    return ctx.out_dir / "spatial_model"
+    return _folder(ctx, "spot_model", "spatial_model")
 
 
 def run_train(ctx: StudyContext) -> None:
@@ -108,7 +115,7 @@ def train_inputs(ctx: StudyContext) -> list[Path]:
     sp = _sp(ctx)
     files = [f for s in sp.train_sections for f in _section_files(ctx, s, image=True)]
     files += [f for s in _basis_pool(ctx) if s not in sp.train_sections for f in _section_files(ctx, s, image=False)]
-    genes_file = ctx.config.spatial_genes_file()
+    genes_file = ctx.config.spot_genes_file()
     return files + _scale_files(ctx) + ([genes_file] if genes_file else [])
 
 
@@ -120,7 +127,7 @@ def train_params(ctx: StudyContext) -> dict[str, Any]:
 
 
 def predictions_dir(ctx: StudyContext) -> Path:
-    return ctx.out_dir / "spatial_predictions"
+    return _folder(ctx, "spot_predictions", "spatial_predictions")
 
 
 def run_predict(ctx: StudyContext) -> None:
@@ -141,7 +148,7 @@ def predict_inputs(ctx: StudyContext) -> list[Path]:
 
 
 def evaluate_dir(ctx: StudyContext) -> Path:
-    return ctx.out_dir / "spatial_evaluate"
+    return _folder(ctx, "spot_evaluate", "spatial_evaluate")
 
 
 def run_evaluate(ctx: StudyContext) -> None:
@@ -161,7 +168,7 @@ def run_evaluate(ctx: StudyContext) -> None:
         pred = pd.read_csv(predictions_dir(ctx) / f"{s}.csv", index_col=0)
         adata = read_her2st(_data(ctx), s)
         if list(pred.index) != list(adata.obs_names):
-            raise EmoError(f"{predictions_dir(ctx) / f'{s}.csv'}: spot ids differ from section {s}; rerun with --from spatial_predict")
+            raise EmoError(f"{predictions_dir(ctx) / f'{s}.csv'}: spot ids differ from section {s}; rerun with --from spot_predict")
         cols = list(pred.columns)
         measured = pd.DataFrame(spot_targets(adata, cols), index=adata.obs_names, columns=cols)
         table = gene_correlations(pred[genes].to_numpy(), measured[genes].to_numpy(), genes)
@@ -228,7 +235,7 @@ def _histogram(tables: dict, path: Path) -> None:
 
 def evaluate_inputs(ctx: StudyContext) -> list[Path]:
     files = [predictions_dir(ctx)] + [f for s in _sp(ctx).test_sections for f in _section_files(ctx, s, image=False)]
-    genes_file = ctx.config.spatial_genes_file()
+    genes_file = ctx.config.spot_genes_file()
     return files + ([genes_file] if genes_file else [])
 
 
@@ -243,9 +250,9 @@ def _run_report(ctx: StudyContext) -> None:
 
 
 SPATIAL_STAGES: tuple[Stage, ...] = (
-    Stage("spatial_train", run_train, train_inputs, train_params, lambda ctx: [model_dir(ctx)]),
-    Stage("spatial_predict", run_predict, predict_inputs, lambda ctx: {"test_sections": _sp(ctx).test_sections},
-          lambda ctx: [predictions_dir(ctx)], ("spatial_train",)),
-    Stage("spatial_evaluate", run_evaluate, evaluate_inputs, evaluate_params, lambda ctx: [evaluate_dir(ctx)], ("spatial_predict",)),
-    Stage("report", _run_report, lambda ctx: [], lambda ctx: {}, lambda ctx: [ctx.out_dir / "report.html"], ("spatial_evaluate",)),
+    Stage("spot_train", run_train, train_inputs, train_params, lambda ctx: [model_dir(ctx)]),
+    Stage("spot_predict", run_predict, predict_inputs, lambda ctx: {"test_sections": _sp(ctx).test_sections},
+          lambda ctx: [predictions_dir(ctx)], ("spot_train",)),
+    Stage("spot_evaluate", run_evaluate, evaluate_inputs, evaluate_params, lambda ctx: [evaluate_dir(ctx)], ("spot_predict",)),
+    Stage("report", _run_report, lambda ctx: [], lambda ctx: {}, lambda ctx: [ctx.out_dir / "report.html"], ("spot_evaluate",)),
 )

@@ -13,7 +13,7 @@ STUDY_TEMPLATE = """\
 # Relative paths are relative to this file. Unknown keys are errors (check the spelling).
 
 out: emo-study                  # everything the run writes goes here
-spatial: null                   # spot-level study instead (spatial transcriptomics sections); `emo init --spatial`
+spots: null                     # spot-level study instead (spatial transcriptomics sections); `emo init --spatial`
 
 slides:                         # `emo tile`'s options (TilingConfig), plus which slides
   paths:                        # slide files or globs (.svs .ndpi .mrxs .tif; plain .jpg/.png need mpp)
@@ -110,25 +110,27 @@ executor:
                                 #   gpus_per_node: 1, time_min: 120, mem_gb: 16, chunk_size: 10, stage: true}
 """
 
-SPATIAL_TEMPLATE = """\
-# emo spot-level study: run it with `emo run study.yaml`. With a `spatial:` section the study runs
-# spatial_train → spatial_predict → spatial_evaluate → report (instead of tile → features → …);
+SPOT_TEMPLATE = """\
+# emo spot-level study: run it with `emo run study.yaml`. With a `spots:` section the study runs
+# spot_train → spot_predict → spot_evaluate → report (instead of tile → features → …);
 # re-running skips stages whose inputs did not change. Relative paths are relative to this file.
 
-out: emo-study                  # spatial_model/, spatial_predictions/<S>.csv, spatial_evaluate/, report.html
+out: emo-study                  # spot_model/, spot_predictions/<S>.csv, spot_evaluate/, report.html
 
-spatial:
+spots:                          # `emo spatial train`'s options (SpotModelConfig), plus sections and genes
   data_dir: her2st              # her2st layout: images/<S>.jpg, counts/<S>.tsv.gz, spots/<S>.tsv
   train_sections: [B4, C2, C3]  # sections with images to fit on
   test_sections: [C4]           # held out: predicted and evaluated (never in the target basis)
   genes: her2st/hist2st_785_genes.txt   # gene-list file (one symbol a line), or panels/genes ("pam50,ESR1")
   tile_sizes_um: [224, 100, 448]        # spot-centred tiles per scale, features concatenated
   backbone: efficientnet_lite0_ms
+  tile_px: 224                  # pixels a side of every spot tile
+  section_standardize: true     # standardise features within each section (removes staining offsets)
   alpha: 3.0                    # ridge penalty per feature
   n_components: 10              # target principal components (0: fit every gene directly)
   context_radius: 1.5           # neighbour-mean radius in spot pitches (0: off)
   basis_sections: null          # count sections shaping the target basis (null: every section but the test ones)
-  cache: null                   # spot-feature cache folder (null: <out>/spatial_cache)
+  cache: null                   # spot feature cache folder (null: $EMO_CACHE_DIR or ~/.cache/emo, shared)
 """
 
 
@@ -136,4 +138,4 @@ def write_template(path: str | Path = "study.yaml", force: bool = False, spatial
     path = Path(path)
     if path.exists() and not force:
         raise EmoError(f"{path}: already exists; pass --force to overwrite it")
-    return write_text_atomic(path, SPATIAL_TEMPLATE if spatial else STUDY_TEMPLATE)
+    return write_text_atomic(path, SPOT_TEMPLATE if spatial else STUDY_TEMPLATE)
