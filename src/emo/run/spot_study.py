@@ -159,7 +159,7 @@ def run_evaluate(ctx: StudyContext) -> None:
     from emo.io import write_json_atomic, write_table_atomic
     from emo.panels import get_panel
     from emo.spot_models import gene_correlations, score_spearman
-    from emo.spot_models.data import spot_targets
+    from emo.spot_models.targets import spot_targets
 
     genes, prolif = eval_genes(ctx), get_panel("pam50_proliferation")
     out = evaluate_dir(ctx)
