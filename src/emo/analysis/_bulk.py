@@ -18,6 +18,7 @@ import pandas as pd
 
 from emo.errors import EmoError
 from emo.expression.readers import read_matrix, read_table
+from emo.io import dense
 
 #: sample-sheet / obs columns holding intrinsic subtypes, in the order they are looked for
 SUBTYPE_COLUMNS = ("pam50_subtype", "pam50", "intrinsic_subtype", "subtype", "pam50_call", "pam50_mrna")
@@ -95,8 +96,7 @@ def _read_h5ad(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         adata = anndata.read_h5ad(path)
     except Exception as exc:  # h5py/anndata raise many kinds
         raise EmoError(f"{path}: cannot read as AnnData ({exc.__class__.__name__}: {exc})") from None
-    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
-    data = pd.DataFrame(x, index=adata.obs_names, columns=adata.var_names)
+    data = pd.DataFrame(dense(adata.X), index=adata.obs_names, columns=adata.var_names)
     return data, adata.obs.copy()
 
 

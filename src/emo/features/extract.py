@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from emo.errors import EmoError
 from emo.features.preprocess import normalize_stains, to_model_input
-from emo.features.store import tile_store_params_hash, write_feature_store
+from emo.features.store import FeatureStore, tile_store_params_hash, write_feature_store
 from emo.io import provenance
 
 if TYPE_CHECKING:
@@ -277,11 +276,10 @@ def _is_current(path: Path, identity: dict[str, Any], store_hash: str) -> bool:
     if not path.is_file():
         return False
     try:
-        with h5py.File(path, "r") as h5:
-            return (h5.attrs.get("tile_store_params_hash") == store_hash
-                    and json.loads(h5.attrs.get("backbone_json", "{}")) == identity)
-    except OSError:
+        attrs = FeatureStore(path).attrs
+    except EmoError:
         return False
+    return attrs.get("tile_store_params_hash") == store_hash and json.loads(attrs.get("backbone_json", "{}")) == identity
 
 
 def clam_coords_attrs(store) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from emo.errors import EmoError
-from emo.io import atomic_path, provenance, write_json_atomic, write_table_atomic
+from emo.io import atomic_path, dense, provenance, write_json_atomic, write_table_atomic
 from emo.models.registry import register_model_kind
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ def _finetune(job: dict, config: FinetuneConfig, folder: Path) -> dict:
 def _tile_level_labels(adata, stores: dict[str, Path], genes: list[str], targets: Path):
     """Per-tile label arrays in tile-store row order, and each split's global dataset rows."""
     from emo.slides import TileStore
-    from emo.training.train import _dense, _slide_of
+    from emo.training.train import _slide_of
 
     obs = adata.obs
     slides = _slide_of(obs).astype(str)
@@ -222,7 +222,7 @@ def _tile_level_labels(adata, stores: dict[str, Path], genes: list[str], targets
             raise EmoError(f"{stores[slide_id]}: tile {tiles.iloc[obs_rows[where.argmin()]]!r} of the targets is not in "
                            "this store; targets must use the tile store's tile_id (spot ids for spot-centred stores)")
         y = np.zeros((len(store), len(genes)), np.float32)
-        y[where] = _dense(adata.X[obs_rows][:, col])
+        y[where] = dense(adata.X[obs_rows][:, col], np.float64)
         paths.append(str(stores[slide_id]))
         labels[slide_id] = y
         for name in rows:
@@ -251,8 +251,10 @@ def train_finetune(
     (`done.json`) is returned as is, an unfinished one resumes.
     """
     from emo.executors import map_isolated, stage_executor
-    from emo.training.data import load_targets, select_genes
-    from emo.training.train import _dense, _slide_of
+    from emo.expression.targets import read_targets
+    from emo.slides import TileStore
+    from emo.training.data import select_genes, tile_geometry
+    from emo.training.train import _slide_of
 
     config = config or FinetuneConfig()
     if level not in ("slide", "tile"):
@@ -262,7 +264,7 @@ def train_finetune(
     if not paths:
         raise EmoError(f"{tile_dir}: no tile stores (*.h5); run `emo tile` first")
     stores = {p.stem: p for p in paths}
-    adata = load_targets(targets)
+    adata = read_targets(targets)
     genes = select_genes(adata, genes, targets)
     job = {"folder": str(out_dir), "config": config.model_dump(), "level": level}
     if level == "slide":
@@ -278,7 +280,7 @@ def train_finetune(
             if missing:
                 raise EmoError(f"{targets}: {len(missing)} {name} slide(s) have no tile store (e.g. "
                                f"{', '.join(missing[:3])}); run `emo tile` on them")
-            y = _dense(adata.X[np.flatnonzero(mask)][:, col])
+            y = dense(adata.X[np.flatnonzero(mask)][:, col], np.float64)
             job[f"{name}_stores"] = [str(stores[s]) for s in ids]
             job[f"{name}_labels"] = {s: y[i].astype(np.float32) for i, s in enumerate(ids)}
             fit_y[name] = y
@@ -311,26 +313,16 @@ def train_finetune(
         (result,), failures = map_isolated(ex, finetune_job, [job], desc="fine-tuning")
     if failures:
         raise EmoError(f"{out_dir}: fine-tuning failed: {failures[0]}; fix it and re-run (finished epochs are kept)")
-    tile_attrs = _tile_attrs(next(iter(stores.values())))
+    geometry, stain_reference = tile_geometry({}, TileStore(next(iter(stores.values()))).attrs)
     prov = provenance(**config.model_dump(), level=level)
     write_json_atomic(out_dir / "manifest.json", {
         "emo_version": prov["emo_version"], "created": prov["created"], "kind": KIND, "level": level,
         "backbone": {"name": config.backbone, "weights": config.weights, "input_size": config.input_size},
-        "tile_geometry": {k: tile_attrs[k] for k in ("tile_size_um", "target_mpp", "tile_size_px", "normalize")
-                          if k in tile_attrs},
-        "stain_reference": tile_attrs.get("stain_reference"), "genes": genes, "protocol": config.model_dump(),
+        "tile_geometry": geometry, "stain_reference": stain_reference, "genes": genes, "protocol": config.model_dump(),
         "target_normalisation": "per gene (y − y_mean)/y_std on the train split (buffers of the network); "
                                 "predictions are on the targets' scale",
         "targets": str(targets.resolve()), "tuning": result, "provenance": prov})
     return out_dir
-
-
-def _tile_attrs(path: Path) -> dict:
-    from emo.slides import TileStore
-
-    attrs = TileStore(path).attrs
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()
-            if k in ("tile_size_um", "target_mpp", "tile_size_px", "normalize", "stain_reference")}
 
 
 class FinetuneModel:

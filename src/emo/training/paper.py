@@ -164,15 +164,15 @@ def train_paper_protocol(
     run again. A gene that still fails after the executor's retries is reported in an `EmoError`
     after the others finished; the manifest then lists the finished genes and `failed_genes`.
     """
-    import h5py
-
     from emo.executors import map_isolated, stage_executor
-    from emo.training.data import load_targets, select_genes
+    from emo.slides import TileStore
+    from emo.expression.targets import read_targets
+    from emo.training.data import select_genes, tile_geometry
     from emo.training.train import _slide_of
 
     config = config or PaperProtocolConfig()
     tile_dir, targets, out_dir = Path(tile_dir), Path(targets), Path(out_dir)
-    adata = load_targets(targets)
+    adata = read_targets(targets)
     genes = select_genes(adata, genes, targets)
     slides = _slide_of(adata.obs)
     split = adata.obs["split"].astype(str)
@@ -213,10 +213,7 @@ def train_paper_protocol(
             results[k] = result
         failed = {jobs[todo[i]]["gene"]: message for i, message in failures.items()}
     results = [r for r in results if r is not None]
-    with h5py.File(next(iter(stores.values())), "r") as f:
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    geometry = {k: attrs[k].item() if hasattr(attrs[k], "item") else attrs[k]
-                for k in ("tile_size_um", "target_mpp", "tile_size_px", "normalize") if k in attrs}
+    geometry, stain_reference = tile_geometry({}, TileStore(next(iter(stores.values()))).attrs)
     prov = provenance(**config.model_dump())
     write_json_atomic(out_dir / "manifest.json", {
         "emo_version": prov["emo_version"],
@@ -224,7 +221,7 @@ def train_paper_protocol(
         "kind": "paper_cnn",
         "backbone": {"name": config.backbone, "weights": config.weights, "input_size": config.input_size},
         "tile_geometry": geometry,
-        "stain_reference": attrs.get("stain_reference"),
+        "stain_reference": stain_reference,
         "genes": [r["gene"] for r in results],
         "failed_genes": failed,
         "target_normalisation": "none (the paper's normalised log expression as given in targets)",
