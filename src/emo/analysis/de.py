@@ -261,9 +261,6 @@ def _write(out: Path, results: dict[str, pd.DataFrame], summary: dict, params: d
 
 
 def _plot(png: Path, results: dict[str, pd.DataFrame]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from emo.analysis import plots

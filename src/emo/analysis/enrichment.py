@@ -260,9 +260,6 @@ def _write(out: Path, result: EnrichmentResult, collections: dict[str, dict[str,
 
 def _plot(png: Path, block: pd.DataFrame, sets: dict[str, list[str]], values: pd.Series, alpha: float,
           permutations: int, title: str, top: int = 20) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from emo.io import save_figure

@@ -134,9 +134,6 @@ def _panel_coverage(kept: pd.Index) -> dict[str, list[str]]:
 def _figure(path: Path, x: pd.DataFrame, corrected: pd.DataFrame, obs: pd.DataFrame, variance: pd.Series,
             min_variance: float) -> None:
     """Per-gene cohort medians before/after the offsets, and the training variance with its threshold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fit = obs["split"].isin(["train", "tune", "validation"]).to_numpy()

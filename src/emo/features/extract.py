@@ -186,7 +186,7 @@ def _pending_slides(tile_paths: Sequence[Path], out_folder: Path, identity: dict
         out_path = out_folder / f"{store.slide_id}.h5"
         job = _SlideJob(store.slide_id, path, out_path, len(store), tile_store_params_hash(store))
         if _is_current(out_path, identity, job.store_hash):
-            log.info("%s: features up to date, skipped", job.slide_id)
+            log.debug("%s: features up to date, skipped", job.slide_id)
             if on_slide_done:
                 on_slide_done(job.slide_id, out_path, "cached")
             continue
@@ -232,8 +232,6 @@ def _embed_slides(jobs: list[_SlideJob], model: Any, identity: dict[str, Any], d
     seconds = time.perf_counter() - start
     msg = f"{n_total} tiles from {len(jobs)} slides in {seconds:.1f} s: {n_total / max(seconds, 1e-9):.1f} tiles/s on {device}"
     log.info(msg)
-    if progress:
-        print(msg)
 
 
 def _fans_out(executor: str | Executor | None) -> bool:

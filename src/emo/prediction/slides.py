@@ -8,7 +8,6 @@ the interrupted one from scratch, giving the same files as an uninterrupted run.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,6 @@ from emo.features.store import FeatureStore, feature_identity, open_feature_stor
 from emo.prediction.average import write_average
 from emo.prediction.render import heatmap_png, qupath_geojson
 from emo.slides.spatial_uns import image_spatial_uns
-
-log = logging.getLogger(__name__)
 
 
 def _chosen_genes(model_genes: list[str], genes, panel) -> list[str]:

@@ -183,9 +183,6 @@ def _spatial_columns(path: Path, genes: list[str]):
 
 def prediction_maps(folder: Path, genes: list[str], slides: list[str], note: str) -> str:
     """Grid of predicted-expression maps (rows: slides, columns: genes; one colour scale per gene)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from emo.prediction.render import expression_map

@@ -151,7 +151,7 @@ def run_epochs(model, opt, epochs: Iterable[int], train_batches: Callable[[int],
         tune_loss = total / n
         history.append({"epoch": epoch, "train_loss": train_loss, "tune_loss": tune_loss})
         keeper.add(epoch, tune_loss, model.state_dict())
-        log.info("%s epoch %d: train %.4f tune %.4f", name, epoch, train_loss, tune_loss)
+        log.debug("%s epoch %d: train %.4f tune %.4f", name, epoch, train_loss, tune_loss)
         stop = stopper.step(tune_loss)
         if after_epoch is not None:
             after_epoch(epoch, history)

@@ -195,9 +195,6 @@ def train_tile_classifier(feature_dir: Path, label_files: list[Path], out_dir: P
 
 
 def _confusion_png(dest: Path, metrics: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     classes, mat = metrics["confusion"]["classes"], np.array(metrics["confusion"]["matrix"])

@@ -9,7 +9,6 @@ never read here.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,8 +24,6 @@ from emo.training.data import select_genes, source_tile_store_attrs, tile_geomet
 
 if TYPE_CHECKING:
     from emo.training.config import TrainConfig
-
-log = logging.getLogger(__name__)
 FIT_SPLITS = ("train", "tune")
 
 
@@ -257,9 +254,6 @@ def train_model(feature_dir: Path, targets: Path, out_dir: Path, config: TrainCo
 
 def _tuning_png(dest: Path, per_gene: pd.DataFrame, head: str) -> None:
     """Tuning-split Spearman per gene (and the chosen ridge penalties): a first look at the fit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from emo.io import save_figure
