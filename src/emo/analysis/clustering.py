@@ -28,7 +28,7 @@ from scipy.cluster.hierarchy import fcluster, leaves_list, linkage
 from scipy.spatial.distance import pdist, squareform
 from sklearn.metrics import adjusted_rand_score
 
-from emo.analysis._bulk import align, attach_sheet, clean_labels, load_expression, select_genes, subtype_column
+from emo.analysis.bulk import align, attach_sheet, clean_labels, load_expression, select_genes, subtype_column
 from emo.config import StageConfig
 from emo.errors import EmoError
 from emo.expression.readers import OrientationOption

@@ -164,7 +164,7 @@ class EnrichmentResult:
 
 
 def _variance(measured: str | Path | pd.DataFrame, split: str | None, log_cpm: bool) -> pd.Series:
-    from emo.analysis._bulk import load_expression
+    from emo.analysis.bulk import load_expression
 
     if not isinstance(measured, pd.DataFrame) and Path(measured).suffix == ".h5ad":
         import anndata

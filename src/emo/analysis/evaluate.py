@@ -17,7 +17,7 @@ import pandas as pd
 from pydantic import Field
 
 from emo.analysis import stats
-from emo.analysis._bulk import match_samples, subtype_column
+from emo.analysis.bulk import predictions_by_sample, subtype_column
 from emo.analysis.proliferation import proliferation_genes
 from emo.config import StageConfig
 from emo.errors import EmoError
@@ -26,7 +26,7 @@ from emo.panels import get_panel
 
 __all__ = [
     "EvaluateConfig", "EvaluateThresholds", "Evaluation", "compute_evaluation", "evaluate", "gene_table",
-    "match_samples", "plot_evaluation", "read_gene_list", "write_evaluation",
+    "plot_evaluation", "read_gene_list", "write_evaluation",
 ]
 
 GENE_COLUMNS = ["gene", "n", "spearman_rho", "spearman_p", "fdr_bh", "pearson_r", "r2", "selected"]
@@ -195,7 +195,7 @@ def _null_comparison(cfg: EvaluateConfig, obs: pd.DataFrame, measured: pd.DataFr
     from emo.prediction.average import read_average
 
     samples, genes = list(measured.index), list(measured.columns)
-    null_pred = match_samples(read_average(cfg.null_predictions), obs, what=str(cfg.null_predictions))
+    null_pred = predictions_by_sample(read_average(cfg.null_predictions), obs, what=str(cfg.null_predictions))
     missing = [s for s in samples if s not in null_pred.index]
     null_genes = [g for g in genes if g in null_pred.columns]
     if missing or not null_genes:
@@ -236,7 +236,7 @@ def compute_evaluation(
     obs, in_split = _split_samples(ad, targets, split, cfg)
     is_test = split.startswith("test") if cfg.test is None else cfg.test
 
-    pred = match_samples(read_average(predictions), obs, what=str(predictions))
+    pred = predictions_by_sample(read_average(predictions), obs, what=str(predictions))
     samples = [s for s in obs.index[in_split] if s in pred.index]
     if len(samples) < 3:
         raise EmoError(

@@ -146,7 +146,7 @@ def attach_sheet(expr: Expression, sheet: str | Path | pd.DataFrame | None, id_c
     return Expression(data=expr.data, obs=obs, source=expr.source)
 
 
-def match_samples(pred: pd.DataFrame, obs: pd.DataFrame, what: str = "predictions") -> pd.DataFrame:
+def predictions_by_sample(pred: pd.DataFrame, obs: pd.DataFrame, what: str = "predictions") -> pd.DataFrame:
     """Rows of `pred` re-indexed by targets `sample_id` (via a sample_id column, the index, or obs slide_id).
 
     Several slides of one sample are averaged, as EMO-average averages tiles within a slide.
@@ -176,7 +176,7 @@ def match_samples(pred: pd.DataFrame, obs: pd.DataFrame, what: str = "prediction
 
 def align(measured: Expression, predicted: Expression) -> tuple[Expression, Expression]:
     """Restrict both to the shared samples (predicted rows named by sample or by obs `slide_id`), same order."""
-    pred = match_samples(predicted.data, measured.obs, what=predicted.source)
+    pred = predictions_by_sample(predicted.data, measured.obs, what=predicted.source)
     common = measured.data.index.intersection(pred.index)
     obs = measured.obs.loc[common]
     return (Expression(measured.data.loc[common], obs, measured.source),
