@@ -280,9 +280,13 @@ def _dino_vit(**kwargs: Any) -> nn.Module:
 
 
 def _eva(**kwargs: Any) -> nn.Module:
+    """MUSK's BEiT-3 vision path as timm's Eva, with the key bias BEiT-3 has and Eva leaves out."""
     from timm.models.eva import Eva
 
-    return Eva(**kwargs)
+    model = Eva(**kwargs)
+    for block in model.blocks:
+        block.attn.k_proj = nn.Linear(model.embed_dim, model.embed_dim, bias=True)
+    return model
 
 
 class _RopeBlock(nn.Module):
@@ -498,8 +502,7 @@ def to_encoder_state(state: Mapping[str, torch.Tensor], preset: EncoderPreset,
 
 
 def _from_beit3(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """MUSK's BEiT-3 (torchscale, multiway) → timm Eva: the vision expert `A` of every layer. BEiT-3's key
-    bias is dropped: it adds the same q·b to every key's score, which softmax cancels."""
+    """MUSK's BEiT-3 (torchscale, multiway) → timm Eva: the vision expert `A` of every layer."""
     state = {k.removeprefix("model."): v for k, v in state.items()}
     enc = "beit3.encoder."
     out = {"trunk.cls_token": state.get("beit3.vision_embed.cls_token"),
@@ -523,8 +526,6 @@ def _from_beit3(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             name, kind = f"ffn.{m.group(3)}", m.group(4)
         else:
             name, kind = m.group(2), m.group(3)
-        if name == "self_attn.k_proj" and kind == "bias":
-            continue
         out[f"trunk.blocks.{m.group(1)}.{names.get(name, 'unexpected.' + name)}.{kind}"] = value
     return {k: v for k, v in out.items() if v is not None}
 
