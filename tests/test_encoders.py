@@ -58,8 +58,8 @@ def test_preset_architecture_matches_published_size_and_dim(name):
 # The reference is built the way the published code builds it (TRIDENT's encoder definitions, timm /
 # transformers with the published arguments, or a module in encoder_references.py written from the
 # published description), every weight is moved off its init, the weights are saved in the hub's
-# file format and key layout, and that file is loaded through create_backbone. Models over 300M
-# parameters run at depth 2 on both sides (same key layout); the full configs are checked above.
+# file format and key layout, and that file is loaded through create_backbone. Every model runs at
+# depth 2 on both sides (same key layout, and a 2-core CI runner); the full configs are checked above.
 
 DEPTH = 2
 _SWIGLU = {"mlp_layer": "swiglu"}  # resolved to timm's SwiGLUPacked + SiLU in _timm_reference
@@ -165,21 +165,17 @@ def _timm_reference(name: str):
     import timm
 
     arch, kwargs, how = TIMM_REFERENCES[name]
-    kwargs = dict(kwargs, num_classes=0)
+    kwargs = {k: v for k, v in kwargs.items() if k != "depth"} | {"num_classes": 0}
     if kwargs.pop("mlp_layer", None):
         kwargs |= {"mlp_layer": timm.layers.SwiGLUPacked, "act_layer": torch.nn.SiLU}
-    big = count_parameters(PRESETS[name]) > 300e6
-    if big:
-        kwargs["depth"] = DEPTH
-    model = _perturb(timm.create_model(arch, pretrained=False, **kwargs))
-    return (model if how == "model" else lambda x: _readout(model(x), how)), model, big
+    model = _perturb(timm.create_model(arch, pretrained=False, **kwargs, depth=DEPTH))
+    return (model if how == "model" else lambda x: _readout(model(x), how)), model
 
 
 @pytest.mark.parametrize("name", sorted(TIMM_REFERENCES))
 def test_timm_preset_equals_its_published_reference(name, monkeypatch, tmp_path):
-    reference, model, big = _timm_reference(name)
-    if big:
-        _reduced(monkeypatch, name, depth=DEPTH)
+    reference, model = _timm_reference(name)
+    _reduced(monkeypatch, name, depth=DEPTH)
     _assert_equal_through_emo(name, reference, dict(model.state_dict()), tmp_path)
 
 
@@ -189,10 +185,8 @@ def test_transformers_preset_equals_its_published_reference(name, monkeypatch, t
     from encoder_references import transformers_v4_layout
 
     kind, config, how = TRANSFORMERS_REFERENCES[name]
-    config = dict(config)
-    if config["num_hidden_layers"] > 12:
-        config["num_hidden_layers"] = DEPTH
-        _reduced(monkeypatch, name, depth=DEPTH)
+    config = dict(config, num_hidden_layers=DEPTH)
+    _reduced(monkeypatch, name, depth=DEPTH)
     cfg = getattr(transformers, f"{kind}Config")(**config)
     extra = {"add_pooling_layer": False} if kind == "ViT" else {}
     model = _perturb(getattr(transformers, f"{kind}Model")(cfg, **extra))
@@ -281,7 +275,7 @@ def _published(name: str, model) -> object:
 
 @pytest.mark.parametrize("name", ROUND_TRIP_ONLY)
 def test_published_checkpoint_round_trips_through_a_local_folder(name, monkeypatch, tmp_path):
-    preset = PRESETS[name]
+    preset = _reduced(monkeypatch, name, **({"depth": DEPTH} if name == "conch_v1" else {}))
     source = create_backbone(name, "none")
     _perturb(source.model)
     folder = tmp_path / "snapshot"
@@ -296,6 +290,97 @@ def test_published_checkpoint_round_trips_through_a_local_folder(name, monkeypat
     assert y.shape == (2, PUBLISHED_DIM[name])
     torch.testing.assert_close(y, y_src, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(y, create_backbone(name, "none")(x), atol=1e-3)  # the weights did change it
+
+
+# ---- checkpoints as people have them --------------------------------------------------------------------
+
+def _write_shards(state: dict[str, torch.Tensor], folder: Path, stem: str, suffix: str) -> Path:
+    """Split `state` into two shards plus the transformers-style `<stem><suffix>.index.json`."""
+    import json
+
+    keys = list(state)
+    shards = {f"{stem}-0000{i + 1}-of-00002{suffix}": dict((k, state[k]) for k in part)
+              for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:]))}
+    for file, part in shards.items():
+        _save(part, folder / file)
+    index = folder / f"{stem}{suffix}.index.json"
+    index.write_text(json.dumps({"metadata": {}, "weight_map": {k: f for f, part in shards.items() for k in part}}))
+    return index
+
+
+@pytest.mark.parametrize(("name", "stem", "suffix"), [("lunit_vits8", "model", ".safetensors"),
+                                                      ("h_optimus_0", "pytorch_model", ".bin")])
+def test_sharded_checkpoint_loads_from_its_index(name, stem, suffix, monkeypatch, tmp_path):
+    reference, model = _timm_reference(name)
+    _reduced(monkeypatch, name, depth=DEPTH)
+    folder = tmp_path / "snapshot"
+    folder.mkdir()
+    index = _write_shards(dict(model.state_dict()), folder, stem, suffix)
+    x = torch.randn(1, 3, 224, 224)
+    for where in (folder, index):  # a snapshot folder, or the index itself
+        backbone = create_backbone(name, str(where))
+        assert backbone.weights.startswith(f"file:{index.name}:sha256=")
+        with torch.inference_mode():
+            torch.testing.assert_close(backbone(x), reference(x), rtol=0, atol=0)
+    next(folder.glob(f"{stem}-00002*")).unlink()
+    with pytest.raises(EmoError, match=rf"index\.json: shard {stem}-00002-of-00002{suffix} is missing"):
+        create_backbone(name, str(folder))
+
+
+def _cache_file(cache: Path, repo: str, rel: str) -> Path:
+    """A file in the Hugging Face cache layout (refs/main → snapshots/<commit>/rel)."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text("0" * 40)
+    path = root / "snapshots" / ("0" * 40) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_hub_cache_is_searched_for_every_listed_file_and_its_shards(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    preset = PRESETS["h_optimus_0"]  # lists model.safetensors, then pytorch_model.bin
+    second = _cache_file(tmp_path / "hf", preset.hub_repo, "pytorch_model.bin")
+    second.write_bytes(b"0")
+    assert encoders.hub_checkpoint("h_optimus_0", preset) == second
+    index = _write_shards({"a": torch.zeros(1), "b": torch.ones(1)}, second.parent, "model", ".safetensors")
+    assert encoders.hub_checkpoint("h_optimus_0", preset) == index  # the first listed file, sharded
+    next(second.parent.glob("model-00001*")).unlink()  # an incomplete shard set is not a hit
+    assert encoders.hub_checkpoint("h_optimus_0", preset) == second
+
+
+def _emo(*args: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    return subprocess.run([sys.executable, "-m", "emo", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_check_weights_reports_keys_identity_and_dim(tmp_path):
+    state = {k.removeprefix("trunk."): v for k, v in create_backbone("lunit_vits8", "none").model.state_dict().items()}
+    good = tmp_path / "model.safetensors"
+    _save(state, good)
+    done = _emo("info", "--check-weights", "lunit_vits8", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "missing keys: 0" in done.stdout and "unexpected keys: 0" in done.stdout
+    assert "weights file:model.safetensors:sha256=" in done.stdout and "embedding dim 384: ok" in done.stdout
+
+    truncated = tmp_path / "cut" / "model.safetensors"  # a copy that stopped before the last block
+    truncated.parent.mkdir()
+    _save({k: v for k, v in state.items() if not k.startswith(("blocks.11.", "norm."))}, truncated)
+    done = _emo("info", "--check-weights", "lunit_vits8", str(truncated))
+    assert done.returncode == 2
+    assert "missing keys: 14 (trunk.blocks.11.norm1.weight" in done.stdout and "trunk.norm.bias" in done.stdout
+    err = done.stderr.strip()
+    assert "\n" not in err and "does not fit encoder lunit_vits8 (14 missing" in err and "Traceback" not in err
+
+
+def test_check_weights_builds_buffers_no_checkpoint_holds(tmp_path):
+    from emo.models.backbones import check_preset_weights
+
+    ckpt = tmp_path / "CHIEF_CTransPath.pth"
+    torch.save(_old_swin(create_backbone("ctranspath", "none").model.state_dict()), ckpt)
+    report = check_preset_weights("ctranspath", str(ckpt))
+    assert (report["missing"], report["unexpected"], report["dim"]) == ([], [], 768)
 
 
 def test_virchow_output_is_cls_then_mean_of_patch_tokens_after_registers(monkeypatch):
@@ -334,7 +419,7 @@ def test_weights_map_and_offline_hub_give_one_line(monkeypatch, tmp_path):
     (tmp_path / "config" / "emo" / "weights.yaml").write_text(f"lunit: {ckpt}\n")
     with pytest.raises(EmoError, match=r"weights\.yaml: unknown encoder preset\(s\) lunit"):
         create_backbone("lunit_vits8")
-    with pytest.raises(EmoError, match=r"empty: no model\.safetensors for lunit_vits8.*huggingface\.co/1aurent"):
+    with pytest.raises(EmoError, match=r"empty: no model\.safetensors for lunit_vits8 .*index\.json.*huggingface\.co/1aurent"):
         (tmp_path / "empty").mkdir()
         create_backbone("lunit_vits8", str(tmp_path / "empty"))
 
@@ -363,6 +448,7 @@ def test_info_lists_every_backbone_with_dim_input_size_and_source():
                           env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     rows = {line.split()[0]: line for line in done.stdout.splitlines()}
+    assert set(NEW_IN_ISSUE_22) <= set(rows)
     for name, dim in PUBLISHED_DIM.items():
         assert f"dim {dim:>5}  {PRESETS[name].input_size:>3} px" in rows[name]
         assert f"hf:{PRESETS[name].hub_repo}/" in rows[name]

@@ -8,8 +8,8 @@ from emo.cli._apps import app
 @app.command()
 def info(backbones: bool = typer.Option(False, "--backbones", help="List every registered backbone and encoder "
                                         "preset with its feature dim, input size and where its weights come from."),
-         check_weights: tuple[str, str] = typer.Option(
-             (None, None), "--check-weights", metavar="PRESET PATH",
+         check_weights: tuple[str, str] | None = typer.Option(
+             None, "--check-weights", metavar="PRESET PATH",
              help="Load an encoder preset's checkpoint (file, *.index.json of shards, or folder) without a slide; "
                   "report missing/unexpected keys, the weights identity and the embedding dim.")) -> None:
     """Print emo's version, the accelerator in use and the shipped gene panels (or, with --backbones, the backbones)."""
@@ -22,7 +22,7 @@ def info(backbones: bool = typer.Option(False, "--backbones", help="List every r
             typer.echo(f"{row['name']:<22} dim {row['dim']:>5}  {row['input_size']:>3} px  {row['output']:<11} "
                        f"{row['weights']}  — {row['summary']}")
         return
-    if check_weights[0] is not None:
+    if check_weights:
         _check_weights(*check_weights)
         return
 

@@ -634,8 +634,8 @@ def checkpoint_in(folder_or_file: Path, preset: EncoderPreset, name: str) -> Pat
                 for path in (folder_or_file / cand, folder_or_file / Path(cand).name):
                     if path.is_file():
                         return path
-        raise EmoError(f"{folder_or_file}: no {' or '.join(Path(f).name for f in preset.hub_files)} (or its "
-                       f"*.index.json shards) for {name}; place the checkpoint from "
+        raise EmoError(f"{folder_or_file}: no {' or '.join(Path(f).name for f in preset.hub_files)} for {name} "
+                       f"(nor its *.index.json with shards); place the checkpoint from "
                        f"https://huggingface.co/{preset.hub_repo} there")
     raise EmoError(f"{folder_or_file}: weights file or folder not found; pass an existing checkpoint for {name}")
 
