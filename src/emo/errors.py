@@ -8,7 +8,3 @@ sample or gene at fault and the fix, so that bad input never surfaces as a deep 
 class EmoError(Exception):
     """A problem with the user's input or configuration, explained in one line."""
 
-
-class EmoWarning(UserWarning):
-    """A notice the user should see but that does not stop the run (e.g. same-patient sections on
-    both sides of a split); the CLI prints it as one `emo: warning: ...` line."""

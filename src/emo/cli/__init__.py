@@ -35,9 +35,16 @@ for _name in _COMMAND_MODULES:
     importlib.import_module(f"emo.cli.{_name}")
 
 
-def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one `emo: warning: ...` line on stderr: no category, path or source line."""
-    typer.echo(f"emo: warning: {message}", err=True)
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show debug messages."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="Show warnings and errors only.")) -> None:
+    """Messages go to stderr through the `emo` logger; figures are drawn off-screen (Agg) unless MPLBACKEND says otherwise."""
+    import os
+
+    from emo.log import setup
+
+    os.environ.setdefault("MPLBACKEND", "Agg")  # the one place the matplotlib backend is chosen
+    setup(1 if verbose else -1 if quiet else 0)
 
 
 def main() -> None:
@@ -45,9 +52,6 @@ def main() -> None:
 
     Usage errors (missing/invalid options) are reported by click itself in standalone mode.
     """
-    import warnings
-
-    warnings.showwarning = _one_line
     try:
         app()
     except EmoError as exc:

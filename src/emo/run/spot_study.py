@@ -98,17 +98,17 @@ def model_dir(ctx: StudyContext) -> Path:
 
 
 def run_train(ctx: StudyContext) -> None:
-    from rich.console import Console
+    import logging
 
     from emo.spot_models import train_spot_model
 
     sp = _sp(ctx)
-    log = Console(stderr=True, highlight=False).print
+    log = logging.getLogger(__name__)
     summary = []
     model = train_spot_model(_data(ctx), sp.train_sections, model_genes(ctx), sp.spot_model(),
                              exclude_from_basis=sp.test_sections, basis_sections=sp.basis_sections,
                              cache=_cache(ctx), on_done=summary.append)
-    log(f"  {summary[0].line(model.save(model_dir(ctx)))}")
+    log.info("  %s", summary[0].line(model.save(model_dir(ctx))))
 
 
 def train_inputs(ctx: StudyContext) -> list[Path]:
@@ -190,9 +190,6 @@ def expression_maps_png(pred_h5ad: Path, measured: pd.DataFrame, pred: pd.DataFr
     """Measured (top row) and predicted (bottom row) expression of the best-predicted genes over the section's
     H&E, spot by spot; each panel has its own colour scale (predictions are shrunk towards the mean)."""
     import anndata
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from emo.io import save_figure
@@ -214,9 +211,6 @@ def expression_maps_png(pred_h5ad: Path, measured: pd.DataFrame, pred: pd.DataFr
 
 
 def _histogram(tables: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from emo.io import atomic_path

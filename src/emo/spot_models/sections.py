@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from emo.cache import cache_dir
-from emo.errors import EmoError, EmoWarning
+from emo.errors import EmoError
 from emo.expression import read_her2st
 from emo.expression.her2st import Her2stLayout
 from emo.expression.st_readers import SPATIAL_KEY
@@ -159,8 +158,9 @@ def section_targets(data_dir: str | Path, section: str, genes: list[str],
 
 def check_held_out(train_sections: list[str], held_out: list[str], what: str = "held-out") -> None:
     """Leakage guards: a section both trained on and held out is an error; sections of one her2st
-    patient (same letter) on both sides are an `EmoWarning` (their spots are not independent)."""
+    patient (same letter) on both sides are a warning (their spots are not independent)."""
     from emo.expression.her2st import her2st_patient
+    from emo.log import warn
 
     overlap = sorted(set(train_sections) & set(held_out))
     if overlap:
@@ -169,8 +169,7 @@ def check_held_out(train_sections: list[str], held_out: list[str], what: str = "
     if shared:
         pairs = "; ".join(f"patient {p}: train {','.join(s for s in train_sections if her2st_patient(s) == p)}"
                           f" vs {what} {','.join(s for s in held_out if her2st_patient(s) == p)}" for p in shared)
-        warnings.warn(f"{pairs}: training and {what} sections of one patient; scores may be optimistic",
-                      EmoWarning, stacklevel=3)
+        warn(f"{pairs}: training and {what} sections of one patient; scores may be optimistic")
 
 
 @dataclass(frozen=True)
