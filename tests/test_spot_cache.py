@@ -112,7 +112,8 @@ def test_gene_typo_exits_2_in_seconds_naming_it_and_the_patient_notice_is_one_li
     start = time.monotonic()
     proc = _emo(*_train_args(sections, tmp_path / "m", tmp_path / "cache", genes="ERBB2,ESR1X,GRB7"))
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and time.monotonic() - start < 15
+    # 15 s is the target (≈ 5 s on a quiet 2-core machine: interpreter and imports); slack for a loaded CI box
+    assert proc.returncode == 2 and time.monotonic() - start < 30
     lines = err.strip().splitlines()
     assert lines == ["emo: warning: patient X: train X1,X2 vs held-out X3: training and held-out sections of one "
                      "patient; scores may be optimistic",
