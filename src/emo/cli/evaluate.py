@@ -38,6 +38,9 @@ def evaluate(
         external_cohorts=tuple(external_cohort), cohorts=tuple(cohort), null_predictions=null_predictions,
         validation_genes=validation_genes, subtype_column=subtype_column, top=top,
     )
+    from emo.run.lock import hold_folder
+
+    hold_folder(out, "emo evaluate")
     table = run(predictions, targets, split, out, config=cfg)
     n_sel = int(table["selected"].sum())
     msg = f"{len(table)} genes evaluated on {split}; "

@@ -38,5 +38,8 @@ def features(
 
     config = ExtractionConfig.build(backbone=backbone, weights=weights, batch_size=batch_size, device=device,
                                     workers=workers, pooling=pooling, input_size=input_size, slides_per_job=slides_per_job)
+    from emo.run.lock import hold_folder
+
+    hold_folder(out, "emo features")
     folder = extract_features(tile_dir, out, **config.model_dump(), executor=executor)
     typer.echo(f"features: {folder}")

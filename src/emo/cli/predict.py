@@ -27,5 +27,8 @@ def predict(
     """
     from emo.prediction import predict as run_predict
 
+    from emo.run.lock import hold_folder
+
+    hold_folder(out, "emo predict")
     path = run_predict(model, features, out, genes=genes, panel=panel, tiles=tiles, chunk_tiles=chunk_tiles)
     typer.echo(f"predictions written to {path}")

@@ -48,6 +48,9 @@ def tile(
     except ValueError as exc:
         first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": ("?",), "msg": str(exc)}
         raise EmoError(f"invalid option {first['loc'][0]}: {first['msg']}") from None
+    from emo.run.lock import hold_folder
+
+    hold_folder(out, "emo tile")
     summary = tile_slides(find_slides(slides), out, config, workers=workers, executor=executor)
     ok = summary["status"].isin(["ok", "skipped"])
     for row in summary.loc[ok].itertuples():

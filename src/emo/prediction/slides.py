@@ -143,36 +143,38 @@ def _tile_sources(model, tiles: Path) -> dict[str, Callable[[], _SlideSource]]:
 
 def _write_spatial(dest: Path, genes: list[str], src: _SlideSource, obs: pd.DataFrame, centres: np.ndarray,
                    uns: dict, chunk_tiles: int, chosen: list[str], spatial: dict) -> np.ndarray:
-    """Write the slide's AnnData skeleton with anndata, then fill X in float32 chunks with h5py."""
+    """Write the slide's AnnData skeleton with anndata, then fill X in float32 chunks with h5py (into the
+    caller's temporary `dest`)."""
     import anndata
 
     var = pd.DataFrame({"mean": np.zeros(len(genes))}, index=pd.Index(genes, name="gene"))
     skeleton = anndata.AnnData(obs=obs, var=var, obsm={"spatial": centres}, uns={"emo": uns, "spatial": spatial})
     col = [genes.index(g) for g in chosen]
     picked = np.zeros((len(obs), len(col)), dtype=np.float32)
-    with atomic_path(dest) as tmp:
-        skeleton.write_h5ad(tmp)
-        total = np.zeros(len(genes), dtype=np.float64)
-        with h5py.File(tmp, "a") as f:
-            ds = f.create_dataset("X", shape=(len(obs), len(genes)), dtype="float32",
-                                  chunks=(max(1, min(len(obs), 256)), min(len(genes), 2048)))
-            ds.attrs["encoding-type"] = "array"
-            ds.attrs["encoding-version"] = "0.2.0"
-            for start in range(0, len(obs), chunk_tiles):
-                pred = np.asarray(src.predict_rows(slice(start, start + chunk_tiles)), dtype=np.float32)
-                ds[start : start + len(pred)] = pred
-                total += pred.sum(axis=0, dtype=np.float64)
-                picked[start : start + len(pred)] = pred[:, col]
-            f["var/mean"][...] = src.pool() if src.pool is not None else total / max(len(obs), 1)
+    skeleton.write_h5ad(dest)
+    total = np.zeros(len(genes), dtype=np.float64)
+    with h5py.File(dest, "a") as f:
+        ds = f.create_dataset("X", shape=(len(obs), len(genes)), dtype="float32",
+                              chunks=(max(1, min(len(obs), 256)), min(len(genes), 2048)))
+        ds.attrs["encoding-type"] = "array"
+        ds.attrs["encoding-version"] = "0.2.0"
+        for start in range(0, len(obs), chunk_tiles):
+            pred = np.asarray(src.predict_rows(slice(start, start + chunk_tiles)), dtype=np.float32)
+            ds[start : start + len(pred)] = pred
+            total += pred.sum(axis=0, dtype=np.float64)
+            picked[start : start + len(pred)] = pred[:, col]
+        f["var/mean"][...] = src.pool() if src.pool is not None else total / max(len(obs), 1)
     return picked
 
 
 def _model_id(model_dir: Path, manifest: dict) -> str:
-    """Identity of the exact weights: outputs of another model are never mistaken for finished."""
-    from emo.io import file_fingerprint, params_hash
+    """Identity of the exact weights (by content, so identical trainings are one model): outputs of
+    another model are never mistaken for finished."""
+    from emo.io import content_hash, params_hash, without_times
 
     files = [Path(model_dir) / "weights.safetensors"] + sorted(Path(model_dir).glob("genes/*/done.json"))
-    return params_hash({"manifest": manifest, "weights": [file_fingerprint(p) for p in files if p.exists()]})
+    manifest = {k: v for k, v in without_times(manifest).items() if k != "targets"}  # where targets were read from
+    return params_hash({"manifest": manifest, "weights": [content_hash(p) for p in files if p.exists()]})
 
 
 def predict(
@@ -227,16 +229,15 @@ def predict(
                "model_kind": manifest["kind"], "model_hash": model_id,
                "backbone": str(model.backbone.get("name")), "tile_size_level0": size,
                "mpp": float(tile_attrs.get("mpp", src.mpp)), "spatial_units": "level-0 px (tile centres)"}
-        part = dest.with_name(f".{dest.name}.part")
         spatial = image_spatial_uns(slide_id, tile_attrs.get("slide_path"), tile_attrs.get("slide_width"), size,
                                     {"mpp": uns["mpp"]}, fallback=thumb)
-        picked = _write_spatial(part, model.genes, src, obs, src.coords_px + size / 2.0, uns, chunk_tiles, chosen,
-                                spatial)
-        for j, gene in enumerate(chosen):
-            heatmap_png(out_dir / "heatmaps" / slide_id / f"{gene}.png", gene, picked[:, j], src.coords_px + size / 2.0,
-                        spatial[slide_id], slide_id, uns["mpp"])
-        qupath_geojson(out_dir / "geojson" / f"{slide_id}.geojson", slide_id, src.tile_ids, src.coords_px, size, chosen, picked)
-        part.replace(dest)  # the slide's completion marker
+        with atomic_path(dest) as part:  # renamed onto dest last: the slide's completion marker
+            picked = _write_spatial(part, model.genes, src, obs, src.coords_px + size / 2.0, uns, chunk_tiles, chosen,
+                                    spatial)
+            for j, gene in enumerate(chosen):
+                heatmap_png(out_dir / "heatmaps" / slide_id / f"{gene}.png", gene, picked[:, j], src.coords_px + size / 2.0,
+                            spatial[slide_id], slide_id, uns["mpp"])
+            qupath_geojson(out_dir / "geojson" / f"{slide_id}.geojson", slide_id, src.tile_ids, src.coords_px, size, chosen, picked)
     return write_average(out_dir, model.genes, sorted(sources))
 
 

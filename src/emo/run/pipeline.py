@@ -278,9 +278,11 @@ def study_stages(config: StudyConfig) -> tuple[Stage, ...]:
     return STAGES
 
 
-def run_study(config: StudyConfig, from_stage: str | None = None, executor: str | None = None) -> dict[str, str]:
-    """Run (or resume) a whole study; returns each stage's status. `executor` overrides the config's."""
+def run_study(config: StudyConfig, from_stage: str | None = None, executor: str | None = None, wait: bool = False) -> dict[str, str]:
+    """Run (or resume) a whole study; returns each stage's status. `executor` overrides the config's.
+    The output folder is locked for the run (`emo.run.lock`): another run on it refuses, or waits with `wait`."""
     from emo.executors import executor_names
+    from emo.run.lock import folder_lock
     from emo.run.runner import run_stages
 
     name = executor or config.executor.name
@@ -289,4 +291,5 @@ def run_study(config: StudyConfig, from_stage: str | None = None, executor: str 
     options = config.executor.options if name == config.executor.name else {}
     config.check_files()
     ctx = StudyContext(config=config, out_dir=config.out_dir, executor_name=name, executor_options=options)
-    return run_stages(study_stages(config), ctx, from_stage=from_stage)
+    with folder_lock(config.out_dir, "emo run", wait=wait):
+        return run_stages(study_stages(config), ctx, from_stage=from_stage)
