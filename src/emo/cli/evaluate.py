@@ -32,14 +32,13 @@ def evaluate(
     gene panels; proliferation score; figures like the paper's Figs. 1, 2 and 5."""
     from emo.analysis.evaluate import EvaluateConfig
     from emo.analysis.evaluate import evaluate as run
+    from emo.run.lock import hold_folder
 
     cfg = EvaluateConfig.build(
         r2_min=r2_min, fdr_max=fdr_max, alpha=alpha, test=test, selected=selected,
         external_cohorts=tuple(external_cohort), cohorts=tuple(cohort), null_predictions=null_predictions,
         validation_genes=validation_genes, subtype_column=subtype_column, top=top,
     )
-    from emo.run.lock import hold_folder
-
     hold_folder(out, "emo evaluate")
     table = run(predictions, targets, split, out, config=cfg)
     n_sel = int(table["selected"].sum())

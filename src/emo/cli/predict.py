@@ -26,7 +26,6 @@ def predict(
     choose which genes get heatmap PNGs and GeoJSON measurements.
     """
     from emo.prediction import predict as run_predict
-
     from emo.run.lock import hold_folder
 
     hold_folder(out, "emo predict")

@@ -33,6 +33,7 @@ def tile(
     Finished slides are skipped on a re-run; a slide that fails is reported and the batch goes on.
     """
     from emo.errors import EmoError
+    from emo.run.lock import hold_folder
     from emo.slides import TilingConfig, find_slides, tile_slides
 
     options = dict(
@@ -48,8 +49,6 @@ def tile(
     except ValueError as exc:
         first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": ("?",), "msg": str(exc)}
         raise EmoError(f"invalid option {first['loc'][0]}: {first['msg']}") from None
-    from emo.run.lock import hold_folder
-
     hold_folder(out, "emo tile")
     summary = tile_slides(find_slides(slides), out, config, workers=workers, executor=executor)
     ok = summary["status"].isin(["ok", "skipped"])

@@ -23,7 +23,7 @@ from emo.slides.geometry import TileGeometry, iter_tile_runs, plan_geometry
 from emo.slides.quality import DEFAULT_MIN_SHARPNESS, sharpness
 from emo.slides.readers import SUPPORTED_SUFFIXES, SlideReader, _suffix, open_slide
 from emo.slides.stain import estimate_stains, load_reference
-from emo.slides.store import write_store
+from emo.slides.store import TileStoreAttrs, write_store
 from emo.slides.thumbnails import save_thumbnail
 from emo.slides.tissue import pen_mask, tissue_mask
 
@@ -426,7 +426,7 @@ def _finished(out_path: Path, config: TilingConfig) -> dict[str, Any] | None:
             n = len(f["coords_px"])
     except OSError:
         return None
-    if a.get("params_hash") != params_hash(config.store_params()):
+    if a.get("params_hash") != params_hash(config.store_params()) or a.get("format_version", 1) != TileStoreAttrs.FORMAT:
         return None
     return {
         "status": "skipped", "n_kept": n, "seconds": 0.0, "reader": a.get("reader"), "mpp": a.get("mpp"),

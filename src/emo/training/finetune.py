@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from emo.errors import EmoError
 from emo.io import atomic_path, provenance, write_json_atomic, write_table_atomic
+from emo.models.model import write_manifest
 from emo.models.registry import register_model_kind
 
 if TYPE_CHECKING:
@@ -326,7 +327,7 @@ def train_finetune(
         raise EmoError(f"{out_dir}: fine-tuning failed: {failures[0]}; fix it and re-run (finished epochs are kept)")
     tile_attrs = _tile_attrs(next(iter(stores.values())))
     prov = provenance(**config.model_dump(), level=level)
-    write_json_atomic(out_dir / "manifest.json", {
+    write_manifest(out_dir, {
         "emo_version": prov["emo_version"], "created": prov["created"], "kind": KIND, "level": level,
         "backbone": {"name": config.backbone, "weights": config.weights, "input_size": config.input_size},
         "tile_geometry": {k: tile_attrs[k] for k in ("tile_size_um", "target_mpp", "tile_size_px", "normalize")

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from emo.errors import EmoError
 from emo.io import atomic_path, provenance, write_json_atomic, write_table_atomic
+from emo.models.model import write_manifest
 from emo.models.registry import register_model_kind
 
 if TYPE_CHECKING:
@@ -327,7 +328,7 @@ def train_paper_protocol(
     geometry = {k: attrs[k].item() if hasattr(attrs[k], "item") else attrs[k]
                 for k in ("tile_size_um", "target_mpp", "tile_size_px", "normalize") if k in attrs}
     prov = provenance(**config.model_dump())
-    write_json_atomic(out_dir / "manifest.json", {
+    write_manifest(out_dir, {
         "emo_version": prov["emo_version"],
         "created": prov["created"],
         "kind": "paper_cnn",
