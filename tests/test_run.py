@@ -278,3 +278,39 @@ def test_null_baseline_is_its_own_stage_for_the_features_protocol(tmp_path):
     for data in ({"training": {"protocol": "paper"}}, {"evaluation": {"null_baseline": False}}):
         assert not null.enabled(ctx(data))
         assert all("null" not in p.parts for p in evaluate.inputs(ctx(data)))
+
+
+def test_a_run_killed_after_from_is_finished_by_a_plain_run(tmp_path):
+    """`--from` forgets the records of the stages it redoes before running them: a stage killed after
+    writing part of its output folder is redone by the next plain run, and so is what reads it."""
+    out, crash = tmp_path / "out", [False]
+
+    def source(ctx):
+        out.mkdir(exist_ok=True)
+        (out / "source.txt").write_text("abc")
+
+    def predict(ctx):  # writes its folder slide by slide, like the predict stage
+        (out / "pred").mkdir(parents=True, exist_ok=True)
+        for i, letter in enumerate((out / "source.txt").read_text()):
+            if crash[0] and i == 1:
+                raise KeyboardInterrupt  # stands for kill -9 (the runner cannot react to either)
+            (out / "pred" / f"{letter}.txt").write_text(letter.upper())
+
+    def average(ctx):
+        (out / "average.txt").write_text("".join(p.read_text() for p in sorted((out / "pred").glob("*.txt"))))
+
+    stages = [
+        Stage("source", source, outputs=lambda ctx: [out / "source.txt"]),
+        Stage("predict", predict, lambda ctx: [out / "source.txt"], outputs=lambda ctx: [out / "pred"], after=("source",)),
+        Stage("average", average, lambda ctx: [out / "pred"], outputs=lambda ctx: [out / "average.txt"], after=("predict",)),
+    ]
+    run = lambda **kw: run_stages(stages, StudyContext(config={}, out_dir=out), log=lambda m: None, **kw)  # noqa: E731
+    run()
+    crash[0] = True
+    with pytest.raises(KeyboardInterrupt):
+        run(from_stage="predict")
+    assert sorted(p.name for p in (out / "pred").iterdir()) == ["a.txt"]  # half redone
+    assert not record_path(out, "predict").exists() and not record_path(out, "average").exists()
+    crash[0] = False
+    assert run() == {"source": "skipped", "predict": "ran", "average": "ran"}
+    assert (out / "average.txt").read_text() == "ABC"
