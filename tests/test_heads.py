@@ -193,6 +193,23 @@ def test_mismatched_feature_dims(cohort, tmp_path):
         check_features(model, {"name": "other", "dim": 16}, "x.h5")
 
 
+def test_identical_trainings_have_identical_identities(cohort, tmp_path):
+    """`training_data_hash` and the model identity are content hashes: copies of the same features and
+    targets (new paths, new mtimes) trained again give the same identities."""
+    import shutil
+
+    from emo.prediction.slides import _model_id
+
+    shutil.copytree(cohort["feature_dir"], tmp_path / "features", copy_function=shutil.copy)
+    shutil.copy(cohort["targets"], tmp_path / "targets.h5ad")
+    first = load(train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "m1"))
+    second = load(train_model(tmp_path / "features", tmp_path / "targets.h5ad", tmp_path / "m2"))
+    assert first.manifest["training_data_hash"] == second.manifest["training_data_hash"]
+    assert _model_id(tmp_path / "m1", first.manifest) == _model_id(tmp_path / "m2", second.manifest)
+    other = load(train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "m3", seed=1, head="mlp"))
+    assert _model_id(tmp_path / "m3", other.manifest) != _model_id(tmp_path / "m1", first.manifest)
+
+
 def test_manifest_from_other_major_version_is_one_line(cohort, tmp_path):
     out = train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "m")
     manifest = json.loads((out / "manifest.json").read_text())

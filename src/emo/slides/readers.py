@@ -197,12 +197,12 @@ def _rgb8(img, path: Path):
     grayscale and float images refused (tissue detection and stain estimation need H&E colour)."""
     if img.bands in (1, 2):
         raise EmoError(f"{path}: a grayscale image; emo needs a colour (RGB) H&E scan; re-export it in colour")
+    if img.format not in ("uchar", "ushort"):
+        raise EmoError(f"{path}: {img.format} pixels; emo reads 8- and 16-bit RGB; re-export as 8-bit RGB")
+    if img.bands == 4:  # onto white of the image's own depth (libvips scales alpha by it)
+        img = img.flatten(background=[65535 if img.format == "ushort" else 255] * 3)
     if img.format == "ushort":
         img = (img >> 8).cast("uchar")
-    elif img.format != "uchar":
-        raise EmoError(f"{path}: {img.format} pixels; emo reads 8- and 16-bit RGB; re-export as 8-bit RGB")
-    if img.bands == 4:
-        img = img.flatten(background=[255, 255, 255])
     if img.bands != 3:
         raise EmoError(f"{path}: {img.bands} colour channels; emo reads RGB (or RGBA); re-export as RGB")
     return img
