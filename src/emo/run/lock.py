@@ -41,8 +41,12 @@ def _describe(holder: dict[str, Any] | None) -> str:
     return f"`{holder.get('command', 'emo')}` (pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('started')})"
 
 
+def _mine(holder: dict[str, Any] | None) -> bool:
+    return bool(holder) and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+
+
 def held_by(folder: str | os.PathLike[str]) -> str | None:
-    """Who holds `folder`'s lock now (one phrase), or None when it is free."""
+    """Who else holds `folder`'s lock now (one phrase), or None when it is free or this process holds it."""
     path = Path(folder) / LOCK_NAME
     if not path.is_file():
         return None
@@ -51,7 +55,8 @@ def held_by(folder: str | os.PathLike[str]) -> str | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _describe(_holder(fd))
+            holder = _holder(fd)
+            return None if _mine(holder) else _describe(holder)
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
@@ -108,14 +113,18 @@ def folder_lock(folder: str | os.PathLike[str], command: str, wait: bool = False
         os.close(fd)  # releases the flock
 
 
-_HELD: list[contextlib.ExitStack] = []
+_HELD: dict[Path, contextlib.ExitStack] = {}
 
 
 def hold_folder(folder: str | os.PathLike[str], command: str) -> None:
-    """`folder_lock` for the rest of this process (a stage command's whole run); released at exit."""
+    """`folder_lock` for the rest of this process (a stage command's whole run; again in the same
+    process, e.g. commands invoked in-process by tests, it is held already); released at exit."""
     import atexit
 
+    key = Path(folder).resolve()
+    if key in _HELD:
+        return
     stack = contextlib.ExitStack()
     stack.enter_context(folder_lock(folder, command))
-    _HELD.append(stack)
+    _HELD[key] = stack
     atexit.register(stack.close)
