@@ -36,7 +36,7 @@ def emo(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_second_run_refuses_naming_the_holder(tmp_path):
-    holder = hold(tmp_path, 60)
+    holder = hold(tmp_path, 600)
     try:
         with pytest.raises(EmoError) as err:
             with folder_lock(tmp_path, "emo run"):
@@ -61,7 +61,7 @@ def test_wait_waits_for_the_holder_then_runs(tmp_path):
 
 
 def test_stale_lock_of_a_killed_run_is_taken_over_with_a_note(tmp_path):
-    holder = hold(tmp_path, 60)
+    holder = hold(tmp_path, 600)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == holder.pid  # the dead holder's record stays
@@ -84,7 +84,7 @@ def test_cli_stage_command_and_run_refuse_a_locked_folder_in_one_line(tmp_path, 
     slide = shared_data("slides/CMU-1-Small-Region.svs")
     study = tmp_path / "study.yaml"
     study.write_text(f"out: {tmp_path / 'out'}\nslides:\n  paths: [{slide}]\nexpression:\n  targets: {slide}\n")
-    holder = hold(tmp_path / "out", 60)
+    holder = hold(tmp_path / "out", 600)
     try:
         for args in (["run", str(study)], ["tile", str(slide), "--out", str(tmp_path / "out")],
                      ["predict", "--model", str(tmp_path), "--features", str(tmp_path), "--out", str(tmp_path / "out" / "predictions")]):
@@ -99,7 +99,7 @@ def test_cli_stage_command_and_run_refuse_a_locked_folder_in_one_line(tmp_path, 
 
 
 def test_a_run_refuses_while_a_stage_command_writes_inside_its_folder(tmp_path):
-    holder = hold(tmp_path / "predictions", 60)
+    holder = hold(tmp_path / "predictions", 600)
     try:
         with pytest.raises(EmoError, match=rf"{tmp_path / 'predictions'} is in use by .*pid {holder.pid}"):
             with folder_lock(tmp_path, "emo run"):

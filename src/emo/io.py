@@ -1,7 +1,8 @@
 """Atomic writes, content hashes and provenance shared by every stage.
 
-Every artifact is written to a temporary file beside its destination and renamed into place, so a
-killed run never leaves a half-written file that a re-run would mistake for a finished one.
+Every artifact is written to a uniquely named temporary file beside its destination and renamed
+into place, so a killed run never leaves a half-written file that a re-run would mistake for a
+finished one; a full, read-only or forbidden folder surfaces as one `StorageError` line.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def storage_error(exc: BaseException, folder: str | os.PathLike[str] | None = No
         return exc
     if not isinstance(exc, OSError) or exc.errno not in STORAGE_CAUSES:
         return None
+    if folder is not None and exc.filename and not Path(exc.filename).absolute().is_relative_to(Path(folder).absolute()):
+        return None  # e.g. an input that may not be read: not the output folder's fault
     if folder is None:
         name = exc.filename or next(iter(re.findall(r"name = '([^']+)'", str(exc))), None)
         folder = Path(name).parent if name else Path.cwd()
@@ -193,6 +196,7 @@ TIME_KEYS = frozenset({"created", "finished"})
 
 
 def without_times(value: Any) -> Any:
+    """A JSON-like value less its `TIME_KEYS` at every depth (what it says, not when)."""
     if isinstance(value, dict):
         return {k: without_times(v) for k, v in value.items() if k not in TIME_KEYS}
     if isinstance(value, list):
