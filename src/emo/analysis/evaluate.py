@@ -33,7 +33,7 @@ GENE_COLUMNS = ["gene", "n", "spearman_rho", "spearman_p", "fdr_bh", "pearson_r"
 TEST_COLUMNS = ["p_bonferroni", "validated"]
 PANELS = ("pam50", "oncotype_dx", "endopredict")
 NULL_DEFINITION = (
-    "The null: the same head fitted K times on labels exchanged between whole patients, each predicting the same "
+    "The null: the same head fitted {k} times on labels exchanged between whole patients, each predicting the same "
     "slides; its gene counts show how many genes pass by chance and through the features' own structure."
 )
 
@@ -351,7 +351,7 @@ def compute_evaluation(
         table.insert(table.columns.get_loc("spearman_p") + 1, "permutation_p",
                      stats.permutation_p(np.abs(table["spearman_rho"].to_numpy(np.float64)), np.abs(rho)))
         result.null_counts = pd.DataFrame([_counts(t, cfg) for _, t in result.null_table.groupby("permutation")])
-        summary["null"] = {"definition": NULL_DEFINITION, "n_permutations": len(cfg.null_predictions),
+        summary["null"] = {"definition": NULL_DEFINITION.format(k=len(cfg.null_predictions)), "n_permutations": len(cfg.null_predictions),
                            "predictions": [str(p) for p in cfg.null_predictions],
                            "counts": null_summary(summary["counts"], result.null_counts),
                            "per_permutation": result.null_counts.to_dict(orient="list")}

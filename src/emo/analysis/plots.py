@@ -27,7 +27,7 @@ def save(fig: Any, path: Path, dpi: int = 120) -> Path:
 
 def _legend_above(ax) -> None:
     """The legend in a row above the axes, clear of the bars."""
-    ax.legend(fontsize=8, frameon=False, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, borderaxespad=0.2)
+    ax.legend(fontsize=8, frameon=False, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, borderaxespad=0.2)
 
 
 def metric_histograms(table: pd.DataFrame, null: pd.DataFrame | None = None, fdr: float = 0.05):

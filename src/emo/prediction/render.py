@@ -16,11 +16,11 @@ SPOT_KINDS = ("spot_ridge", "finetune_cnn")
 
 def expression_unit(targets_emo: dict | None) -> str:
     """The unit of bulk targets, and so of a head's predictions, from targets.h5ad `uns['emo']`:
-    log2(CPM + 1) for count matrices, else the supplied matrix's own (log) scale; both offset per cohort."""
+    log2(CPM + 1) for count matrices, else the supplied matrix's own log scale (both cohort-offset)."""
     params = (targets_emo or {}).get("params", targets_emo or {})
     if len(params.get("counts_matrices", ())) and not len(params.get("matrices", ())):
-        return f"{params.get('counts_normalisation', 'log2(CPM + 1)')}, cohort-offset"
-    return "log expression as supplied, cohort-offset" if params else "target scale"
+        return str(params.get("counts_normalisation", "log2(CPM + 1)"))
+    return "input log scale" if params else "target scale"
 
 
 def model_unit(manifest: dict) -> str:

@@ -69,10 +69,11 @@ def targets(path: Path, run_dir: Path) -> str:
 
 # ------------------------------------------------------------------------------------ model
 def _manifests(run_dir: Path) -> list[Path]:
-    """Model folders, the study's own first and the permuted-label null model (evaluate/null/) last."""
+    """Model folders, the study's own first and one permuted-label null model (the first of evaluate/null/) last."""
     found = [p for p in _glob(run_dir, "**/manifest.json")
              if any(part.startswith("model") or part.endswith("_model") for part in p.relative_to(run_dir).parts[:-1])]
-    return sorted(found, key=lambda p: (bool(_json(p).get("permuted_labels")), str(p)))
+    null = sorted(p for p in found if _json(p).get("permuted_labels"))
+    return sorted(set(found) - set(null)) + null[:1]
 
 
 def _penalty_range(m: dict) -> str:
