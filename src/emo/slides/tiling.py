@@ -424,6 +424,10 @@ def tile_slides(slides: list[Path], out_dir: Path, config: TilingConfig | None =
 
     config = config or TilingConfig()
     slides = [Path(s) for s in slides]
+    missing = [s for s in slides if not s.exists()]
+    if missing:  # before anything is written: no summary for slides that are not there
+        raise EmoError(f"{missing[0]}: slide not found{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
+                       "check the path")
     ids = [slide_id_of(s) for s in slides]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
