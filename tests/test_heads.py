@@ -243,3 +243,16 @@ def test_attention_mil_is_deterministic_on_cpu(cohort, tmp_path):
     a = train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "a", head="attention_mil", attention_mil=cfg)
     b = train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "b", head="attention_mil", attention_mil=cfg)
     assert (a / "weights.safetensors").read_bytes() == (b / "weights.safetensors").read_bytes()
+
+
+def test_null_permutes_whole_patients():
+    """A patient's samples keep their labels together: they move as a block to another patient's rows."""
+    from emo.training.train import permute_by_patient
+
+    patients = ["a", "a", "b", "b", "c", "c", "d"]
+    y = np.arange(7.0)[:, None]
+    moved = permute_by_patient(y, patients, np.random.default_rng(1)).ravel()
+    blocks = {tuple(moved[[0, 1]]), tuple(moved[[2, 3]]), tuple(moved[[4, 5]])}
+    assert blocks == {(0.0, 1.0), (2.0, 3.0), (4.0, 5.0)} and moved[6] == 6.0  # "d" has no partner of its size
+    draws = {tuple(permute_by_patient(y, patients, np.random.default_rng(s)).ravel()) for s in range(20)}
+    assert len(draws) > 1

@@ -274,7 +274,11 @@ def test_null_baseline_is_its_own_stage_for_the_features_protocol(tmp_path):
     default = ctx({})
     assert null.enabled(default) and null.outputs(default) == [tmp_path / "evaluate" / "null"]
     assert evaluate.outputs(default) == [tmp_path / "evaluate" / "validation", tmp_path / "evaluate" / "test"]
-    assert tmp_path / "evaluate" / "null" / "predictions" / "average.h5ad" in evaluate.inputs(default)
+    nulls = [tmp_path / "evaluate" / "null" / f"perm_{k:02d}" / "predictions" / "average.h5ad" for k in range(10)]
+    assert all(p in evaluate.inputs(default) for p in nulls)  # evaluation.null_permutations: 10 by default
+    assert null.params(ctx({"evaluation": {"null_permutations": 3}}))["null_permutations"] == 3
+    with pytest.raises(EmoError, match="null_permutations"):
+        ctx({"evaluation": {"null_permutations": 1}})
     for data in ({"training": {"protocol": "paper"}}, {"evaluation": {"null_baseline": False}}):
         assert not null.enabled(ctx(data))
         assert all("null" not in p.parts for p in evaluate.inputs(ctx(data)))
