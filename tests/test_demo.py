@@ -17,6 +17,9 @@ import pytest
 from emo.errors import EmoError
 
 
+pytestmark = pytest.mark.slow  # the whole demo study (tiling, features, 11 heads, report) end to end
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory, demo_source_slide):
     from emo.demo import make_demo_cohort
