@@ -351,7 +351,8 @@ def compute_evaluation(
         table.insert(table.columns.get_loc("spearman_p") + 1, "permutation_p",
                      stats.permutation_p(np.abs(table["spearman_rho"].to_numpy(np.float64)), np.abs(rho)))
         result.null_counts = pd.DataFrame([_counts(t, cfg) for _, t in result.null_table.groupby("permutation")])
-        summary["null"] = {"definition": NULL_DEFINITION.format(k=len(cfg.null_predictions)), "n_permutations": len(cfg.null_predictions),
+        k = len(cfg.null_predictions)
+        summary["null"] = {"definition": NULL_DEFINITION.format(k=k), "n_permutations": k,
                            "predictions": [str(p) for p in cfg.null_predictions],
                            "counts": null_summary(summary["counts"], result.null_counts),
                            "per_permutation": result.null_counts.to_dict(orient="list")}
@@ -381,9 +382,9 @@ def plot_evaluation(result: Evaluation, out_dir: Path) -> list[str]:
     if len(passing):
         figs["top_genes.png"] = lambda: plots.top_gene_scatter(passing, result.measured, result.predicted, cfg.top, unit)
     if prolif is not None:
-        figs["proliferation.png"] = lambda: plots.proliferation_scatter(prolif)
+        figs["proliferation.png"] = lambda: plots.proliferation_scatter(prolif, unit)
         if "subtype" in prolif["scores"]:
-            figs["proliferation_subtypes.png"] = lambda: plots.proliferation_subtypes(prolif)
+            figs["proliferation_subtypes.png"] = lambda: plots.proliferation_subtypes(prolif, unit)
     if result.concordance is not None:
         figs["concordance.png"] = lambda: plots.concordance_scatter(result.concordance)
     Path(out_dir).mkdir(parents=True, exist_ok=True)

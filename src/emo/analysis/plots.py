@@ -121,14 +121,15 @@ def top_gene_scatter(table: pd.DataFrame, measured: pd.DataFrame, predicted: pd.
     return fig
 
 
-def proliferation_scatter(prolif: dict):
+def proliferation_scatter(prolif: dict, unit: str = "target scale"):
+    """Measured vs predicted proliferation score (mean of the proliferation genes, in their unit; Fig. 5A)."""
     plt = _plt()
     s = prolif["scores"]
     fig, ax = plt.subplots(figsize=(4.2, 4))
     ax.scatter(s["predicted"], s["measured"], s=8, alpha=0.7, linewidths=0)
     identity_line(ax, s["predicted"], s["measured"])
-    ax.set_xlabel("predicted proliferation score")
-    ax.set_ylabel("measured proliferation score")
+    ax.set_xlabel(f"predicted proliferation score ({unit})")
+    ax.set_ylabel(f"measured proliferation score ({unit})")
     ax.set_title(
         f"ρ = {prolif['spearman_rho']:.2f}, P = {prolif['spearman_p']:.2g}\n"
         f"{prolif['n_genes']} of 11 genes, {prolif['n_samples']} samples",
@@ -138,7 +139,7 @@ def proliferation_scatter(prolif: dict):
     return fig
 
 
-def proliferation_subtypes(prolif: dict):
+def proliferation_subtypes(prolif: dict, unit: str = "target scale"):
     """Measured and predicted proliferation score by intrinsic subtype (Fig. 5C–D)."""
     plt = _plt()
     s = prolif["scores"]
@@ -151,6 +152,7 @@ def proliferation_subtypes(prolif: dict):
             ax.scatter(np.full(len(v), i) + np.linspace(-0.15, 0.15, len(v)), v, s=4, alpha=0.5)
         ax.set_xticks(range(1, len(groups) + 1), groups, rotation=30, fontsize=8)
         ax.set_title(f"{col} proliferation score", fontsize=9)
+        ax.set_ylabel(unit)
     fig.tight_layout()
     return fig
 
