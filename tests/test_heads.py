@@ -207,6 +207,7 @@ def test_manifest_from_other_major_version_is_one_line(cohort, tmp_path):
     assert res.stderr.count("\n") == 1 and "major versions differ" in res.stderr
 
 
+@pytest.mark.slow
 def test_attention_mil_recovers_planted_genes_and_emo_average_is_its_pool(cohort, tmp_path):
     """Gated-attention MIL on bags of tiles: planted genes are recovered from the attention pool, and
     `emo predict` writes that pool (not the plain tile mean) as the slide's EMO-average."""
@@ -236,6 +237,7 @@ def test_attention_mil_recovers_planted_genes_and_emo_average_is_its_pool(cohort
     assert np.abs(average[slide].X[0] - spatial.X.mean(axis=0)).max() > 1e-4  # attention, not the mean
 
 
+@pytest.mark.slow
 def test_attention_mil_is_deterministic_on_cpu(cohort, tmp_path):
     from emo.models import AttentionMILConfig
 

@@ -202,6 +202,7 @@ def test_outputs_of_another_model_are_redone(trained, tmp_path):
     assert anndata.read_h5ad(tmp_path / "average.h5ad").shape == (len(trained["slides"]), 2)
 
 
+@pytest.mark.slow
 def test_cli_train_then_predict(trained, tmp_path):
     import subprocess
     import sys

@@ -84,6 +84,7 @@ def test_slide_globs_resolve_relative_to_the_study_file(tmp_path):
         parse_study({"slides": {"paths": ["*.ndpi"]}}, base_dir=tmp_path).slide_paths()
 
 
+@pytest.mark.slow
 def test_cli_init_then_run_reports_a_typo_in_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     study = tmp_path / "study.yaml"
