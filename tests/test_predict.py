@@ -127,7 +127,7 @@ def test_tile_size_note_names_both_sizes():
 
     spot = {"kind": "spot_ridge", "config": {"tile_sizes_um": [448.0, 224.0]}}
     assert tile_size_note(Path("spot"), spot, {271.0}) == (
-        "emo: note: spot was trained on 224 µm tiles but predicts 271 µm tiles here; re-tile with --tile-um 224 to match")
+        "spot was trained on 224 µm tiles but predicts 271 µm tiles here; re-tile with --tile-um 224 to match")
     assert tile_size_note(Path("m"), {"tile_geometry": {"tile_size_um": 271.0}}, {271.0, 272.0}) is None
 
 
