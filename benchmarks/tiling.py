@@ -108,6 +108,7 @@ def _warm(name: str) -> None:
 
 def ceiling(path: Path, coords: np.ndarray, size: int, workers: int) -> tuple[float, str]:
     results = {}
+    CEILING_SKIPPED.clear()
     parts = [c for c in np.array_split(coords, workers) if len(c)]
     import multiprocessing as mp
 
