@@ -103,7 +103,7 @@ def test_tile_level_targets_and_bad_input(inputs, tmp_path):
 def test_hed_jitter_is_seeded_and_keeps_the_tile_at_zero_sigma(shared_data):
     from PIL import Image
 
-    from emo.features.datasets import hed_jitter
+    from emo.training.datasets import hed_jitter
 
     tile = np.asarray(Image.open(shared_data("tiles/high-nuclei-score-level0.png")).convert("RGB"))[:64, :64]
     same = hed_jitter(tile, 0.0, np.random.default_rng(0))

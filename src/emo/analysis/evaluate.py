@@ -17,16 +17,16 @@ import pandas as pd
 from pydantic import Field
 
 from emo.analysis import stats
-from emo.analysis._bulk import match_samples, subtype_column
+from emo.analysis.bulk import predictions_by_sample, subtype_column
 from emo.analysis.proliferation import proliferation_genes
 from emo.config import StageConfig
 from emo.errors import EmoError
-from emo.io import provenance, write_json_atomic, write_table_atomic, write_text_atomic
+from emo.io import dense, provenance, write_json_atomic, write_table_atomic, write_text_atomic
 from emo.panels import get_panel
 
 __all__ = [
     "EvaluateConfig", "EvaluateThresholds", "Evaluation", "compute_evaluation", "evaluate", "gene_table",
-    "load_predictions", "match_samples", "plot_evaluation", "read_gene_list", "write_evaluation",
+    "plot_evaluation", "read_gene_list", "write_evaluation",
 ]
 
 GENE_COLUMNS = ["gene", "n", "spearman_rho", "spearman_p", "fdr_bh", "pearson_r", "r2", "selected"]
@@ -65,31 +65,6 @@ def read_gene_list(path: Path) -> list[str]:
     if not Path(path).exists():
         raise EmoError(f"{path}: gene list not found; pass the selected_genes.txt written by the validation run")
     return read_gene_file(path)
-
-
-def load_predictions(path: Path) -> pd.DataFrame:
-    """EMO-average predictions as a slides/samples × genes float64 frame (index = slide or sample id)."""
-    path = Path(path)
-    if not path.exists():
-        raise EmoError(f"{path}: predictions not found; pass EMO-average average.h5ad or average.csv from `emo predict`")
-    if path.suffix == ".h5ad":
-        import anndata
-
-        ad = anndata.read_h5ad(path)
-        x = ad.X.toarray() if hasattr(ad.X, "toarray") else np.asarray(ad.X)
-        frame = pd.DataFrame(x.astype(np.float64), index=ad.obs_names.astype(str), columns=ad.var_names.astype(str))
-        if "sample_id" in ad.obs:
-            frame.attrs["sample_id"] = ad.obs["sample_id"].astype(str).to_numpy()
-        return frame
-    sep = "\t" if path.suffix in {".tsv", ".txt"} or path.name.endswith(".tsv.gz") else ","
-    frame = pd.read_csv(path, sep=sep, index_col=0)
-    frame.index = frame.index.astype(str)
-    if "sample_id" in frame.columns:
-        frame.attrs["sample_id"] = frame.pop("sample_id").astype(str).to_numpy()
-    bad = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
-    if bad:
-        raise EmoError(f"{path}: non-numeric columns {bad[:3]}; expected samples × genes with the id in the first column")
-    return frame.astype(np.float64)
 
 
 def gene_table(measured: pd.DataFrame, predicted: pd.DataFrame, *, r2_mask: np.ndarray | None = None) -> pd.DataFrame:
@@ -204,8 +179,6 @@ def _split_samples(ad: Any, targets: Path, split: str, cfg: EvaluateConfig) -> t
     """Targets obs (string index) and the mask of samples in `split` (and `cohorts`)."""
     obs = ad.obs.copy()
     obs.index = obs.index.astype(str)
-    if "split" not in obs:
-        raise EmoError(f"{targets}: no obs column 'split'; re-create it with `emo expression prepare`")
     in_split = obs["split"].astype(str) == split
     if not in_split.any():
         raise EmoError(f"{targets}: no samples in split {split!r}; splits are {sorted(obs['split'].astype(str).unique())}")
@@ -219,8 +192,10 @@ def _split_samples(ad: Any, targets: Path, split: str, cfg: EvaluateConfig) -> t
 def _null_comparison(cfg: EvaluateConfig, obs: pd.DataFrame, measured: pd.DataFrame, r2_mask: np.ndarray,
                      is_test: bool) -> pd.DataFrame:
     """The same statistics for the permuted-label model's predictions of the same samples."""
+    from emo.prediction.average import read_average
+
     samples, genes = list(measured.index), list(measured.columns)
-    null_pred = match_samples(load_predictions(cfg.null_predictions), obs, what=str(cfg.null_predictions))
+    null_pred = predictions_by_sample(read_average(cfg.null_predictions), obs, what=str(cfg.null_predictions))
     missing = [s for s in samples if s not in null_pred.index]
     null_genes = [g for g in genes if g in null_pred.columns]
     if missing or not null_genes:
@@ -252,17 +227,16 @@ def compute_evaluation(
 ) -> Evaluation:
     """Per-gene statistics, selection/validation, null comparison, concordance, panels and the
     proliferation score of one split — nothing written. Keyword options override `EvaluateConfig` fields."""
-    import anndata
+    from emo.expression.targets import read_targets
+    from emo.prediction.average import read_average
 
     cfg = EvaluateConfig.build(config, what="evaluate", **options)
     targets = Path(targets)
-    if not targets.exists():
-        raise EmoError(f"{targets}: targets not found; make it with `emo expression prepare`")
-    ad = anndata.read_h5ad(targets)
+    ad = read_targets(targets)
     obs, in_split = _split_samples(ad, targets, split, cfg)
     is_test = split.startswith("test") if cfg.test is None else cfg.test
 
-    pred = match_samples(load_predictions(predictions), obs, what=str(predictions))
+    pred = predictions_by_sample(read_average(predictions), obs, what=str(predictions))
     samples = [s for s in obs.index[in_split] if s in pred.index]
     if len(samples) < 3:
         raise EmoError(
@@ -277,8 +251,7 @@ def compute_evaluation(
         genes = [g for g in wanted if g in set(genes)]
     if not genes:
         raise EmoError(f"{predictions}: no predicted gene is in {targets} var (or in the selected list); check gene symbols")
-    x = ad[samples, genes].X
-    measured = pd.DataFrame(x.toarray() if hasattr(x, "toarray") else np.asarray(x), index=samples, columns=genes)
+    measured = pd.DataFrame(dense(ad[samples, genes].X), index=samples, columns=genes)
     predicted = pred.loc[samples, genes]
 
     external = pd.Series(False, index=samples)

@@ -67,9 +67,6 @@ def expression_map(ax, spatial_lib: dict | None, centres: np.ndarray, values: np
 def heatmap_png(out: Path, gene: str, values: np.ndarray, centres: np.ndarray, spatial_lib: dict, slide_id: str,
                 mpp: float | None) -> Path:
     """One gene's predicted expression per tile over the slide thumbnail (colour bar, scale bar)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 6), dpi=110)

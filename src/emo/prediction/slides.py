@@ -8,7 +8,6 @@ the interrupted one from scratch, giving the same files as an uninterrupted run.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +17,11 @@ import numpy as np
 import pandas as pd
 
 from emo.errors import EmoError
-from emo.io import atomic_path, plain_attr, write_table_atomic
+from emo.io import atomic_path, plain_attr
 from emo.features.store import FeatureStore, feature_identity, open_feature_stores
+from emo.prediction.average import write_average
 from emo.prediction.render import heatmap_png, qupath_geojson
 from emo.slides.spatial_uns import image_spatial_uns
-
-log = logging.getLogger(__name__)
 
 
 def _chosen_genes(model_genes: list[str], genes, panel) -> list[str]:
@@ -61,9 +59,10 @@ def _tile_store_info(tiles: Path | None, store) -> tuple[dict, np.ndarray | None
             return {}, None
         if not path.is_file():
             return {}, None
-    with h5py.File(path, "r") as f:
-        attrs = {k: plain_attr(v) for k, v in f.attrs.items()}
-        attrs["_coords_px"] = f["coords_px"][...]
+    from emo.slides import TileStore
+
+    tile_store = TileStore(path)
+    attrs = {**tile_store.attrs, "_coords_px": tile_store.coords_px}
     thumb_path = path.with_suffix(".png")
     thumb = None
     if thumb_path.exists():
@@ -246,23 +245,3 @@ def _finished_with(path: Path, model_id: str) -> bool:
             return plain_attr(f["uns/emo/model_hash"][()]) == model_id
     except (OSError, KeyError):
         return False
-
-
-def write_average(out_dir: Path, genes: list[str], slide_ids: list[str]) -> Path:
-    """EMO-average: per slide the mean over tiles (stored as var['mean'] of its spatial file)."""
-    import anndata
-
-    rows, n_tiles = [], []
-    for slide_id in slide_ids:
-        with h5py.File(out_dir / "spatial" / f"{slide_id}.h5ad", "r") as f:
-            rows.append(f["var/mean"][...])
-            n_tiles.append(f["X"].shape[0])
-    x = np.asarray(rows, dtype=np.float32).reshape(len(slide_ids), len(genes))
-    obs = pd.DataFrame({"n_tiles": n_tiles}, index=pd.Index(slide_ids, name="slide_id"))
-    avg = anndata.AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(genes, name="gene")))
-    avg.uns["emo"] = {"kind": "EMO-average", "definition": "mean of tile predictions per slide"}
-    dest = out_dir / "average.h5ad"
-    with atomic_path(dest) as tmp:
-        avg.write_h5ad(tmp)
-    write_table_atomic(out_dir / "average.csv", pd.DataFrame(x, index=obs.index, columns=genes), index=True)
-    return out_dir

@@ -391,16 +391,14 @@ def _finished(out_path: Path, config: TilingConfig) -> dict[str, Any] | None:
     """Summary of an existing store made with the same parameters, else None."""
     if not out_path.is_file():
         return None
-    import h5py
-
     from emo.io import params_hash
+    from emo.slides.store import TileStore
 
     try:
-        with h5py.File(out_path, "r") as f:
-            a = dict(f.attrs)
-            n = len(f["coords_px"])
-    except OSError:
+        store = TileStore(out_path)
+    except EmoError:
         return None
+    a, n = store.attrs, len(store)
     if a.get("params_hash") != params_hash(config.store_params()):
         return None
     return {

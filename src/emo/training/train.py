@@ -9,8 +9,6 @@ never read here.
 
 from __future__ import annotations
 
-import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,32 +17,14 @@ import numpy as np
 import pandas as pd
 
 from emo.errors import EmoError
-from emo.io import provenance, write_table_atomic
+from emo.io import dense, provenance, write_table_atomic
 from emo.features.store import feature_identity, open_feature_stores
-from emo.training.data import load_targets, select_genes, source_tile_store_attrs, training_hash
+from emo.expression.targets import read_targets
+from emo.training.data import select_genes, source_tile_store_attrs, tile_geometry, training_hash
 
 if TYPE_CHECKING:
     from emo.training.config import TrainConfig
-
-log = logging.getLogger(__name__)
 FIT_SPLITS = ("train", "tune")
-
-
-def _dense(x) -> np.ndarray:
-    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
-
-
-def _geometry(attrs: dict, tile_attrs: dict) -> tuple[dict, object]:
-    """Tile geometry and stain reference: from the source tile store, else from the feature params."""
-    params = {}
-    if isinstance(attrs.get("params_json"), str):
-        try:
-            params = json.loads(attrs["params_json"])
-        except json.JSONDecodeError:
-            params = {}
-    flat = {**params, **attrs, **tile_attrs}
-    keys = ("tile_size_um", "target_mpp", "tile_size_px", "normalize")
-    return {k: flat[k] for k in keys if k in flat}, flat.get("stain_reference")
 
 
 def _slide_of(obs: pd.DataFrame) -> pd.Series:
@@ -78,7 +58,7 @@ def _slide_level_data(adata, stores, genes, targets, allow_missing, tiles_per_sa
     for split in FIT_SPLITS:
         rows = np.flatnonzero(use & (obs["split"].astype(str) == split).to_numpy())
         ids = slides.iloc[rows].tolist()
-        y = _dense(adata.X[rows][:, col]) if len(rows) else np.zeros((0, len(genes)))
+        y = dense(adata.X[rows][:, col], np.float64) if len(rows) else np.zeros((0, len(genes)))
         if tiles_per_sample is None:
             x = np.stack([stores[s].mean() for s in ids]) if ids else np.zeros((0, 0))
             groups = np.arange(len(ids))
@@ -121,7 +101,7 @@ def _tile_level_data(adata, stores, genes, targets):
         rows_found.append(obs_rows[ok])
     x_all = np.concatenate(feats)
     rows = np.concatenate(rows_found)
-    y_all = _dense(adata.X[rows][:, col])
+    y_all = dense(adata.X[rows][:, col], np.float64)
     out = {}
     for name in FIT_SPLITS:
         m = split[rows] == name
@@ -223,7 +203,7 @@ def write_model(out_dir: Path, fitted: FittedHead, stores: dict, targets: Path) 
 
     c = fitted.config
     first = next(iter(stores.values()))
-    geometry, stain_reference = _geometry(first.attrs, source_tile_store_attrs(first))
+    geometry, stain_reference = tile_geometry(first.attrs, source_tile_store_attrs(first))
     prov = provenance(head=c.head, level=c.level, seed=c.seed, n_genes=len(fitted.genes), alphas=c.alphas,
                       permute_labels=c.permute_labels)
     manifest = {
@@ -265,7 +245,7 @@ def train_model(feature_dir: Path, targets: Path, out_dir: Path, config: TrainCo
                        "for protocol 'paper'")
     targets, out_dir = Path(targets), Path(out_dir)
     stores = open_feature_stores(feature_dir)
-    adata = load_targets(targets)
+    adata = read_targets(targets)
     fitted = fit_head(stores, adata, targets, config)
     write_model(out_dir, fitted, stores, targets)
     _tuning_png(out_dir / "tuning.png", fitted.per_gene, config.head)
@@ -274,9 +254,6 @@ def train_model(feature_dir: Path, targets: Path, out_dir: Path, config: TrainCo
 
 def _tuning_png(dest: Path, per_gene: pd.DataFrame, head: str) -> None:
     """Tuning-split Spearman per gene (and the chosen ridge penalties): a first look at the fit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from emo.io import save_figure

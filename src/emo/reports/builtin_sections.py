@@ -50,9 +50,9 @@ def tiles(folder: Path, run_dir: Path) -> str:
 # ------------------------------------------------------------------------------------ targets
 @register_section("targets", title="Training targets", order=20, find=lambda d: _glob(d, "**/targets.h5ad"))
 def targets(path: Path, run_dir: Path) -> str:
-    import anndata
+    from emo.expression.targets import read_targets
 
-    ad = anndata.read_h5ad(path, backed="r")
+    ad = read_targets(path, backed=True)
     body = f"<p><code>{_rel(path, run_dir)}</code>: {ad.n_obs} samples × {ad.n_vars} genes.</p>"
     cols = [c for c in ("cohort", "split") if c in ad.obs]
     if cols:
@@ -183,9 +183,6 @@ def _spatial_columns(path: Path, genes: list[str]):
 
 def prediction_maps(folder: Path, genes: list[str], slides: list[str], note: str) -> str:
     """Grid of predicted-expression maps (rows: slides, columns: genes; one colour scale per gene)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from emo.prediction.render import expression_map
@@ -207,7 +204,9 @@ def prediction_maps(folder: Path, genes: list[str], slides: list[str], note: str
 
 @register_section("predictions", title="Predictions", order=40, find=_prediction_dirs)
 def predictions(folder: Path, run_dir: Path) -> str:
-    avg = pd.read_csv(folder / "average.csv", index_col=0)
+    from emo.prediction.average import read_average
+
+    avg = read_average(folder / "average.csv")
     body = f"<p><code>{_rel(folder, run_dir)}</code>: EMO-average for {avg.shape[0]} slides × {avg.shape[1]} genes"
     spatial = sorted((folder / "spatial").glob("*.h5ad")) if (folder / "spatial").is_dir() else []
     body += (f"; EMO-spatial (one value per tile) for {len(spatial)} slides. Each <code>spatial/*.h5ad</code> opens in "

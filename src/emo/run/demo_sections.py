@@ -58,9 +58,6 @@ def recovery_table(folder: Path, planted: dict) -> tuple[pd.DataFrame, pd.DataFr
 
 
 def _figure(folder: Path, planted: dict) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     genes = pd.read_csv(folder / "genes.csv").set_index("gene")
