@@ -84,6 +84,7 @@ def test_slide_globs_resolve_relative_to_the_study_file(tmp_path):
         parse_study({"slides": {"paths": ["*.ndpi"]}}, base_dir=tmp_path).slide_paths()
 
 
+@pytest.mark.slow
 def test_cli_init_then_run_reports_a_typo_in_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     study = tmp_path / "study.yaml"
@@ -274,7 +275,11 @@ def test_null_baseline_is_its_own_stage_for_the_features_protocol(tmp_path):
     default = ctx({})
     assert null.enabled(default) and null.outputs(default) == [tmp_path / "evaluate" / "null"]
     assert evaluate.outputs(default) == [tmp_path / "evaluate" / "validation", tmp_path / "evaluate" / "test"]
-    assert tmp_path / "evaluate" / "null" / "predictions" / "average.h5ad" in evaluate.inputs(default)
+    nulls = [tmp_path / "evaluate" / "null" / f"perm_{k:02d}" / "predictions" / "average.h5ad" for k in range(10)]
+    assert all(p in evaluate.inputs(default) for p in nulls)  # evaluation.null_permutations: 10 by default
+    assert null.params(ctx({"evaluation": {"null_permutations": 3}}))["null_permutations"] == 3
+    with pytest.raises(EmoError, match="null_permutations"):
+        ctx({"evaluation": {"null_permutations": 1}})
     for data in ({"training": {"protocol": "paper"}}, {"evaluation": {"null_baseline": False}}):
         assert not null.enabled(ctx(data))
         assert all("null" not in p.parts for p in evaluate.inputs(ctx(data)))

@@ -273,3 +273,10 @@ def plain_attr(value: Any, arrays_as_lists: bool = False) -> Any:
     if arrays_as_lists and isinstance(value, np.ndarray):
         return value.tolist()
     return value
+
+
+def dense(x: Any, dtype: Any = None) -> Any:
+    """An AnnData matrix (sparse or dense) as a numpy array, e.g. `dense(adata[:, genes].X)`."""
+    import numpy as np
+
+    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=dtype)

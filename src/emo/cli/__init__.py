@@ -35,6 +35,18 @@ for _name in _COMMAND_MODULES:
     importlib.import_module(f"emo.cli.{_name}")
 
 
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show debug messages."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="Show warnings and errors only.")) -> None:
+    """Messages go to stderr through the `emo` logger; figures are drawn off-screen (Agg) unless MPLBACKEND says otherwise."""
+    import os
+
+    from emo.log import setup
+
+    os.environ.setdefault("MPLBACKEND", "Agg")  # the one place the matplotlib backend is chosen
+    setup(1 if verbose else -1 if quiet else 0)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 2.
 

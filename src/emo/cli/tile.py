@@ -58,7 +58,10 @@ def tile(
         if warning:
             typer.echo(f"emo: warning: {warning}", err=True)
     kept = int(summary.loc[ok, "n_kept"].sum())
-    typer.echo(f"{int(ok.sum())}/{len(summary)} slides tiled, {kept} tiles kept → {out / 'tiles'} (summary.csv)")
+    counts = summary["status"].value_counts()
+    typer.echo(f"{counts.get('ok', 0)} tiled, {counts.get('skipped', 0)} already done"
+               + (f", {counts['failed']} failed" if counts.get("failed") else "")
+               + f"; {kept} tiles kept → {out / 'tiles'} (summary.csv)")
     failed = summary.loc[~ok, "error"].tolist()
     if failed:
         raise EmoError(failed[0] if len(failed) == 1 else f"{len(failed)} slides failed: " + " | ".join(failed))

@@ -151,16 +151,6 @@ class FeatureStore:
         return f"FeatureStore({self.slide_id!r}, n={self._n}, dim={self.dim}, backbone={self.attrs.get('backbone')!r})"
 
 
-def list_feature_stores(feature_dir: str | Path) -> list[FeatureStore]:
-    """All per-slide feature files of one backbone folder, sorted by slide id."""
-    feature_dir = Path(feature_dir)
-    paths = sorted(feature_dir.glob("*.h5"))
-    if not paths:
-        raise EmoError(f"{feature_dir}: no feature files (*.h5); run `emo features TILE_DIR --out OUT` and pass "
-                       "OUT/features/<backbone>")
-    return [FeatureStore(p) for p in paths]
-
-
 def resolve_feature_dir(feature_dir: Path) -> Path:
     """Accept `<out>/features/<backbone>` or `<out>/features` holding exactly one backbone folder."""
     feature_dir = Path(feature_dir)

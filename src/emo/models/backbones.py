@@ -22,7 +22,7 @@ from torch import nn
 
 from emo.errors import EmoError
 from emo.models.encoders import PRESETS, build_encoder, checkpoint_in, describe, hub_checkpoint, mapped_weights, \
-    to_encoder_state
+    shard_map, to_encoder_state
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -171,7 +171,7 @@ def _create_preset(name: str, weights: str) -> Backbone:
         identity = "none:seed0"
     else:
         file = file.resolve()
-        state = to_encoder_state(_read_state_dict(file), preset.layout, model)
+        state = to_encoder_state(_read_state_dict(file), preset, model)
         _load_state(name, model, state, source=str(file))
         identity = weights if weights.startswith("hf-hub:") else _file_identity(file)
     mean, std = preset.norm
@@ -339,6 +339,18 @@ def _weights_file(name: str, weights: str) -> Path:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint file, or every shard a `*.index.json` names (next to it), merged."""
+    if path.name.endswith(".index.json"):
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(shard_map(path).values())):
+            if not (path.parent / shard).is_file():
+                raise EmoError(f"{path}: shard {shard} is missing; copy every shard the index names next to it")
+            state |= _read_state_file(path.parent / shard)
+        return state
+    return _read_state_file(path)
+
+
+def _read_state_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -357,20 +369,55 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, wrong-shape) keys of `state` against `model`."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    return missing, unexpected, wrong
+
+
 def _load_state(name: str, model: nn.Module, state: dict[str, torch.Tensor], *, source: str,
                 drop: str | Sequence[str] | None = None) -> None:
     """Strict load; the classifier of a full-model checkpoint is dropped since backbones have none."""
     prefixes = (drop,) if isinstance(drop, str) else tuple(drop or ())
     state = {k: v for k, v in state.items() if not any(k.startswith(f"{p}.") for p in prefixes)}
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    missing, unexpected, wrong = state_mismatch(model, state)
     if missing or unexpected or wrong:
         raise EmoError(f"{source}: weights do not fit backbone {name} ({len(missing)} missing e.g. {missing[:2]}, "
                        f"{len(unexpected)} unexpected e.g. {unexpected[:2]}, {len(wrong)} wrong shape); "
                        "use weights saved from the same architecture")
     model.load_state_dict(state, strict=True)
+
+
+def check_preset_weights(name: str, weights: str) -> dict[str, Any]:
+    """Read an encoder preset's checkpoint (file, shard index or folder) without a slide: its keys
+    against the architecture, the weights identity, and the embedding dim a forward pass gives.
+
+    The model is built on the meta device and takes the checkpoint's tensors, so even a giant ViT is
+    checked in the time it takes to read the file."""
+    if name not in PRESETS:
+        raise EmoError(f"--check-weights: {name!r} is not an encoder preset; use one of {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    file = checkpoint_in(Path(weights).expanduser(), preset, name).resolve()
+    with torch.device("meta"):
+        model = build_encoder(preset)
+    state = to_encoder_state(_read_state_dict(file), preset, model)
+    missing, unexpected, wrong = state_mismatch(model, state)
+    report: dict[str, Any] = {"preset": name, "file": str(file), "weights": _file_identity(file),
+                              "tensors": len(state), "missing": missing, "unexpected": unexpected,
+                              "wrong_shape": wrong, "dim": None}
+    if not (missing or unexpected or wrong):
+        model.load_state_dict(state, strict=True, assign=True)
+        if any(t.is_meta for t in model.buffers()):  # buffers no checkpoint holds (Swin's indices): build real
+            with _seeded():
+                model = build_encoder(preset)
+            model.load_state_dict(state, strict=True)
+        size = preset.input_size
+        with torch.inference_mode():
+            report["dim"] = int(model.eval()(torch.zeros(1, 3, size, size)).shape[-1])
+    return report
 
 
 def _file_identity(path: Path) -> str:

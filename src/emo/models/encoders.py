@@ -2,16 +2,20 @@
 
 Each preset names the timm architecture (with the arguments its model card / reference code uses),
 the input size and normalisation it was trained with, the embedding it publishes (CLS token, CLS +
-mean of patch tokens for Virchow/Virchow2/Midnight, CONCH's attentional pool, Swin's pooled output),
-its licence/gating note, and where the checkpoint lives on the Hugging Face hub with its key layout
-(timm, transformers ViT/DINOv2, CONCH's open_clip `visual.` tower, CTransPath's timm-0.5 Swin), so a
-file copied from the hub onto an offline cluster loads as it is. Checkpoints are read with
-safetensors or `torch.load(weights_only=True)` only.
+mean of patch tokens for Virchow/Virchow2/Midnight, CONCH's attentional pool, Swin's pooled output,
+KEEP's normalised projection, GenBio-PathFM's per-channel CLS tokens), its licence/gating note, the
+published code or model card it follows, and where the checkpoint lives on the Hugging Face hub with
+its key layout (timm, transformers ViT/DINOv2, original DINOv2, CONCH's open_clip `visual.` tower,
+CTransPath's timm-0.5 Swin, KEEP, MUSK's BEiT-3), so a file copied from the hub onto an offline
+cluster loads as it is. Trunks are timm models except two published architectures timm lacks: CONCH
+v1.5's iBOT ViT (DINO's forward-time position interpolation) and GenBio-PathFM's RoPE ViT.
+Checkpoints are read with safetensors or `torch.load(weights_only=True)` only.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -30,9 +34,12 @@ BIOPTIMUS = ((0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517))
 HIBOU = ((0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816))
 LUNIT = ((0.70322989, 0.53606487, 0.66096631), (0.21716536, 0.26081574, 0.20723464))
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+INCEPTION = HALF  # timm IMAGENET_INCEPTION_MEAN/STD, MUSK's normalisation
+GENBIO = ((0.697, 0.575, 0.728), (0.188, 0.240, 0.187))
 
-OUTPUTS = ("cls", "cls+mean", "pooled", "attn_pool")
-LAYOUTS = ("timm", "hf_vit", "hf_dinov2", "conch_v1", "conch_v15", "ctranspath")
+OUTPUTS = ("cls", "cls+mean", "pooled", "attn_pool", "proj_l2", "channel_cls")
+LAYOUTS = ("timm", "hf_vit", "hf_dinov2", "dinov2", "conch_v1", "conch_v15", "ctranspath", "keep", "musk")
+POS_RESAMPLE = {"bicubic": ("bicubic", False), "bicubic_antialias": ("bicubic", True), "bilinear": ("bilinear", False)}
 
 
 def _swiglu() -> dict[str, Any]:
@@ -47,6 +54,10 @@ def _hf_vit_norm() -> dict[str, Any]:
 
 def _conv_stem() -> dict[str, Any]:
     return {"embed_layer": ConvStem}
+
+
+def _ln_1e5() -> dict[str, Any]:
+    return {"norm_layer": functools.partial(nn.LayerNorm, eps=1e-5)}  # torchscale's layernorm_eps
 
 
 @dataclass(frozen=True)
@@ -68,13 +79,18 @@ class EncoderPreset:
     extra_kwargs: str = ""  # name of a function giving non-literal timm kwargs (layers), kept out of the identity
     pool: tuple[int, int, str] | None = None  # CONCH's attentional pool: (d_model, heads, kind in POOLS)
     summary: str = ""
+    reference: str = ""  # the published code / model card the preset follows
+    trunk: str = "timm"  # how the trunk is built: a key of TRUNKS
+    pos_resample: str = "bicubic"  # how a checkpoint's pos_embed of another grid is resized at load (POS_RESAMPLE)
+    head: int = 0  # width of KEEP's projection head (output `proj_l2`)
+    extra: str = ""  # the pip extra (`pip install 'emo[<extra>]'`) the preset needs beyond timm; '' for none
 
     def timm_kwargs(self) -> dict[str, Any]:
         extra = _EXTRA_KWARGS[self.extra_kwargs]() if self.extra_kwargs else {}
         return {"num_classes": 0, **self.create_kwargs, **extra}
 
 
-_EXTRA_KWARGS = {"swiglu": _swiglu, "hf_vit_norm": _hf_vit_norm, "conv_stem": _conv_stem}
+_EXTRA_KWARGS = {"swiglu": _swiglu, "hf_vit_norm": _hf_vit_norm, "conv_stem": _conv_stem, "ln_1e5": _ln_1e5}
 
 _VIT = {"dynamic_img_size": True}
 PRESETS: dict[str, EncoderPreset] = {
@@ -92,11 +108,14 @@ PRESETS: dict[str, EncoderPreset] = {
         "vit_base_patch16_224", 448, OPENAI_CLIP, "attn_pool", 512, 90.0, "MahmoodLab/conch", ("pytorch_model.bin",),
         "conch_v1", "CC-BY-NC-ND-4.0, gated", {**_VIT, "img_size": 448, "global_pool": ""}, pool=(512, 8, "multihead"),
         summary="CONCH v1 vision tower (CoCa ViT-B/16), contrastive attentional pool before projection"),
-    "conch_v15": EncoderPreset(
+    "conch_v15": EncoderPreset(  # built at 224 px; DINO interpolates pos_embed at every forward pass
         "vit_large_patch16_224", 448, IMAGENET, "attn_pool", 768, 307.0, "MahmoodLab/conchv1_5",
         ("pytorch_model_vision.bin",), "conch_v15", "CC-BY-NC-ND-4.0, gated",
-        {**_VIT, "img_size": 448, "init_values": 1.0, "global_pool": ""}, pool=(768, 8, "bias_free"),
-        summary="CONCH v1.5 vision tower (TITAN's patch encoder, ViT-L/16), attentional pool"),
+        {**_VIT, "img_size": 224, "patch_size": 16, "embed_dim": 1024, "depth": 24, "num_heads": 16,
+         "init_values": 1.0, "global_pool": ""}, pool=(768, 8, "bias_free"),
+        summary="CONCH v1.5 vision tower (TITAN's patch encoder, ViT-L/16), attentional pool",
+        reference="github.com/mahmoodlab/TRIDENT trident/patch_encoder_models/model_zoo/conchv1_5/conchv1_5.py",
+        trunk="dino_vit", pos_resample="bilinear"),
     "virchow": EncoderPreset(
         "vit_huge_patch14_224", 224, IMAGENET, "cls+mean", 2560, 632.0, "paige-ai/Virchow", ("pytorch_model.bin",),
         "timm", "Apache-2.0, gated", {**_VIT, "img_size": 224, "init_values": 1e-5, "mlp_ratio": 5.3375,
@@ -160,6 +179,51 @@ PRESETS: dict[str, EncoderPreset] = {
         "vit_giant_patch14_dinov2", 224, HALF, "cls+mean", 3072, 1100.0, "kaiko-ai/midnight", ("model.safetensors",),
         "hf_dinov2", "MIT (kaiko.ai)", {**_VIT, "img_size": 224, "global_pool": ""},
         summary="Midnight-12k ViT-g/14 (DINOv2), CLS + mean patch token as on its model card"),
+    # ---- TRIDENT's later patch encoders (github.com/mahmoodlab/TRIDENT trident/patch_encoder_models/load.py) ----
+    **{f"kaiko_{tag}": EncoderPreset(
+        arch, 224, HALF, "cls", dim, params, f"1aurent/{hub}.kaiko_ai_towards_large_pathology_fms",
+        ("model.safetensors",), "timm", "kaiko.ai non-commercial licence (hub card)",
+        {**_VIT, **size, "global_pool": "token"}, summary=f"kaiko.ai {label} (DINO/DINOv2, TCGA)",
+        reference="github.com/mahmoodlab/TRIDENT trident/patch_encoder_models/load.py (KaikoInferenceEncoder); huggingface.co/collections/1aurent/kaikoai-models")
+        for tag, arch, hub, dim, params, size, label in (
+            ("vits8", "vit_small_patch8_224", "vit_small_patch8_224", 384, 21.7, {}, "ViT-S/8"),
+            ("vits16", "vit_small_patch16_224", "vit_small_patch16_224", 384, 21.7, {}, "ViT-S/16"),
+            ("vitb16", "vit_base_patch16_224", "vit_base_patch16_224", 768, 85.8, {}, "ViT-B/16"),
+            # built at 518 px like the hub model; timm resamples pos_embed to the 224-px tile at each forward
+            ("vitl14", "vit_large_patch14_reg4_dinov2", "vit_large_patch14_reg4_dinov2", 1024, 304.0,
+             {"img_size": 518}, "ViT-L/14, 4 registers"))},
+    "openmidnight": EncoderPreset(
+        "vit_giant_patch14_reg4_dinov2", 224, IMAGENET, "cls", 1536, 1136.0, "SophontAI/OpenMidnight",
+        ("teacher_checkpoint_load.pt",), "dinov2", "OpenMidnight licence (hub card), gated",
+        {**_VIT, "img_size": 224, "global_pool": "token"},
+        summary="OpenMidnight ViT-g/14 (DINOv2 with 4 registers, SwiGLU), CLS token",
+        reference="github.com/mahmoodlab/TRIDENT trident/patch_encoder_models/load.py (OpenMidnightInferenceEncoder: torch.hub dinov2_vitg14_reg + teacher checkpoint)",
+        pos_resample="bicubic_antialias"),
+    "gpfm": EncoderPreset(
+        "vit_large_patch14_dinov2", 224, IMAGENET, "cls", 1024, 304.0, "majiabo/GPFM", ("GPFM.pth",), "timm",
+        "CC-BY-NC-4.0", {**_VIT, "img_size": 224, "init_values": 1e-5, "global_pool": "token"},
+        summary="GPFM ViT-L/14 (DINOv2 + expert distillation), CLS token",
+        reference="github.com/mahmoodlab/TRIDENT trident/patch_encoder_models/load.py (GPFMInferenceEncoder); huggingface.co/majiabo/GPFM"),
+    "keep": EncoderPreset(
+        "vit_large_patch16_224", 224, IMAGENET, "proj_l2", 768, 305.0, "Astaxanthin/KEEP",
+        ("model.safetensors", "pytorch_model.bin"), "keep", "MIT",
+        {**_VIT, "img_size": 224, "init_values": 1e-5, "global_pool": "token"}, head=768,
+        summary="KEEP ViT-L/16 image tower, 2-layer projection, L2-normalised (encode_image)",
+        reference="github.com/mahmoodlab/TRIDENT trident/patch_encoder_models/load.py (KeepInferenceEncoder); huggingface.co/Astaxanthin/KEEP modeling_keep.py"),
+    "musk": EncoderPreset(  # BEiT-3's vision path is timm's Eva: sub-LN in attention and MLP, separate q/k/v
+        "musk_large_patch16_384", 384, INCEPTION, "cls", 1024, 304.0, "xiangjx/musk", ("model.safetensors",),
+        "musk", "CC-BY-NC-ND-4.0, gated",
+        {"img_size": 384, "patch_size": 16, "embed_dim": 1024, "depth": 24, "num_heads": 16, "mlp_ratio": 4.0,
+          "qkv_fused": False, "scale_mlp": True, "scale_attn_inner": True, "global_pool": "token"}, "ln_1e5",
+        summary="MUSK BEiT-3 large vision expert, CLS token without head (with_head=False, out_norm=False)",
+        reference="github.com/mahmoodlab/TRIDENT trident/patch_encoder_models/load.py (MuskInferenceEncoder); github.com/lilab-stanford/MUSK musk/modeling.py", trunk="eva"),
+    "genbio_pathfm": EncoderPreset(
+        "genbio_pathfm_vitg16", 224, GENBIO, "channel_cls", 4608, 1134.0, "genbio-ai/genbio-pathfm",
+        ("model.pth",), "timm", "GenBio AI Community License, gated",
+        {"img_size": 224, "patch_size": 16, "embed_dim": 1536, "depth": 40, "num_heads": 24, "ffn_ratio": 4.0,
+          "storage_tokens": 4, "align_to": 64, "rope_base": 100.0, "init_values": 1e-5},
+        summary="GenBio-PathFM ViT-g/16 with RoPE, each RGB channel encoded alone, CLS tokens concatenated",
+        reference="github.com/mahmoodlab/TRIDENT trident/patch_encoder_models/load.py (GenBioPathFMInferenceEncoder); model_zoo/genbio_pathfm/genbio_pathfm.py", trunk="genbio"),
 }
 HUB_REPO_TYPE = {"ctranspath": "dataset"}
 
@@ -191,6 +255,124 @@ class ConvStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+def _dino_vit(**kwargs: Any) -> nn.Module:
+    """CONCH v1.5's trunk: timm's ViT whose position embedding is interpolated to each input the way
+    DINO/iBOT do it, as the published CONCH v1.5 (TITAN) code does."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    class DinoInterpolatedViT(VisionTransformer):
+        def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, H, W, C] (dynamic_img_size)
+            b, h, w, c = x.shape
+            pos = self.pos_embed
+            gh, gw = self.patch_embed.grid_size
+            if (h, w) != (gh, gw) or h != w:
+                # DINO's `scale_factor` bicubic call (+0.1 against float error), not a target size
+                grid = pos[:, 1:].reshape(1, gh, gw, c).permute(0, 3, 1, 2)
+                grid = nn.functional.interpolate(grid, scale_factor=((h + 0.1) / math.sqrt(gh * gw),
+                                                                     (w + 0.1) / math.sqrt(gh * gw)), mode="bicubic")
+                pos = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, -1, c)], dim=1)
+            x = torch.cat([self.cls_token.expand(b, -1, -1), x.reshape(b, -1, c)], dim=1)
+            return self.pos_drop(x + pos)
+
+    return DinoInterpolatedViT(**kwargs)
+
+
+def _eva(**kwargs: Any) -> nn.Module:
+    """MUSK's BEiT-3 vision path as timm's Eva, with the key bias BEiT-3 has and Eva leaves out."""
+    from timm.models.eva import Eva
+
+    model = Eva(**kwargs)
+    for block in model.blocks:
+        block.attn.k_proj = nn.Linear(model.embed_dim, model.embed_dim, bias=True)
+    return model
+
+
+class _RopeBlock(nn.Module):
+    """A pre-norm transformer block with LayerScale, rotary q/k (rotation in the RoPE table's bf16,
+    prefix tokens included, as published) and a SwiGLU FFN with separate w1/w2/w3."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, init_values: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
+        self.attn = nn.Module()
+        self.attn.qkv, self.attn.proj = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim)
+        self.mlp = nn.Module()
+        self.mlp.w1, self.mlp.w2, self.mlp.w3 = nn.Linear(dim, hidden), nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        from timm.layers import LayerScale
+
+        self.ls1, self.ls2 = LayerScale(dim, init_values), LayerScale(dim, init_values)
+
+    def forward(self, x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.attn.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        start = n - sin.shape[0]
+
+        def rotate(t: torch.Tensor) -> torch.Tensor:
+            r = t.to(sin.dtype)
+            body = r[..., start:, :]
+            half = torch.cat([-body[..., body.shape[-1] // 2:], body[..., :body.shape[-1] // 2]], dim=-1)
+            return torch.cat([r[..., :start, :], body * cos + half * sin], dim=-2).to(t.dtype)
+
+        out = nn.functional.scaled_dot_product_attention(rotate(q), rotate(k), v)
+        x = x + self.ls1(self.attn.proj(out.transpose(1, 2).reshape(b, n, c)))
+        h = self.norm2(x)
+        return x + self.ls2(self.mlp.w3(nn.functional.silu(self.mlp.w1(h)) * self.mlp.w2(h)))
+
+
+class RopeViT(nn.Module):
+    """GenBio-PathFM's single-channel ViT (DINOv3 style): patch tokens after a CLS and storage tokens,
+    2-D rotary position embedding with `separate` coordinate normalisation computed in bf16."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, embed_dim: int = 1536, depth: int = 40,
+                 num_heads: int = 24, ffn_ratio: float = 4.0, storage_tokens: int = 4, align_to: int = 64,
+                 rope_base: float = 100.0, init_values: float = 1e-5, num_classes: int = 0) -> None:
+        super().__init__()
+        self.num_features = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1 + storage_tokens
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(1, embed_dim, patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.storage_tokens = nn.Parameter(torch.zeros(1, storage_tokens, embed_dim))
+        quarter = embed_dim // num_heads // 4
+        self.rope_embed = nn.Module()
+        self.rope_embed.register_buffer("periods", rope_base ** (
+            2 * torch.arange(quarter, dtype=torch.bfloat16) / (2 * quarter)))
+        d = int(embed_dim * ffn_ratio * 2 / 3)
+        hidden = d + (-d % align_to)
+        self.blocks = nn.ModuleList(_RopeBlock(embed_dim, num_heads, hidden, init_values) for _ in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+
+    def _rope(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        periods = self.rope_embed.periods
+        ys = torch.arange(0.5, h, dtype=periods.dtype, device=periods.device) / h
+        xs = torch.arange(0.5, w, dtype=periods.dtype, device=periods.device) / w
+        coords = 2.0 * torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).flatten(0, 1) - 1.0
+        angles = (2 * math.pi * coords[:, :, None] / periods[None, None, :]).flatten(1, 2).tile(2)
+        return torch.sin(angles), torch.cos(angles)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 1, H, W] → normalised tokens [B, 1 + storage + patches, C]."""
+        x = self.patch_embed.proj(x)
+        sin, cos = self._rope(x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)
+        b = x.shape[0]
+        x = torch.cat([self.cls_token.expand(b, -1, -1), self.storage_tokens.expand(b, -1, -1), x], dim=1)
+        for block in self.blocks:
+            x = block(x, sin, cos)
+        return self.norm(x)
+
+
+def _timm(arch: str, **kwargs: Any) -> nn.Module:
+    import timm
+
+    return timm.create_model(arch, pretrained=False, **kwargs)
+
+
+TRUNKS = {"timm": _timm, "dino_vit": lambda arch, **kw: _dino_vit(**kw), "eva": lambda arch, **kw: _eva(**kw),
+          "genbio": lambda arch, **kw: RopeViT(**kw)}
 
 
 class AttentionalPool(nn.Module):
@@ -239,7 +421,8 @@ POOLS = {"multihead": MultiheadAttentionalPool, "bias_free": AttentionalPool}
 class EncoderModel(nn.Module):
     """timm trunk + the published read-out: [B, 3, S, S] → [B, dim]."""
 
-    def __init__(self, trunk: nn.Module, output: str, pool: tuple[int, int, str] | None = None) -> None:
+    def __init__(self, trunk: nn.Module, output: str, pool: tuple[int, int, str] | None = None,
+                 head: int = 0) -> None:
         super().__init__()
         if output not in OUTPUTS:
             raise EmoError(f"encoder output {output!r} is not one of {', '.join(OUTPUTS)}")
@@ -250,41 +433,57 @@ class EncoderModel(nn.Module):
             d_model, heads, kind = pool
             self.attn_pool_contrast = POOLS[kind](d_model, trunk.num_features, heads)
             self.ln_contrast = nn.LayerNorm(d_model)
+        if output == "proj_l2":  # KEEP's visual_head: Linear, GELU, Linear
+            self.head = nn.Sequential(nn.Linear(trunk.num_features, head), nn.GELU(), nn.Linear(head, head))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.output == "pooled":
             return self.trunk(x)
+        if self.output == "channel_cls":  # each RGB channel through the single-channel trunk
+            b, c, h, w = x.shape
+            return self.trunk.forward_features(x.reshape(b * c, 1, h, w))[:, 0].reshape(b, -1)
         tokens = self.trunk.forward_features(x)
         if self.output == "attn_pool":
             return self.ln_contrast(self.attn_pool_contrast(tokens)[:, 0])
         cls = tokens[:, 0]
         if self.output == "cls":
             return cls
+        if self.output == "proj_l2":
+            return nn.functional.normalize(self.head(cls), dim=-1)
         return torch.cat([cls, tokens[:, self.trunk.num_prefix_tokens:].mean(1)], dim=-1)
 
 
 def build_encoder(preset: EncoderPreset, **overrides: Any) -> EncoderModel:
     """The preset's architecture with random weights (`overrides`, e.g. depth=2, only for tests)."""
-    import timm
-
-    trunk = timm.create_model(preset.arch, pretrained=False, **(preset.timm_kwargs() | overrides))
-    return EncoderModel(trunk, preset.output, preset.pool)
+    trunk = TRUNKS[preset.trunk](preset.arch, **(preset.timm_kwargs() | overrides))
+    return EncoderModel(trunk, preset.output, preset.pool, preset.head)
 
 
 # ---- published checkpoint layouts → EncoderModel keys -------------------------------------------------
 
 
-def to_encoder_state(state: Mapping[str, torch.Tensor], layout: str, model: EncoderModel) -> dict[str, torch.Tensor]:
-    """Rename a published checkpoint's tensors onto `model` (an EncoderModel of the same preset)."""
+def to_encoder_state(state: Mapping[str, torch.Tensor], preset: EncoderPreset,
+                     model: EncoderModel) -> dict[str, torch.Tensor]:
+    """Rename a published checkpoint's tensors onto `model` (an EncoderModel of `preset`)."""
+    layout = preset.layout
     if layout == "timm":
         out = {f"trunk.{k}": v for k, v in state.items() if not k.startswith("head.")}
     elif layout in ("hf_vit", "hf_dinov2"):
         out = _from_transformers(state)
+    elif layout == "dinov2":  # facebookresearch/dinov2 names; timm's own DINOv2 converter
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        out = {f"trunk.{k}": v for k, v in checkpoint_filter_fn(dict(state), model.trunk).items()}
     elif layout in ("conch_v1", "conch_v15"):
         prefix = "visual." if layout == "conch_v1" else ""
         keep = ("trunk.", "attn_pool_contrast.", "ln_contrast.")
         out = {k[len(prefix):]: v for k, v in state.items()
                if k.startswith(prefix) and k[len(prefix):].startswith(keep) and not k[len(prefix):].startswith("trunk.head.")}
+    elif layout == "keep":  # the CLIP-style model: image tower `visual.`, projection `visual_head.`
+        out = {("trunk." if k.startswith("visual.") else "head.") + k.split(".", 1)[1]: v for k, v in state.items()
+               if k.startswith(("visual.", "visual_head."))}
+    elif layout == "musk":
+        out = _from_beit3(state)
     elif layout == "ctranspath":
         from timm.models.swin_transformer import checkpoint_filter_fn
 
@@ -298,8 +497,37 @@ def to_encoder_state(state: Mapping[str, torch.Tensor], layout: str, model: Enco
         out["trunk.cls_token"] = out["trunk.cls_token"] + out[key][:, :1]
         out[key] = out[key][:, 1:]
     if key in out and hasattr(trunk, "pos_embed") and out[key].shape != trunk.pos_embed.shape:
-        out[key] = _resample_pos_embed(out[key], trunk)
+        out[key] = _resample_pos_embed(out[key], trunk, preset.pos_resample)
     return out
+
+
+def _from_beit3(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """MUSK's BEiT-3 (torchscale, multiway) → timm Eva: the vision expert `A` of every layer."""
+    state = {k.removeprefix("model."): v for k, v in state.items()}
+    enc = "beit3.encoder."
+    out = {"trunk.cls_token": state.get("beit3.vision_embed.cls_token"),
+           "trunk.patch_embed.proj.weight": state.get("beit3.vision_embed.proj.weight"),
+           "trunk.patch_embed.proj.bias": state.get("beit3.vision_embed.proj.bias"),
+           "trunk.norm.weight": state.get(f"{enc}layer_norm.A.weight"),
+           "trunk.norm.bias": state.get(f"{enc}layer_norm.A.bias")}
+    positions = state.get(f"{enc}embed_positions.A.weight")
+    if positions is not None:  # fairseq positions start at 2
+        out["trunk.pos_embed"] = positions[2:].unsqueeze(0)
+    names = {"self_attn_layer_norm": "norm1", "self_attn.q_proj": "attn.q_proj", "self_attn.k_proj": "attn.k_proj",
+             "self_attn.v_proj": "attn.v_proj", "self_attn.inner_attn_ln": "attn.norm",
+             "self_attn.out_proj": "attn.proj", "final_layer_norm": "norm2", "ffn.fc1": "mlp.fc1",
+             "ffn.ffn_layernorm": "mlp.norm", "ffn.fc2": "mlp.fc2"}
+    for key, value in state.items():
+        m = re.fullmatch(r"beit3\.encoder\.layers\.(\d+)\.(.+?)\.A\.(weight|bias)", key)
+        if m is None:  # ffn's expert sits one level up: ffn.A.fc1
+            m = re.fullmatch(r"beit3\.encoder\.layers\.(\d+)\.(ffn)\.A\.(\w+)\.(weight|bias)", key)
+            if m is None:
+                continue
+            name, kind = f"ffn.{m.group(3)}", m.group(4)
+        else:
+            name, kind = m.group(2), m.group(3)
+        out[f"trunk.blocks.{m.group(1)}.{names.get(name, 'unexpected.' + name)}.{kind}"] = value
+    return {k: v for k, v in out.items() if v is not None}
 
 
 _HF_LAYER = [  # transformers ViT / DINOv2 encoder-layer names → timm Block names (qkv handled apart)
@@ -345,14 +573,16 @@ def _from_transformers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     return out
 
 
-def _resample_pos_embed(pos: torch.Tensor, trunk: nn.Module) -> torch.Tensor:
-    """A checkpoint trained at another resolution (DINOv2 at 518 px): resample its grid once, bicubic."""
+def _resample_pos_embed(pos: torch.Tensor, trunk: nn.Module, method: str) -> torch.Tensor:
+    """A checkpoint trained at another grid: resize it once to the trunk's, as the published code does
+    (timm's bicubic; DINOv2's antialiased bicubic; CONCH v1.5's bilinear)."""
     from timm.layers import resample_abs_pos_embed
 
     grid = list(trunk.patch_embed.grid_size)
     prefix = trunk.pos_embed.shape[1] - grid[0] * grid[1]
+    interpolation, antialias = POS_RESAMPLE[method]
     return resample_abs_pos_embed(pos, new_size=grid, num_prefix_tokens=prefix,
-                                  interpolation="bicubic", antialias=False, verbose=False)
+                                  interpolation=interpolation, antialias=antialias, verbose=False)
 
 
 # ---- where a preset's weights come from ----------------------------------------------------------------
@@ -388,22 +618,31 @@ def mapped_weights(name: str) -> Path | None:
     return target
 
 
+def _candidates(rel: str) -> tuple[str, ...]:
+    """A listed checkpoint file, then its sharded form (`<file>.index.json` naming the shards)."""
+    return (rel, f"{rel}.index.json") if rel.endswith((".safetensors", ".bin")) else (rel,)
+
+
 def checkpoint_in(folder_or_file: Path, preset: EncoderPreset, name: str) -> Path:
-    """The published checkpoint file inside a folder (a hub snapshot or a copy of it), or the file itself."""
+    """The published checkpoint file (or shard index) inside a folder (a hub snapshot or a copy of it),
+    or the file itself."""
     if folder_or_file.is_file():
         return folder_or_file
     if folder_or_file.is_dir():
         for rel in preset.hub_files:
-            for candidate in (folder_or_file / rel, folder_or_file / Path(rel).name):
-                if candidate.is_file():
-                    return candidate
-        raise EmoError(f"{folder_or_file}: no {' or '.join(Path(f).name for f in preset.hub_files)} for {name}; "
-                       f"place the checkpoint from https://huggingface.co/{preset.hub_repo} there")
+            for cand in _candidates(rel):
+                for path in (folder_or_file / cand, folder_or_file / Path(cand).name):
+                    if path.is_file():
+                        return path
+        raise EmoError(f"{folder_or_file}: no {' or '.join(Path(f).name for f in preset.hub_files)} for {name} "
+                       f"(nor its *.index.json with shards); place the checkpoint from "
+                       f"https://huggingface.co/{preset.hub_repo} there")
     raise EmoError(f"{folder_or_file}: weights file or folder not found; pass an existing checkpoint for {name}")
 
 
 def hub_checkpoint(name: str, preset: EncoderPreset, repo: str | None = None) -> Path:
-    """The preset's checkpoint from the Hugging Face cache, downloaded once when online.
+    """The preset's checkpoint from the Hugging Face cache, else downloaded once when online: every file
+    the preset lists is tried in order, each also as a shard index (then its shards come along).
 
     Offline (HF_HUB_OFFLINE=1) or unreachable, one line names the file to place and where."""
     from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
@@ -411,23 +650,54 @@ def hub_checkpoint(name: str, preset: EncoderPreset, repo: str | None = None) ->
     repo = repo or preset.hub_repo
     repo_type = HUB_REPO_TYPE.get(name, "model")
     cache = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
-    for rel in preset.hub_files:
+    candidates = [c for rel in preset.hub_files for c in _candidates(rel)]
+    for rel in candidates:
         hit = try_to_load_from_cache(repo, rel, cache_dir=cache, repo_type=repo_type)
-        if isinstance(hit, str):
+        if isinstance(hit, str) and all(isinstance(try_to_load_from_cache(repo, shard, cache_dir=cache,
+                                                                          repo_type=repo_type), str)
+                                        for shard in _shards(Path(hit), rel)):
             return Path(hit)
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
     failure = "offline (HF_HUB_OFFLINE=1)"
     if not offline:
         failure = _unreachable(constants.ENDPOINT)
     if not offline and not failure:
-        try:
-            return Path(hf_hub_download(repo, preset.hub_files[0], cache_dir=cache, repo_type=repo_type))
-        except Exception as exc:  # gated, missing: one line, no traceback
-            failure = f"download failed ({type(exc).__name__})"
+        tried = []
+        for rel in candidates:
+            try:
+                path = Path(hf_hub_download(repo, rel, cache_dir=cache, repo_type=repo_type))
+                for shard in _shards(path, rel):
+                    hf_hub_download(repo, shard, cache_dir=cache, repo_type=repo_type)
+                return path
+            except Exception as exc:  # gated, missing: try the next file, then one line, no traceback
+                tried.append(f"{Path(rel).name}: {type(exc).__name__}")
+        failure = f"download failed ({'; '.join(tried)})"
     url = f"https://huggingface.co/{'datasets/' if repo_type == 'dataset' else ''}{repo}"
-    raise EmoError(f"backbone {name}: checkpoint {preset.hub_files[0]} from {url} not cached and {failure} "
+    files = " or ".join(preset.hub_files)
+    raise EmoError(f"backbone {name}: checkpoint {files} from {url} not cached and {failure} "
                    f"({preset.licence}); download it on a machine with internet and pass --weights FILE, or add "
                    f"`{name}: /path/to/{Path(preset.hub_files[0]).name}` to {weights_map_path()}")
+
+
+def _shards(index: Path, rel: str) -> list[str]:
+    """The shard files (relative to the repo) a `*.index.json` names; [] for a single-file checkpoint."""
+    if not index.name.endswith(".index.json"):
+        return []
+    folder = str(Path(rel).parent)
+    return [f"{folder}/{s}" if folder != "." else s for s in sorted(set(shard_map(index).values()))]
+
+
+def shard_map(index: Path) -> dict[str, str]:
+    """tensor name → shard file name, from a transformers/safetensors `*.index.json`."""
+    import json
+
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (OSError, ValueError, AttributeError):
+        weight_map = None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise EmoError(f"{index}: not a shard index (no `weight_map`); pass the index.json saved with the shards")
+    return weight_map
 
 
 def _unreachable(endpoint: str, timeout_s: float = 3.0) -> str:
@@ -447,5 +717,7 @@ def _unreachable(endpoint: str, timeout_s: float = 3.0) -> str:
 def describe(name: str) -> dict[str, Any]:
     """One row of `emo info --backbones`."""
     p = PRESETS[name]
+    extra = f"; needs pip install 'emo[{p.extra}]'" if p.extra else ""
     return {"name": name, "dim": p.dim, "input_size": p.input_size, "output": p.output,
-            "weights": f"hf:{p.hub_repo}/{p.hub_files[0]} ({p.layout} layout; {p.licence})", "summary": p.summary}
+            "weights": f"hf:{p.hub_repo}/{p.hub_files[0]} ({p.layout} layout; {p.licence}{extra})",
+            "summary": p.summary + (f" [{p.reference}]" if p.reference else "")}

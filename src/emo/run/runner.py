@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from typing import Any
 
 from emo.errors import EmoError
 from emo.io import file_fingerprint, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -124,16 +127,11 @@ def run_stages(
     stages: Sequence[Stage],
     ctx: StudyContext,
     from_stage: str | None = None,
-    log: Callable[[str], Any] | None = None,
 ) -> dict[str, str]:
     """Run the stages in order; returns {stage: "ran" | "skipped" | "disabled"}."""
     names = [s.name for s in stages]
     if from_stage is not None and from_stage not in names:
         raise EmoError(f"--from {from_stage}: no such stage; choose one of {', '.join(names)}")
-    if log is None:
-        from rich.console import Console
-
-        log = Console(stderr=True, highlight=False).print
     forced_from = names.index(from_stage) if from_stage else len(names)
     status: dict[str, str] = {}
     try:
@@ -155,10 +153,10 @@ def run_stages(
             else:
                 why = _why_stale(stage, ctx, inputs, params)
             if why is None:
-                log(f"[dim]stage {stage.name}: up to date, skipped[/dim]")
+                log.info("stage %s: up to date, skipped", stage.name)
                 status[stage.name] = "skipped"
                 continue
-            log(f"[bold]stage {stage.name}[/bold]: running ({why})")
+            log.info("stage %s: running (%s)", stage.name, why)
             _forget(stages, stage.name, ctx)
             if position >= forced_from:
                 _remove_outputs(stage, ctx)

@@ -23,7 +23,7 @@ from emo.slides.geometry import TileGeometry, iter_tile_runs, plan_geometry
 from emo.slides.quality import DEFAULT_MIN_SHARPNESS, sharpness
 from emo.slides.readers import SUPPORTED_SUFFIXES, SlideReader, _suffix, open_slide
 from emo.slides.stain import estimate_stains, load_reference
-from emo.slides.store import TileStoreAttrs, write_store
+from emo.slides.store import write_store
 from emo.slides.thumbnails import save_thumbnail
 from emo.slides.tissue import pen_mask, tissue_mask
 
@@ -416,17 +416,15 @@ def _finished(out_path: Path, config: TilingConfig) -> dict[str, Any] | None:
     """Summary of an existing store made with the same parameters, else None."""
     if not out_path.is_file():
         return None
-    import h5py
-
     from emo.io import params_hash
+    from emo.slides.store import TileStore
 
     try:
-        with h5py.File(out_path, "r") as f:
-            a = dict(f.attrs)
-            n = len(f["coords_px"])
-    except OSError:
+        store = TileStore(out_path)
+    except EmoError:
         return None
-    if a.get("params_hash") != params_hash(config.store_params()) or a.get("format_version", 1) != TileStoreAttrs.FORMAT:
+    a, n = store.attrs, len(store)
+    if a.get("params_hash") != params_hash(config.store_params()):
         return None
     return {
         "status": "skipped", "n_kept": n, "seconds": 0.0, "reader": a.get("reader"), "mpp": a.get("mpp"),
@@ -449,6 +447,10 @@ def tile_slides(slides: list[Path], out_dir: Path, config: TilingConfig | None =
 
     config = config or TilingConfig()
     slides = [Path(s) for s in slides]
+    missing = [s for s in slides if not s.exists()]
+    if missing:  # before anything is written: no summary for slides that are not there
+        raise EmoError(f"{missing[0]}: slide not found{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
+                       "check the path")
     ids = [slide_id_of(s) for s in slides]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:

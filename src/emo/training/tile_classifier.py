@@ -91,8 +91,9 @@ def labels_from_spots(path: Path, tile_ids: list[str]) -> np.ndarray:
 def _tile_size_level0(tiles: Path | None, slide_id: str) -> float:
     if tiles is None:
         raise EmoError(f"GeoJSON labels of {slide_id}: pass --tiles TILE_DIR (tile centres need the tile size)")
-    with h5py.File(Path(tiles) / f"{slide_id}.h5", "r") as f:
-        return float(f.attrs["tile_size_level0"])
+    from emo.slides import TileStore
+
+    return float(TileStore(Path(tiles) / f"{slide_id}.h5").attrs["tile_size_level0"])
 
 
 def collect_labels(feature_dir: Path, label_files: list[Path], tiles: Path | None = None):
@@ -195,9 +196,6 @@ def train_tile_classifier(feature_dir: Path, label_files: list[Path], out_dir: P
 
 
 def _confusion_png(dest: Path, metrics: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     classes, mat = metrics["confusion"]["classes"], np.array(metrics["confusion"]["matrix"])
