@@ -157,7 +157,7 @@ class Toy:
     def run(self, **kw) -> dict[str, str]:
         self.calls.clear()
         ctx = StudyContext(config=self.config, out_dir=self.root / "out")
-        return run_stages(self.stages(), ctx, log=lambda msg: None, **kw)
+        return run_stages(self.stages(), ctx, **kw)
 
 
 @pytest.fixture
@@ -216,8 +216,8 @@ def test_from_deletes_the_forced_stages_outputs_inside_the_run_folder(tmp_path):
             (out / "cache" / "item.txt").write_text(f"computed {ctx.config['version']}")
 
     stages = [Stage("cache", cached_stage, outputs=lambda ctx: [out / "cache", outside])]
-    run_stages(stages, StudyContext(config={"version": 1}, out_dir=out), log=lambda m: None)
-    run_stages(stages, StudyContext(config={"version": 2}, out_dir=out), from_stage="cache", log=lambda m: None)
+    run_stages(stages, StudyContext(config={"version": 1}, out_dir=out))
+    run_stages(stages, StudyContext(config={"version": 2}, out_dir=out), from_stage="cache")
     assert (out / "cache" / "item.txt").read_text() == "computed 2"
     assert outside.read_text() == "user data"
 
@@ -237,7 +237,7 @@ def test_missing_input_is_a_one_line_error_naming_stage_and_path(toy):
     stages = toy.stages()[2:]  # without the stage that would remake it
     ctx = StudyContext(config=toy.config, out_dir=toy.root / "out")
     with pytest.raises(EmoError, match=rf"stage lengths: input {toy.out('words')} does not exist"):
-        run_stages(stages, ctx, log=lambda m: None)
+        run_stages(stages, ctx)
 
 
 def test_a_stage_api_missing_from_the_install_is_a_one_line_error(tmp_path):
@@ -245,7 +245,7 @@ def test_a_stage_api_missing_from_the_install_is_a_one_line_error(tmp_path):
         from emo.no_such_stage import run  # noqa: F401
 
     with pytest.raises(EmoError, match="stage predict: emo.no_such_stage is missing from this emo install"):
-        run_stages([Stage("predict", needs_missing)], StudyContext(config={}, out_dir=tmp_path), log=lambda m: None)
+        run_stages([Stage("predict", needs_missing)], StudyContext(config={}, out_dir=tmp_path))
     assert not record_path(tmp_path, "predict").exists()
 
 
@@ -309,7 +309,7 @@ def test_a_run_killed_after_from_is_finished_by_a_plain_run(tmp_path):
         Stage("predict", predict, lambda ctx: [out / "source.txt"], outputs=lambda ctx: [out / "pred"], after=("source",)),
         Stage("average", average, lambda ctx: [out / "pred"], outputs=lambda ctx: [out / "average.txt"], after=("predict",)),
     ]
-    run = lambda **kw: run_stages(stages, StudyContext(config={}, out_dir=out), log=lambda m: None, **kw)  # noqa: E731
+    run = lambda **kw: run_stages(stages, StudyContext(config={}, out_dir=out), **kw)  # noqa: E731
     run()
     crash[0] = True
     with pytest.raises(KeyboardInterrupt):
