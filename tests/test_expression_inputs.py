@@ -201,7 +201,7 @@ def test_parquet_with_label_column(tmp_path):
 
 def test_one_orientation_vocabulary_for_prepare_and_analyses(tmp_path):
     """`auto` reads the first header when there is no sheet; the analyses' old genes/samples are aliases."""
-    from emo.analysis._bulk import load_expression
+    from emo.analysis.bulk import load_expression
 
     frame = pd.DataFrame({"gene": ["TP53", "ESR1", "ERBB2"], "s1": [1.0, 2.0, 3.0], "s2": [4.0, 5.0, 6.0]})
     frame.to_csv(tmp_path / "genes_rows.csv", index=False)

@@ -16,6 +16,9 @@ from emo.errors import EmoError
 from emo.training.finetune import FinetuneConfig, load_finetune_model, train_finetune
 from training_cohort import cmu_tile_stores, write_targets
 
+pytestmark = pytest.mark.slow  # fine-tunes a CNN on CPU
+
+
 TINY = dict(backbone="timm:resnet10t", weights="none", input_size=32, batch_size=4, steps_per_epoch=2,
             tuning_batches=1, max_epochs=3, patience=10, lr=1e-3)
 
@@ -103,7 +106,7 @@ def test_tile_level_targets_and_bad_input(inputs, tmp_path):
 def test_hed_jitter_is_seeded_and_keeps_the_tile_at_zero_sigma(shared_data):
     from PIL import Image
 
-    from emo.features.datasets import hed_jitter
+    from emo.training.datasets import hed_jitter
 
     tile = np.asarray(Image.open(shared_data("tiles/high-nuclei-score-level0.png")).convert("RGB"))[:64, :64]
     same = hed_jitter(tile, 0.0, np.random.default_rng(0))

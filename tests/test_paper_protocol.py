@@ -11,8 +11,12 @@ import pandas as pd
 import pytest
 
 from emo.errors import EmoError
-from emo.training.paper import CheckpointKeeper, EarlyStopping, PaperProtocolConfig, load_gene_model
+from emo.training.loop import CheckpointKeeper, EarlyStopping
+from emo.training.paper import PaperProtocolConfig, load_gene_model
 from training_cohort import cmu_tile_stores, write_targets
+
+
+pytestmark = pytest.mark.slow  # trains per-gene CNNs on CPU
 
 
 def _stop_epoch(losses, min_delta, patience):
@@ -115,12 +119,15 @@ def test_paper_protocol_end_to_end_keeps_checkpoints_and_resumes(paper_inputs, t
     # re-run (in process): the finished gene is skipped untouched, the one without done.json is retrained
     from emo.training.paper import train_paper_protocol
 
+    weights = {p.name: p.read_bytes() for p in (out / "genes" / "MKI67").glob("epoch_*.safetensors")}
     (out / "genes" / "MKI67" / "done.json").unlink()
     stamp = {p.name: p.stat().st_mtime_ns for p in (out / "genes" / "ESR1").iterdir()}
     train_paper_protocol(paper_inputs / "tiles", paper_inputs / "targets.h5ad", out, "ESR1,MKI67",
                          PaperProtocolConfig(**manifest["protocol"]))
     assert {p.name: p.stat().st_mtime_ns for p in (out / "genes" / "ESR1").iterdir()} == stamp
     assert json.loads((out / "genes" / "MKI67" / "done.json").read_text())["epochs"] == 2
+    # the same seed retrains bitwise-identical checkpoints (the job owns its randomness)
+    assert {p.name: p.read_bytes() for p in (out / "genes" / "MKI67").glob("epoch_*.safetensors")} == weights
 
 
 def test_paper_cnn_is_inception_v3_with_one_linear_output():

@@ -20,6 +20,9 @@ from emo.errors import EmoError
 from emo.slides import TilingConfig, tile_slides
 from emo.training.paper import PaperProtocolConfig, train_paper_protocol
 
+pytestmark = pytest.mark.slow  # tiling and features through Ray/SLURM executors
+
+
 TILING = TilingConfig(tile_size_um=100, target_mpp=2.0, normalize=True)
 PROTOCOL = PaperProtocolConfig(
     backbone="timm:resnet10t", weights="none", input_size=75, batch_size=4, steps_per_epoch=2, tuning_batches=1,

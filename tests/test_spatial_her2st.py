@@ -12,6 +12,9 @@ from emo.spot_models.data import spot_targets
 from emo.spot_models.model import target_basis
 
 
+pytestmark = pytest.mark.slow  # spot features of real her2st sections
+
+
 def test_gene_correlations_match_scipy():
     from scipy import stats
     from statsmodels.stats.multitest import multipletests

@@ -28,7 +28,7 @@ from scipy.cluster.hierarchy import fcluster, leaves_list, linkage
 from scipy.spatial.distance import pdist, squareform
 from sklearn.metrics import adjusted_rand_score
 
-from emo.analysis._bulk import align, attach_sheet, clean_labels, load_expression, select_genes, subtype_column
+from emo.analysis.bulk import align, attach_sheet, clean_labels, load_expression, select_genes, subtype_column
 from emo.config import StageConfig
 from emo.errors import EmoError
 from emo.expression.readers import OrientationOption
@@ -282,9 +282,6 @@ def _label_colours(values: pd.Series) -> np.ndarray:
 
 
 def _plot_heatmaps(png: Path, frames: dict[str, pd.DataFrame], sample_table: pd.DataFrame) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from emo.io import save_figure
@@ -313,9 +310,6 @@ def _plot_heatmaps(png: Path, frames: dict[str, pd.DataFrame], sample_table: pd.
 
 
 def _plot_consensus(png: Path, results: dict[str, ConsensusResult]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from emo.io import save_figure
@@ -329,9 +323,6 @@ def _plot_consensus(png: Path, results: dict[str, ConsensusResult]) -> None:
 
 
 def _plot_cdf(png: Path, cdf: pd.DataFrame) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from emo.io import save_figure

@@ -24,7 +24,7 @@ import pandas as pd
 from pydantic import AliasChoices, Field
 from scipy import stats
 
-from emo.analysis._bulk import Expression, align, attach_sheet, clean_labels, load_expression, select_genes
+from emo.analysis.bulk import Expression, align, attach_sheet, clean_labels, load_expression, select_genes
 from emo.config import StageConfig
 from emo.errors import EmoError
 from emo.expression.readers import OrientationOption
@@ -261,9 +261,6 @@ def _write(out: Path, results: dict[str, pd.DataFrame], summary: dict, params: d
 
 
 def _plot(png: Path, results: dict[str, pd.DataFrame]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from emo.analysis import plots

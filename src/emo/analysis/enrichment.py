@@ -164,7 +164,7 @@ class EnrichmentResult:
 
 
 def _variance(measured: str | Path | pd.DataFrame, split: str | None, log_cpm: bool) -> pd.Series:
-    from emo.analysis._bulk import load_expression
+    from emo.analysis.bulk import load_expression
 
     if not isinstance(measured, pd.DataFrame) and Path(measured).suffix == ".h5ad":
         import anndata
@@ -260,9 +260,6 @@ def _write(out: Path, result: EnrichmentResult, collections: dict[str, dict[str,
 
 def _plot(png: Path, block: pd.DataFrame, sets: dict[str, list[str]], values: pd.Series, alpha: float,
           permutations: int, title: str, top: int = 20) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from emo.io import save_figure

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from emo.errors import EmoError
+from emo.io import dense
 from emo.panels import GENE_RENAMES, get_panel
 
 __all__ = ["proliferation_genes", "proliferation_score", "proliferation_map"]
@@ -53,6 +54,4 @@ def proliferation_map(adata: Any) -> np.ndarray:
             "EMO-spatial predictions: none of the 11 PAM50 proliferation genes were predicted; "
             "predict them with `emo predict --panel pam50_proliferation`"
         )
-    x = adata[:, genes].X
-    x = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
-    return x.astype(np.float64).mean(axis=1).astype(np.float32)
+    return dense(adata[:, genes].X).astype(np.float64).mean(axis=1).astype(np.float32)

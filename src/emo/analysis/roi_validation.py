@@ -23,7 +23,7 @@ import pandas as pd
 
 from emo.analysis import stats
 from emo.errors import EmoError
-from emo.io import provenance, write_json_atomic, write_table_atomic
+from emo.io import dense, provenance, write_json_atomic, write_table_atomic
 from emo.panels import composite_probes
 
 __all__ = [
@@ -145,7 +145,7 @@ def roi_means(
         polygons = _polygons(Path(rois), [s for s, _ in loaded])
     frames = []
     for slide_id, ad in loaded:
-        x = ad.X.toarray() if hasattr(ad.X, "toarray") else np.asarray(ad.X)
+        x = dense(ad.X)
         if spot_map is not None:
             m = mapping[mapping["slide_id"] == slide_id]
             pos = pd.Series(np.arange(ad.n_obs), index=ad.obs_names.astype(str))

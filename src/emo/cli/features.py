@@ -35,8 +35,10 @@ def features(
     """Run a backbone once over every kept tile; finished slides are skipped when backbone and tiles are unchanged."""
     from emo.features import extract_features
     from emo.features.config import ExtractionConfig
+    from emo.run.lock import hold_folder
 
     config = ExtractionConfig.build(backbone=backbone, weights=weights, batch_size=batch_size, device=device,
                                     workers=workers, pooling=pooling, input_size=input_size, slides_per_job=slides_per_job)
+    hold_folder(out, "emo features")
     folder = extract_features(tile_dir, out, **config.model_dump(), executor=executor)
     typer.echo(f"features: {folder}")

@@ -18,6 +18,7 @@ def run(
         "(spatial studies: spatial_train, spatial_predict, spatial_evaluate, report)"
     ),
     executor: Optional[str] = typer.Option(None, "--executor", help="local | ray | slurm (overrides the study file)"),
+    wait: bool = typer.Option(False, "--wait", help="if another run holds the output folder, wait for it instead of refusing"),
 ) -> None:
     """Run a study: tile → features → expression → train → predict → evaluate → analyze → report.
 
@@ -28,7 +29,7 @@ def run(
     from emo.run import load_study, run_study
 
     config = load_study(study)
-    status = run_study(config, from_stage=from_stage, executor=executor)
+    status = run_study(config, from_stage=from_stage, executor=executor, wait=wait)
     ran = [s for s, v in status.items() if v == "ran"]
     typer.echo(f"{config.out_dir}: {len(ran)} stage(s) ran ({', '.join(ran) or 'none'}), others up to date")
     report = config.out_dir / "report.html"

@@ -33,6 +33,7 @@ def tile(
     Finished slides are skipped on a re-run; a slide that fails is reported and the batch goes on.
     """
     from emo.errors import EmoError
+    from emo.run.lock import hold_folder
     from emo.slides import TilingConfig, find_slides, tile_slides
 
     options = dict(
@@ -48,6 +49,7 @@ def tile(
     except ValueError as exc:
         first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": ("?",), "msg": str(exc)}
         raise EmoError(f"invalid option {first['loc'][0]}: {first['msg']}") from None
+    hold_folder(out, "emo tile")
     summary = tile_slides(find_slides(slides), out, config, workers=workers, executor=executor)
     ok = summary["status"].isin(["ok", "skipped"])
     for row in summary.loc[ok].itertuples():
@@ -56,7 +58,10 @@ def tile(
         if warning:
             typer.echo(f"emo: warning: {warning}", err=True)
     kept = int(summary.loc[ok, "n_kept"].sum())
-    typer.echo(f"{int(ok.sum())}/{len(summary)} slides tiled, {kept} tiles kept → {out / 'tiles'} (summary.csv)")
+    counts = summary["status"].value_counts()
+    typer.echo(f"{counts.get('ok', 0)} tiled, {counts.get('skipped', 0)} already done"
+               + (f", {counts['failed']} failed" if counts.get("failed") else "")
+               + f"; {kept} tiles kept → {out / 'tiles'} (summary.csv)")
     failed = summary.loc[~ok, "error"].tolist()
     if failed:
         raise EmoError(failed[0] if len(failed) == 1 else f"{len(failed)} slides failed: " + " | ".join(failed))

@@ -49,10 +49,12 @@ def train(
     trains one end-to-end Inception V3 per gene exactly as Wang et al. 2021 (slow; flags shrink it).
     """
     from emo.errors import EmoError
+    from emo.run.lock import hold_folder
     from emo.training.train import train_config
 
     if protocol not in ("default", "paper", "finetune"):
         raise EmoError(f"unknown --protocol {protocol!r}; choose default, paper or finetune")
+    hold_folder(out, "emo train")
     if protocol == "finetune":
         from emo.training.finetune import FinetuneConfig, train_finetune
 

@@ -70,7 +70,7 @@ def _slide_files(slides: Path) -> dict[str, Path]:
     return {p.stem: p for p in files}
 
 
-def match_samples(sheet: pd.DataFrame, expression_samples: dict[str, str], *, sheet_path: str = "sample sheet",
+def match_sheet(sheet: pd.DataFrame, expression_samples: dict[str, str], *, sheet_path: str = "sample sheet",
                   on_duplicate: str = "error", slides: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Keep the sheet rows that have expression; return them (indexed by sample_id) and the mismatch report.
 

@@ -21,7 +21,7 @@ from emo.config import StageConfig
 from emo.errors import EmoError
 from emo.expression.batch import apply_offsets, cohort_offsets
 from emo.expression.genes import normalize_genes
-from emo.expression.matching import match_samples, read_sheet
+from emo.expression.matching import match_sheet, read_sheet
 from emo.expression.readers import OrientationOption, counts_to_log_cpm, read_matrix
 from emo.expression.splits import PAPER_FRACTIONS, SPLITS, assign_splits
 from emo.io import atomic_path, provenance, save_figure, write_json_atomic, write_table_atomic, write_text_atomic
@@ -134,9 +134,6 @@ def _panel_coverage(kept: pd.Index) -> dict[str, list[str]]:
 def _figure(path: Path, x: pd.DataFrame, corrected: pd.DataFrame, obs: pd.DataFrame, variance: pd.Series,
             min_variance: float) -> None:
     """Per-gene cohort medians before/after the offsets, and the training variance with its threshold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fit = obs["split"].isin(["train", "tune", "validation"]).to_numpy()
@@ -220,7 +217,7 @@ def prepare_targets(matrices: Sequence[str | Path], samples: str | Path, referen
     genes = _shared_genes(frames, info)
     x = pd.concat([f.loc[genes] for f in frames], axis=1).T  # samples × genes
 
-    obs, mismatches = match_samples(sheet, origin, sheet_path=str(samples), on_duplicate=on_duplicate,
+    obs, mismatches = match_sheet(sheet, origin, sheet_path=str(samples), on_duplicate=on_duplicate,
                                     slides=Path(slides) if slides else None)
     if obs.empty:
         raise EmoError(f"{samples}: no sample of the sheet is a column of the matrices; check the sample ids")

@@ -18,6 +18,7 @@ import pandas as pd
 from pydantic import BeforeValidator
 
 from emo.errors import EmoError
+from emo.io import dense
 
 Orientation = Literal["auto", "genes-by-samples", "samples-by-genes"]
 ORIENTATIONS = ("auto", "genes-by-samples", "samples-by-genes")
@@ -91,7 +92,7 @@ def _read_raw(path: Path) -> pd.DataFrame:
         import anndata as ad
 
         adata = ad.read_h5ad(path)
-        x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+        x = dense(adata.X)
         # AnnData is samples × genes by convention; flip so the caller's orientation rules apply alike.
         return pd.DataFrame(x.T, index=adata.var_names.astype(str), columns=adata.obs_names.astype(str))
     if name.endswith(".csv"):

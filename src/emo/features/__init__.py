@@ -1,8 +1,8 @@
 """Feature stage: one backbone pass over every kept tile, cached per slide (see docs/architecture.md)."""
 
-from emo.features.extract import extract_features, find_tile_stores
-from emo.features.store import (FeatureStore, feature_identity, list_feature_stores, open_feature_stores,
-                                resolve_feature_dir, tile_store_params_hash, write_feature_store)
+from emo.features.extract import extract_features
+from emo.features.store import (FeatureStore, feature_identity, open_feature_stores, resolve_feature_dir,
+                                tile_store_params_hash, write_feature_store)
 
-__all__ = ["FeatureStore", "extract_features", "feature_identity", "find_tile_stores", "list_feature_stores",
-           "open_feature_stores", "resolve_feature_dir", "tile_store_params_hash", "write_feature_store"]
+__all__ = ["FeatureStore", "extract_features", "feature_identity", "open_feature_stores", "resolve_feature_dir",
+           "tile_store_params_hash", "write_feature_store"]

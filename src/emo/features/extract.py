@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from emo.errors import EmoError
 from emo.features.preprocess import normalize_stains, to_model_input
-from emo.features.store import tile_store_params_hash, write_feature_store
+from emo.features.store import FeatureStore, tile_store_params_hash, write_feature_store
 from emo.io import provenance
 
 if TYPE_CHECKING:
@@ -187,7 +186,7 @@ def _pending_slides(tile_paths: Sequence[Path], out_folder: Path, identity: dict
         out_path = out_folder / f"{store.slide_id}.h5"
         job = _SlideJob(store.slide_id, path, out_path, len(store), tile_store_params_hash(store))
         if _is_current(out_path, identity, job.store_hash):
-            log.info("%s: features up to date, skipped", job.slide_id)
+            log.debug("%s: features up to date, skipped", job.slide_id)
             if on_slide_done:
                 on_slide_done(job.slide_id, out_path, "cached")
             continue
@@ -233,8 +232,6 @@ def _embed_slides(jobs: list[_SlideJob], model: Any, identity: dict[str, Any], d
     seconds = time.perf_counter() - start
     msg = f"{n_total} tiles from {len(jobs)} slides in {seconds:.1f} s: {n_total / max(seconds, 1e-9):.1f} tiles/s on {device}"
     log.info(msg)
-    if progress:
-        print(msg)
 
 
 def _fans_out(executor: str | Executor | None) -> bool:
@@ -277,11 +274,10 @@ def _is_current(path: Path, identity: dict[str, Any], store_hash: str) -> bool:
     if not path.is_file():
         return False
     try:
-        with h5py.File(path, "r") as h5:
-            return (h5.attrs.get("tile_store_params_hash") == store_hash
-                    and json.loads(h5.attrs.get("backbone_json", "{}")) == identity)
-    except OSError:
+        attrs = FeatureStore(path).attrs
+    except EmoError:
         return False
+    return attrs.get("tile_store_params_hash") == store_hash and json.loads(attrs.get("backbone_json", "{}")) == identity
 
 
 def clam_coords_attrs(store) -> dict[str, Any]:

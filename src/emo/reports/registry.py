@@ -2,7 +2,8 @@
 
 A section is a `find(run_dir) -> list[Path]` (the dirs or files it reports on) and a
 `render(path, run_dir) -> str` returning an HTML fragment (use the helpers in `emo.reports.html`).
-Register with the `register_section` decorator in a module named `emo.<package>.report_sections`;
+Register with the `register_section` decorator in a module `emo.<package>.<what>_sections` (e.g.
+`emo.reports.builtin_sections`, `emo.analysis.analysis_sections`, `emo.run.demo_sections`);
 `build_report` imports every such module it finds, so the section appears in the next report.
 Sections run in `order`; a path already reported by an earlier section is skipped by later ones,
 so specific sections (evaluate, spatial validation) come before the generic analyze section.
@@ -43,15 +44,16 @@ def register_section(name: str, *, title: str, order: int = 500, find: Finder) -
 
 
 def load_plugins() -> list[str]:
-    """Import every `emo.<package>.report_sections` module, so stages' sections register themselves."""
+    """Import every `emo.<package>.<what>_sections` module, so stages' sections register themselves."""
     import emo
 
     loaded = []
     for info in pkgutil.iter_modules(emo.__path__):
-        if info.ispkg and any((Path(p) / info.name / "report_sections.py").exists() for p in emo.__path__):
-            name = f"emo.{info.name}.report_sections"
-            importlib.import_module(name)
-            loaded.append(name)
+        if info.ispkg:
+            for path in sorted(p for root in emo.__path__ for p in (Path(root) / info.name).glob("*_sections.py")):
+                name = f"emo.{info.name}.{path.stem}"
+                importlib.import_module(name)
+                loaded.append(name)
     return loaded
 
 

@@ -76,7 +76,8 @@ class EvaluationConfig(Section):
                               description="each evaluated into evaluate/<split>/ (a test split after validation adds ρ concordance)")
     thresholds: EvaluateThresholds = Field(default_factory=EvaluateThresholds,
                                            description="`emo evaluate`'s rules, e.g. r2_min, fdr_max, alpha")
-    null_baseline: bool = Field(True, description="also fit the head on permuted slide labels and report it beside the model")
+    null_baseline: bool = Field(True, description="also fit the head on permuted patient labels and report it beside the model")
+    null_permutations: int = Field(10, ge=2, description="permuted-label heads fitted: the null distribution of gene counts")
 
 
 class AnalysesConfig(Section):

@@ -3,7 +3,7 @@ evaluate → analyze → report. Each calls one public stage API with the config
 (imported inside, so this module imports on its own).
 
 Paths inside `<out>`: tiles/, features/<backbone>/, targets.h5ad, model/, predictions/,
-evaluate/null/ (the permuted-label baseline), evaluate/<split>/, analyze/, report.html.
+evaluate/null/perm_<k>/ (the permuted-label null heads), evaluate/<split>/, analyze/, report.html.
 """
 
 from __future__ import annotations
@@ -156,19 +156,24 @@ def null_dir(ctx: StudyContext) -> Path:
     return ctx.out_dir / "evaluate" / "null"
 
 
-def null_predictions_path(ctx: StudyContext) -> Path:
-    return null_dir(ctx) / "predictions" / "average.h5ad"
+def null_predictions_paths(ctx: StudyContext) -> list[Path]:
+    """EMO-average of each permuted-label head: evaluate/null/perm_<k>/predictions/average.h5ad."""
+    return [null_dir(ctx) / f"perm_{k:02d}" / "predictions" / "average.h5ad"
+            for k in range(_cfg(ctx).evaluation.null_permutations)]
 
 
 def run_null(ctx: StudyContext) -> None:
-    """The null baseline: the study's head refitted on permuted slide labels, predicting the same slides."""
+    """The null distribution: the study's head refitted on K permutations of the patients' labels (seeds
+    seed … seed + K − 1), each predicting the same slides."""
     from emo.prediction import predict
     from emo.training import train_model
 
     t = _cfg(ctx).training
-    train_model(feature_dir(ctx), targets_path(ctx), null_dir(ctx) / "permuted_model",
-                t.model_copy(update={"genes": _genes(t.genes), "permute_labels": True}))
-    predict(null_dir(ctx) / "permuted_model", feature_dir(ctx), null_dir(ctx) / "predictions")
+    for k, predictions in enumerate(null_predictions_paths(ctx)):
+        model = predictions.parent.parent / "permuted_model"
+        train_model(feature_dir(ctx), targets_path(ctx), model,
+                    t.model_copy(update={"genes": _genes(t.genes), "permute_labels": True, "seed": t.seed + k}))
+        predict(model, feature_dir(ctx), predictions.parent)
 
 
 def evaluate_dir(ctx: StudyContext, split: str) -> Path:
@@ -183,7 +188,7 @@ def run_evaluate(ctx: StudyContext) -> None:
     v = _cfg(ctx).evaluation
     base = EvaluateConfig.build(**v.thresholds.model_dump())
     if _has_null(ctx):
-        base = base.model_copy(update={"null_predictions": null_predictions_path(ctx)})
+        base = base.model_copy(update={"null_predictions": tuple(null_predictions_paths(ctx))})
     validation_genes = None
     for split in v.splits:
         is_test = split.startswith("test")
@@ -194,7 +199,7 @@ def run_evaluate(ctx: StudyContext) -> None:
 
 
 def evaluate_inputs(ctx: StudyContext) -> list[Path]:
-    return [predictions_path(ctx), targets_path(ctx)] + ([null_predictions_path(ctx)] if _has_null(ctx) else [])
+    return [predictions_path(ctx), targets_path(ctx)] + (null_predictions_paths(ctx) if _has_null(ctx) else [])
 
 
 def _enrich_table(ctx: StudyContext) -> Path:
@@ -252,7 +257,9 @@ STAGES: tuple[Stage, ...] = (
         lambda ctx: [ctx.out_dir / "predictions"], ("train",),
     ),
     Stage(
-        "null", run_null, lambda ctx: [feature_dir(ctx), targets_path(ctx)], _dump("training"), lambda ctx: [null_dir(ctx)],
+        "null", run_null, lambda ctx: [feature_dir(ctx), targets_path(ctx)],
+        lambda ctx: {**_dump("training")(ctx), "null_permutations": _cfg(ctx).evaluation.null_permutations},
+        lambda ctx: [null_dir(ctx)],
         ("features", "expression"), enabled=_has_null,
     ),
     Stage(
@@ -278,9 +285,11 @@ def study_stages(config: StudyConfig) -> tuple[Stage, ...]:
     return STAGES
 
 
-def run_study(config: StudyConfig, from_stage: str | None = None, executor: str | None = None) -> dict[str, str]:
-    """Run (or resume) a whole study; returns each stage's status. `executor` overrides the config's."""
+def run_study(config: StudyConfig, from_stage: str | None = None, executor: str | None = None, wait: bool = False) -> dict[str, str]:
+    """Run (or resume) a whole study; returns each stage's status. `executor` overrides the config's.
+    The output folder is locked for the run (`emo.run.lock`): another run on it refuses, or waits with `wait`."""
     from emo.executors import executor_names
+    from emo.run.lock import folder_lock
     from emo.run.runner import run_stages
 
     name = executor or config.executor.name
@@ -289,4 +298,5 @@ def run_study(config: StudyConfig, from_stage: str | None = None, executor: str 
     options = config.executor.options if name == config.executor.name else {}
     config.check_files()
     ctx = StudyContext(config=config, out_dir=config.out_dir, executor_name=name, executor_options=options)
-    return run_stages(study_stages(config), ctx, from_stage=from_stage)
+    with folder_lock(config.out_dir, "emo run", wait=wait):
+        return run_stages(study_stages(config), ctx, from_stage=from_stage)

@@ -4,14 +4,17 @@ Each stage that finishes writes `<out>/.emo/stages/<stage>.json` (atomically) wi
 its inputs' fingerprints. A re-run skips a stage whose record matches and whose outputs exist, redoes
 one whose record differs, and then everything that depends on it; `from_stage` forces a stage and
 every stage after it, deleting their outputs first (only those inside the output folder) so that the
-stage APIs' own per-slide caches cannot hand back the old results. A killed run leaves no record for the stage in flight, so it is redone — and
-the stage APIs themselves resume per slide or gene, so only the item in flight is lost.
+stage APIs' own per-slide caches cannot hand back the old results. Before a stage runs, its record and
+those of every stage depending on it are deleted, so a run killed at any point (`--from` included)
+leaves no record claiming a half-redone stage is finished: a plain re-run redoes it — and the stage
+APIs themselves resume per slide or gene, so only the item in flight is lost.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +24,8 @@ from typing import Any
 
 from emo.errors import EmoError
 from emo.io import file_fingerprint, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,13 +79,15 @@ class Stage:
 
 
 def fingerprint(path: Path) -> str:
-    """File: `emo.io.file_fingerprint`; folder: hash of every file's relative path and fingerprint."""
+    """File: `emo.io.file_fingerprint`; folder: hash of every file's relative path and fingerprint
+    (files in hidden folders left out)."""
     path = Path(path)
     if path.is_file():
         return file_fingerprint(path)
     if path.is_dir():
         h = hashlib.sha256()
-        for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        files = (p for p in path.rglob("*") if p.is_file())  # hidden ones (temporaries, locks) are no content
+        for f in sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(path).parts)):
             h.update(f"{f.relative_to(path)}\0{file_fingerprint(f)}\n".encode())
         return h.hexdigest()
     raise FileNotFoundError(path)
@@ -120,16 +127,11 @@ def run_stages(
     stages: Sequence[Stage],
     ctx: StudyContext,
     from_stage: str | None = None,
-    log: Callable[[str], Any] | None = None,
 ) -> dict[str, str]:
     """Run the stages in order; returns {stage: "ran" | "skipped" | "disabled"}."""
     names = [s.name for s in stages]
     if from_stage is not None and from_stage not in names:
         raise EmoError(f"--from {from_stage}: no such stage; choose one of {', '.join(names)}")
-    if log is None:
-        from rich.console import Console
-
-        log = Console(stderr=True, highlight=False).print
     forced_from = names.index(from_stage) if from_stage else len(names)
     status: dict[str, str] = {}
     try:
@@ -151,10 +153,11 @@ def run_stages(
             else:
                 why = _why_stale(stage, ctx, inputs, params)
             if why is None:
-                log(f"[dim]stage {stage.name}: up to date, skipped[/dim]")
+                log.info("stage %s: up to date, skipped", stage.name)
                 status[stage.name] = "skipped"
                 continue
-            log(f"[bold]stage {stage.name}[/bold]: running ({why})")
+            log.info("stage %s: running (%s)", stage.name, why)
+            _forget(stages, stage.name, ctx)
             if position >= forced_from:
                 _remove_outputs(stage, ctx)
             try:
@@ -178,6 +181,17 @@ def run_stages(
     finally:
         ctx.close()
     return status
+
+
+def _forget(stages: Sequence[Stage], name: str, ctx: StudyContext) -> None:
+    """Delete the records of stage `name` and of every stage that reads its outputs, directly or not,
+    before it runs: a run killed from here on leaves them to be redone, never to be skipped."""
+    stale = {name}
+    for stage in stages:  # in order, so dependants of dependants are found in one pass
+        if stale.intersection(stage.after):
+            stale.add(stage.name)
+    for stage in stale:
+        record_path(ctx.out_dir, stage).unlink(missing_ok=True)
 
 
 def _remove_outputs(stage: Stage, ctx: StudyContext) -> None:

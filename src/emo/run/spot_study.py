@@ -92,15 +92,15 @@ def model_dir(ctx: StudyContext) -> Path:
 
 
 def run_train(ctx: StudyContext) -> None:
-    from rich.console import Console
+    import logging
 
     from emo.spot_models import train_spot_model
 
     sp = _sp(ctx)
-    log = Console(stderr=True, highlight=False).print
+    log = logging.getLogger(__name__)
     model = train_spot_model(_data(ctx), sp.train_sections, model_genes(ctx), _model_config(ctx),
                              exclude_from_basis=sp.test_sections, basis_sections=sp.basis_sections,
-                             cache_dir=_cache(ctx), progress=lambda s: log(f"  spot features {s} done"))
+                             cache_dir=_cache(ctx), progress=lambda s: log.info("  spot features %s done", s))
     model.save(model_dir(ctx))
 
 
@@ -183,9 +183,6 @@ def expression_maps_png(pred_h5ad: Path, measured: pd.DataFrame, pred: pd.DataFr
     """Measured (top row) and predicted (bottom row) expression of the best-predicted genes over the section's
     H&E, spot by spot; each panel has its own colour scale (predictions are shrunk towards the mean)."""
     import anndata
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from emo.io import save_figure
@@ -207,9 +204,6 @@ def expression_maps_png(pred_h5ad: Path, measured: pd.DataFrame, pred: pd.DataFr
 
 
 def _histogram(tables: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from emo.io import atomic_path

@@ -94,7 +94,8 @@ evaluation:
     subtype_column: null        # obs column of intrinsic subtypes (null: pam50_subtype, subtype, … if present)
     top: 25                     # genes in the measured-vs-predicted scatter grid
     figures: true
-  null_baseline: true           # also fit the head on permuted slide labels, reported beside the model
+  null_baseline: true           # also fit the head on permuted patient labels, reported beside the model
+  null_permutations: 10         # permuted-label heads (patients permuted whole): the null distribution
 
 analyses:                       # each analysis runs when its options are given ({} = defaults); the
                                 #   options are those of `emo analyze <name>` (ClustersConfig, DEConfig, EnrichConfig)

@@ -37,6 +37,7 @@ SUMMARY_COLUMNS = [
 STAIN_SAMPLE_PX = 100_000  # pixels the stain estimate uses (64 sampled tiles hold ~1.4 M; 300 k took 80 ms)
 # no scanner is this much coarser than the target, or finer than MIN_SCAN_MPP: a wrong µm/px
 MAX_UPSAMPLE, MIN_SCAN_MPP = 2.0, 0.1
+MAX_MPP = 100.0  # µm/px beyond any microscope (a 271 µm tile would be under 3 px): a wrong --mpp
 
 
 class TilingConfig(BaseModel):
@@ -139,6 +140,22 @@ def _all_dropped(slide: Path, reader: SlideReader, geom: TileGeometry, what: str
     return EmoError(f"{slide}: {what}; {scale}; {fix}")
 
 
+def _check_scale(slide: Path, reader: SlideReader, geom: TileGeometry, whole_tiles: bool = True) -> None:
+    """Refuse a µm/px no slide has (over MAX_MPP) or one making a tile larger than the slide, naming
+    --mpp, the file's own value and the tile size it implies — before any grid is allocated."""
+    w0, h0 = reader.dimensions
+    if geom.mpp > MAX_MPP:
+        problem = f"over {MAX_MPP:g} µm/px, beyond any microscope"
+    elif whole_tiles and geom.tile_size_level0 > min(w0, h0):
+        problem = f"larger than the slide ({w0} × {h0} px)"
+    else:
+        return
+    scale = f"--mpp {geom.mpp:g}" if reader.mpp_source.startswith("--mpp") else f"{geom.mpp:g} µm/px from {reader.mpp_source}"
+    own = f"the file says {reader.file_mpp:g} µm/px" if reader.file_mpp else "the file has no µm/px"
+    raise EmoError(f"{slide}: {scale} ({own}) makes a {geom.tile_size_um:g} µm tile {geom.tile_size_level0:.3g} px "
+                   f"of the slide: {problem}; check --mpp")
+
+
 def _read_qc(reader, geom, coords, sample: set[int]):
     """Read tiles, return sharpness per tile and the pixels of the sampled tiles (for stain estimation)."""
     sharp = np.zeros(len(coords), np.float32)
@@ -227,11 +244,10 @@ def tile_slide(slide: str | Path, out_path: str | Path, config: TilingConfig | N
     reader = open_slide(slide, mpp=config.mpp, target_mpp=config.target_mpp)
     try:
         geom = plan_geometry(reader, config.tile_size_um, config.target_mpp)
+        _check_scale(slide, reader, geom)
         w0, h0 = reader.dimensions
         step = geom.tile_size_level0
         nx, ny = int(w0 // step), int(h0 // step)
-        if nx == 0 or ny == 0:
-            raise EmoError(f"{slide}: slide ({w0} × {h0} px at {geom.mpp} µm/px) is smaller than one {config.tile_size_um} µm tile")
         gx, gy = np.meshgrid(np.arange(nx), np.arange(ny))
         coords = np.stack([gx.ravel(), gy.ravel()], axis=1) * step
 
@@ -314,6 +330,7 @@ def tile_slide_at(
     reader = open_slide(slide, mpp=config.mpp, target_mpp=config.target_mpp)
     try:
         geom = plan_geometry(reader, config.tile_size_um, config.target_mpp)
+        _check_scale(slide, reader, geom, whole_tiles=False)
         coords = centres - geom.tile_size_level0 / 2
         thumb, scale = _thumbnail(reader, config)
         mask = tissue_mask(thumb, min_object_px=max(1, round((64 * scale / geom.mpp) ** 2)))
@@ -334,45 +351,53 @@ def tile_slide_at(
 
 def save_tile_jpegs(store_path: Path, quality: int = 90) -> Path:
     """Cache a store's (normalised) tiles as `<store dir>/<slide_id>/<tile_id>.jpg`, written atomically."""
-    import shutil
-
     from PIL import Image
 
+    from emo.io import atomic_dir
     from emo.slides.store import TileStore
 
     store = TileStore(store_path)
     final = store_path.parent / store.slide_id
-    tmp = store_path.parent / f".{store.slide_id}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for idx, tiles in store.iter_batches(32):
-        for i, tile in zip(idx, tiles):
-            Image.fromarray(tile).save(tmp / f"{store.tile_ids[i]}.jpg", quality=quality)
-    store.close()
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        for idx, tiles in store.iter_batches(32):
+            for i, tile in zip(idx, tiles):
+                Image.fromarray(tile).save(tmp / f"{store.tile_ids[i]}.jpg", quality=quality)
+        store.close()
     return final
 
 
 # --- batches -------------------------------------------------------------------------------------
 
 
+#: per tile folder, the storage failure (full disk, read-only) this process met: its later slides are not tried
+_STOPPED: dict[Path, str] = {}
+
+
 def _tile_one(job: tuple[Path, Path, TilingConfig, int | None]) -> dict[str, Any]:
     """Tile one slide of a batch (a picklable top-level function for the executors); never raises: a
-    failure becomes a summary row."""
+    failure becomes a summary row — `stopped` when the output folder cannot be written (the slide is
+    not at fault), `failed` otherwise."""
+    from emo.io import storage_error
+
     slide, out_path, config, vips_threads = job
     if vips_threads:  # pool workers share the cores: libvips, imported lazily, gets its share
         os.environ.setdefault("VIPS_CONCURRENCY", str(vips_threads))
     start = time.perf_counter()
     row = {c: None for c in SUMMARY_COLUMNS} | {"slide_id": slide_id_of(slide), "slide_path": str(slide.absolute()), "error": ""}
+    if out_path.parent in _STOPPED:
+        return row | {"status": "stopped", "error": _STOPPED[out_path.parent]}
     try:
         existing = _finished(out_path, config)
         if existing is not None:
             return row | existing
         return row | tile_slide(slide, out_path, config)
-    except EmoError as exc:
-        return row | {"status": "failed", "error": str(exc), "seconds": round(time.perf_counter() - start, 3)}
-    except Exception as exc:  # a library failing deep inside (corrupt data): report, never abort the batch
+    except Exception as exc:
+        if (error := storage_error(exc, out_path.parent)) is not None:
+            _STOPPED[out_path.parent] = str(error)
+            return row | {"status": "stopped", "error": str(error)}
+        if isinstance(exc, EmoError):
+            return row | {"status": "failed", "error": str(exc), "seconds": round(time.perf_counter() - start, 3)}
+        # a library failing deep inside (corrupt data): report, never abort the batch
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if os.environ.get("EMO_DEBUG"):
             traceback.print_exc()
@@ -391,16 +416,14 @@ def _finished(out_path: Path, config: TilingConfig) -> dict[str, Any] | None:
     """Summary of an existing store made with the same parameters, else None."""
     if not out_path.is_file():
         return None
-    import h5py
-
     from emo.io import params_hash
+    from emo.slides.store import TileStore
 
     try:
-        with h5py.File(out_path, "r") as f:
-            a = dict(f.attrs)
-            n = len(f["coords_px"])
-    except OSError:
+        store = TileStore(out_path)
+    except EmoError:
         return None
+    a, n = store.attrs, len(store)
     if a.get("params_hash") != params_hash(config.store_params()):
         return None
     return {
@@ -420,10 +443,14 @@ def tile_slides(slides: list[Path], out_dir: Path, config: TilingConfig | None =
     import pandas as pd
 
     from emo.executors import map_isolated, stage_executor
-    from emo.io import write_table_atomic
+    from emo.io import storage_errors, write_table_atomic
 
     config = config or TilingConfig()
     slides = [Path(s) for s in slides]
+    missing = [s for s in slides if not s.exists()]
+    if missing:  # before anything is written: no summary for slides that are not there
+        raise EmoError(f"{missing[0]}: slide not found{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
+                       "check the path")
     ids = [slide_id_of(s) for s in slides]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
@@ -431,7 +458,9 @@ def tile_slides(slides: list[Path], out_dir: Path, config: TilingConfig | None =
     if config.stain_reference:
         load_reference(config.stain_reference)  # fail once, before the batch, on a bad reference
     tile_dir = Path(out_dir) / "tiles"
-    tile_dir.mkdir(parents=True, exist_ok=True)
+    with storage_errors(tile_dir):
+        tile_dir.mkdir(parents=True, exist_ok=True)
+    _STOPPED.pop(tile_dir, None)
     workers = min(workers, max(1, len(slides)))
     vips_threads = max(1, (os.cpu_count() or 1) // workers) if executor == "local" and workers > 1 else None
     jobs = [(s, tile_dir / f"{i}.h5", config, vips_threads) for s, i in zip(slides, ids)]
@@ -439,6 +468,9 @@ def tile_slides(slides: list[Path], out_dir: Path, config: TilingConfig | None =
         rows, crashed = map_isolated(ex, _tile_one, jobs, desc="tiling slides")
     for i, error in crashed.items():
         rows[i] = _crashed(jobs[i], error)
+    stopped = [r for r in rows if r["status"] == "stopped"]
+    if stopped:  # the storage, not the slides: stop the run, keep the slides finished before
+        raise EmoError(f"{stopped[0]['error']} ({len(rows) - len(stopped)} of {len(rows)} slides are done)")
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     write_table_atomic(tile_dir / "summary.csv", summary)
     return summary

@@ -57,8 +57,3 @@ def tissue_mask(rgb: np.ndarray, min_object_px: int = 16, pen: bool = True) -> n
         mask = remove_small_objects(mask, max_size=min_object_px)
         mask = remove_small_holes(mask, max_size=min_object_px)
     return mask
-
-
-def tissue_fraction(rgb: np.ndarray, **kwargs) -> float:
-    """Fraction of an image (a tile) covered by tissue."""
-    return float(tissue_mask(rgb, **kwargs).mean())

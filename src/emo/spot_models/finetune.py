@@ -13,7 +13,7 @@ import anndata
 import numpy as np
 import pandas as pd
 
-from emo.expression import read_her2st
+from emo.expression import read_her2st, read_targets
 from emo.io import atomic_path
 from emo.spot_models.data import spot_targets
 from emo.spot_models.pipeline import check_held_out, spot_tile_store
@@ -54,7 +54,7 @@ def predict_spot_finetune(model_dir: str | Path, data_dir: str | Path, section: 
     model = load_finetune_model(model_dir)
     trained = model_dir / "targets.h5ad"
     if trained.exists():
-        check_held_out(sorted(set(anndata.read_h5ad(trained, backed="r").obs["slide_id"].astype(str))), [section],
+        check_held_out(sorted(set(read_targets(trained, backed=True).obs["slide_id"].astype(str))), [section],
                        "predicted")
     adata = read_her2st(data_dir, section, require_counts=False)
     store = TileStore(spot_tile_store(adata, tile_size_um, int(model.manifest["protocol"]["input_size"]),

@@ -18,7 +18,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from emo.errors import EmoError
-from emo.io import atomic_path, provenance, write_json_atomic
+from emo.io import atomic_path, provenance
+from emo.models.model import write_manifest
 from emo.models.registry import register_model_kind
 
 
@@ -138,7 +139,7 @@ class SpotModel:
             save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, str(tmp))
         manifest = {"kind": "spot_ridge", "genes": self.genes, "config": asdict(self.config), **self.meta,
                     **provenance(**asdict(self.config))}
-        write_json_atomic(model_dir / "manifest.json", manifest)
+        write_manifest(model_dir, manifest)
         return model_dir
 
     @classmethod

@@ -1,21 +1,19 @@
-"""Read what training needs beyond the feature stores (`emo.features.FeatureStore`): the targets
-AnnData, the genes to fit, the tile store features came from, and the training-data identity."""
+"""Read what training needs beyond the feature stores and targets (`FeatureStore`, `read_targets`):
+the genes to fit, the tile store features came from, its geometry, and the training-data identity."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-
-import h5py
-import numpy as np
 
 from emo.errors import EmoError
 from emo.features.store import FeatureStore
-from emo.io import file_fingerprint, params_hash, plain_attr
+from emo.io import content_hash, params_hash
 
 
 def source_tile_store_attrs(store: FeatureStore) -> dict:
     """Attributes of the tile store a feature store was computed from (its `params_json.tile_store`)."""
-    import json
+    from emo.slides import TileStore
 
     try:
         path = json.loads(store.attrs.get("params_json", "{}")).get("tile_store")
@@ -23,20 +21,21 @@ def source_tile_store_attrs(store: FeatureStore) -> dict:
         return {}
     if not path or not Path(path).exists():
         return {}
-    with h5py.File(path, "r") as f:
-        return {k: plain_attr(v) for k, v in f.attrs.items()}
+    return TileStore(path).attrs
 
 
-def load_targets(path: Path):
-    import anndata
-
-    path = Path(path)
-    if not path.exists():
-        raise EmoError(f"{path}: targets file not found; run `emo expression prepare` first")
-    adata = anndata.read_h5ad(path)
-    if "split" not in adata.obs:
-        raise EmoError(f"{path}: obs has no 'split' column (train/tune/validation/test); re-run `emo expression prepare`")
-    return adata
+def tile_geometry(attrs: dict, tile_attrs: dict) -> tuple[dict, object]:
+    """Tile geometry and stain reference for a model manifest: from the tile store's `tile_attrs`,
+    else from a feature store's `attrs` (and their `params_json`)."""
+    params = {}
+    if isinstance(attrs.get("params_json"), str):
+        try:
+            params = json.loads(attrs["params_json"])
+        except json.JSONDecodeError:
+            params = {}
+    flat = {**params, **attrs, **tile_attrs}
+    keys = ("tile_size_um", "target_mpp", "tile_size_px", "normalize")
+    return {k: flat[k] for k in keys if k in flat}, flat.get("stain_reference")
 
 
 def select_genes(adata, genes, path: Path) -> list[str]:
@@ -58,11 +57,11 @@ def select_genes(adata, genes, path: Path) -> list[str]:
 
 
 def training_hash(targets: Path, stores: dict[str, FeatureStore], genes: list[str], extra: dict) -> str:
-    """Identity of the training data: targets content + every feature store + genes + options."""
+    """Identity of the training data: targets content + every feature store's content + genes + options."""
     return params_hash(
         {
-            "targets": file_fingerprint(targets),
-            "features": {s: file_fingerprint(st.path) for s, st in sorted(stores.items())},
+            "targets": content_hash(targets),
+            "features": {s: content_hash(st.path) for s, st in sorted(stores.items())},
             "genes": params_hash({"g": genes}),
             **extra,
         }

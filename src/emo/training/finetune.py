@@ -1,7 +1,7 @@
 """One network for all genes (`emo train --protocol finetune`): a backbone and a multi-output head
-fine-tuned end to end with the paper's loop.
+fine-tuned end to end with the paper's loop (`emo.training.loop`).
 
-As in the paper protocol (`emo.training.paper`, whose pieces this reuses): every tile is labelled
+As in the paper protocol (`emo.training.paper`): every tile is labelled
 with its sample's expression (slide level) or its own (tile level, e.g. spatial-transcriptomics
 spots), tiles are drawn slide-balanced with random rotations/flips (optionally HED colour jitter),
 Adam, early stopping on the tuning split and the lowest-tuning-loss checkpoint kept. Unlike it, one
@@ -24,7 +24,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from emo.errors import EmoError
-from emo.io import atomic_path, provenance, write_json_atomic, write_table_atomic
+from emo.io import atomic_path, dense, provenance, write_json_atomic, write_table_atomic
+from emo.models.model import write_manifest
 from emo.models.registry import register_model_kind
 
 if TYPE_CHECKING:
@@ -83,14 +84,14 @@ def _net(config: FinetuneConfig, n_genes: int, n_out: int, weights: str | None =
     return FinetuneNet()
 
 
-def _batches(dataset, indices: Sequence[int], batch_size: int, basis: np.ndarray, y_mean, y_std, rng=None):
-    """(tiles, standardised target scores) batches; labels become scores in the loader thread."""
+def _scores(basis: np.ndarray, y_mean, y_std):
+    """Labels → standardised target scores (applied in the loader thread)."""
     import torch
 
-    for s in range(0, len(indices), batch_size):
-        items = [dataset.load(int(i), rng) for i in indices[s : s + batch_size]]
-        y = (torch.stack([t for _, t in items]).double().numpy() - y_mean) / y_std
-        yield torch.stack([x for x, _ in items]), torch.from_numpy((y @ basis).astype(np.float32))
+    def transform(y):
+        return torch.from_numpy((((y.double().numpy() - y_mean) / y_std) @ basis).astype(np.float32))
+
+    return transform
 
 
 def _opt_tensors(opt) -> dict:
@@ -132,8 +133,8 @@ def _finetune(job: dict, config: FinetuneConfig, folder: Path) -> dict:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from emo.features.datasets import SlideBalancedSampler, TileDataset
-    from emo.training.paper import CheckpointKeeper, EarlyStopping, _prefetch
+    from emo.training.datasets import SlideBalancedSampler, TileDataset
+    from emo.training.loop import CheckpointKeeper, EarlyStopping, batches, run_epochs
 
     basis, y_mean, y_std = (np.asarray(job[k], np.float64) for k in ("basis", "y_mean", "y_std"))
     net = _net(config, len(y_mean), basis.shape[1])
@@ -145,6 +146,7 @@ def _finetune(job: dict, config: FinetuneConfig, folder: Path) -> dict:
     kw = dict(input_size=config.input_size, mean=backbone.mean, std=backbone.std, level=job["level"])
     train = TileDataset(job["train_stores"], job["train_labels"], augment=True, hed_sigma=config.hed_jitter, **kw)
     tune = TileDataset(job["tune_stores"], job["tune_labels"], augment=False, **kw)
+    scores = _scores(basis, y_mean, y_std)
     n_draw = config.steps_per_epoch * config.batch_size
     if job["level"] == "slide":
         sampler = SlideBalancedSampler.for_dataset(train, n_draw, config.seed)
@@ -154,6 +156,16 @@ def _finetune(job: dict, config: FinetuneConfig, folder: Path) -> dict:
         pool, tune_pool = np.asarray(job["train_rows"]), np.asarray(job["tune_rows"])
         perm = np.random.default_rng([config.seed, 1]).permutation(len(tune_pool))
         tune_idx = tune_pool[np.sort(perm[: config.tuning_batches * config.batch_size])].tolist()
+
+    def train_batches(epoch: int):
+        torch.manual_seed(int(np.random.default_rng([config.seed, epoch, 2]).integers(2**31)))
+        if job["level"] == "slide":
+            sampler.set_epoch(epoch)
+            draws = list(sampler)
+        else:
+            draws = np.random.default_rng([config.seed, epoch]).choice(pool, n_draw).tolist()
+        return batches(train, draws, config.batch_size, scores, np.random.default_rng([config.seed, epoch, 1]))
+
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     stopper = EarlyStopping(config.min_delta, config.patience)
     keeper = CheckpointKeeper(folder, keep_best=1, keep_random=0, seed=config.seed)
@@ -167,43 +179,19 @@ def _finetune(job: dict, config: FinetuneConfig, folder: Path) -> dict:
         history, start = saved["history"], saved["epoch"] + 1
         stopper.best, stopper.wait = saved["best"], saved["wait"]
         keeper.losses = {int(k): v for k, v in saved["losses"].items()}
-    stop = bool(history) and stopper.wait >= stopper.patience
-    for epoch in range(start, config.max_epochs):
-        if stop:
-            break
-        torch.manual_seed(int(np.random.default_rng([config.seed, epoch, 2]).integers(2**31)))
-        if job["level"] == "slide":
-            sampler.set_epoch(epoch)
-            draws = list(sampler)
-        else:
-            draws = np.random.default_rng([config.seed, epoch]).choice(pool, n_draw).tolist()
-        augment = np.random.default_rng([config.seed, epoch, 1])
-        net.train()
-        train_loss = 0.0
-        for x, y in _prefetch(_batches(train, draws, config.batch_size, basis, y_mean, y_std, augment),
-                              config.prefetch_batches):
-            loss = torch.nn.functional.mse_loss(net(x.to(device)), y.to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            train_loss += float(loss.detach()) / config.steps_per_epoch
-        net.eval()
-        total, n = 0.0, 0
-        with torch.no_grad():
-            for x, y in _prefetch(_batches(tune, tune_idx, config.batch_size, basis, y_mean, y_std),
-                                  config.prefetch_batches):
-                total += float(torch.nn.functional.mse_loss(net(x.to(device)), y.to(device), reduction="sum"))
-                n += y.numel()
-        tune_loss = total / n
-        history.append({"epoch": epoch, "train_loss": train_loss, "tune_loss": tune_loss})
-        keeper.add(epoch, tune_loss, net.state_dict())
-        stop = stopper.step(tune_loss)
+
+    def save_state(epoch: int, history: list[dict]) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(state_dir / "last.safetensors") as tmp:
             save_file({**{f"net.{k}": v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
                        **_opt_tensors(opt)}, str(tmp))
         write_json_atomic(state_dir / "last.json", {"epoch": epoch, "history": history, "best": stopper.best,
                                                     "wait": stopper.wait, "losses": keeper.losses})
+
+    history = run_epochs(net, opt, range(start, config.max_epochs), train_batches,
+                         lambda: batches(tune, tune_idx, config.batch_size, scores), stopper=stopper, keeper=keeper,
+                         steps_per_epoch=config.steps_per_epoch, prefetch_batches=config.prefetch_batches,
+                         device=device, history=history, after_epoch=save_state, name="fine-tuning")
     write_table_atomic(folder / "history.csv", __import__("pandas").DataFrame(history))
     best = keeper.best()[0]
     result = {"epochs": len(history), "best_epoch": best, "best_tune_loss": keeper.losses[best],
@@ -215,7 +203,7 @@ def _finetune(job: dict, config: FinetuneConfig, folder: Path) -> dict:
 def _tile_level_labels(adata, stores: dict[str, Path], genes: list[str], targets: Path):
     """Per-tile label arrays in tile-store row order, and each split's global dataset rows."""
     from emo.slides import TileStore
-    from emo.training.train import _dense, _slide_of
+    from emo.training.train import _slide_of
 
     obs = adata.obs
     slides = _slide_of(obs).astype(str)
@@ -235,7 +223,7 @@ def _tile_level_labels(adata, stores: dict[str, Path], genes: list[str], targets
             raise EmoError(f"{stores[slide_id]}: tile {tiles.iloc[obs_rows[where.argmin()]]!r} of the targets is not in "
                            "this store; targets must use the tile store's tile_id (spot ids for spot-centred stores)")
         y = np.zeros((len(store), len(genes)), np.float32)
-        y[where] = _dense(adata.X[obs_rows][:, col])
+        y[where] = dense(adata.X[obs_rows][:, col], np.float64)
         paths.append(str(stores[slide_id]))
         labels[slide_id] = y
         for name in rows:
@@ -264,8 +252,10 @@ def train_finetune(
     (`done.json`) is returned as is, an unfinished one resumes.
     """
     from emo.executors import map_isolated, stage_executor
-    from emo.training.data import load_targets, select_genes
-    from emo.training.train import _dense, _slide_of
+    from emo.expression.targets import read_targets
+    from emo.slides import TileStore
+    from emo.training.data import select_genes, tile_geometry
+    from emo.training.train import _slide_of
 
     config = config or FinetuneConfig()
     if level not in ("slide", "tile"):
@@ -275,7 +265,7 @@ def train_finetune(
     if not paths:
         raise EmoError(f"{tile_dir}: no tile stores (*.h5); run `emo tile` first")
     stores = {p.stem: p for p in paths}
-    adata = load_targets(targets)
+    adata = read_targets(targets)
     genes = select_genes(adata, genes, targets)
     job = {"folder": str(out_dir), "config": config.model_dump(), "level": level}
     if level == "slide":
@@ -291,7 +281,7 @@ def train_finetune(
             if missing:
                 raise EmoError(f"{targets}: {len(missing)} {name} slide(s) have no tile store (e.g. "
                                f"{', '.join(missing[:3])}); run `emo tile` on them")
-            y = _dense(adata.X[np.flatnonzero(mask)][:, col])
+            y = dense(adata.X[np.flatnonzero(mask)][:, col], np.float64)
             job[f"{name}_stores"] = [str(stores[s]) for s in ids]
             job[f"{name}_labels"] = {s: y[i].astype(np.float32) for i, s in enumerate(ids)}
             fit_y[name] = y
@@ -324,26 +314,16 @@ def train_finetune(
         (result,), failures = map_isolated(ex, finetune_job, [job], desc="fine-tuning")
     if failures:
         raise EmoError(f"{out_dir}: fine-tuning failed: {failures[0]}; fix it and re-run (finished epochs are kept)")
-    tile_attrs = _tile_attrs(next(iter(stores.values())))
+    geometry, stain_reference = tile_geometry({}, TileStore(next(iter(stores.values()))).attrs)
     prov = provenance(**config.model_dump(), level=level)
-    write_json_atomic(out_dir / "manifest.json", {
+    write_manifest(out_dir, {
         "emo_version": prov["emo_version"], "created": prov["created"], "kind": KIND, "level": level,
         "backbone": {"name": config.backbone, "weights": config.weights, "input_size": config.input_size},
-        "tile_geometry": {k: tile_attrs[k] for k in ("tile_size_um", "target_mpp", "tile_size_px", "normalize")
-                          if k in tile_attrs},
-        "stain_reference": tile_attrs.get("stain_reference"), "genes": genes, "protocol": config.model_dump(),
+        "tile_geometry": geometry, "stain_reference": stain_reference, "genes": genes, "protocol": config.model_dump(),
         "target_normalisation": "per gene (y − y_mean)/y_std on the train split (buffers of the network); "
                                 "predictions are on the targets' scale",
         "targets": str(targets.resolve()), "tuning": result, "provenance": prov})
     return out_dir
-
-
-def _tile_attrs(path: Path) -> dict:
-    from emo.slides import TileStore
-
-    attrs = TileStore(path).attrs
-    return {k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()
-            if k in ("tile_size_um", "target_mpp", "tile_size_px", "normalize", "stain_reference")}
 
 
 class FinetuneModel:

@@ -11,10 +11,6 @@ bitwise-identical checkpoints on CPU whichever executor runs it.
 from __future__ import annotations
 
 import json
-import logging
-import queue
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,13 +18,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from emo.errors import EmoError
-from emo.io import atomic_path, provenance, write_json_atomic, write_table_atomic
+from emo.io import provenance, write_json_atomic, write_table_atomic
+from emo.models.model import write_manifest
 from emo.models.registry import register_model_kind
 
 if TYPE_CHECKING:
     from emo.executors import Executor
-
-log = logging.getLogger(__name__)
 
 
 class PaperProtocolConfig(BaseModel):
@@ -57,99 +52,6 @@ class PaperProtocolConfig(BaseModel):
     # torch CPU threads per gene job: fixed, because float sums (hence checkpoints) depend on it;
     # more cores go to more genes at once (--workers / executor)
     cpu_threads: int = Field(1, ge=1)
-
-
-class EarlyStopping:
-    """Keras `EarlyStopping(monitor="val_loss", min_delta, patience)` semantics.
-
-    An epoch improves only if loss < best − min_delta (then `best` becomes that loss and the wait
-    resets); otherwise the wait grows and training stops once it reaches `patience`.
-    """
-
-    def __init__(self, min_delta: float, patience: int):
-        self.min_delta, self.patience = float(min_delta), int(patience)
-        self.best, self.wait = np.inf, 0
-
-    def step(self, loss: float) -> bool:
-        """Record an epoch's tuning loss; True means stop now."""
-        if loss < self.best - self.min_delta:
-            self.best, self.wait = loss, 0
-            return False
-        self.wait += 1
-        return self.wait >= self.patience
-
-
-class CheckpointKeeper:
-    """Keeps the `keep_best` lowest-loss epochs and a uniform random sample of `keep_random` epochs.
-
-    The random sample is a seeded reservoir sample over all epochs run (so it is uniform without
-    knowing when early stopping will end the run); checkpoints in neither set are deleted.
-    """
-
-    def __init__(self, folder: Path, keep_best: int, keep_random: int, seed: int):
-        self.folder, self.keep_best, self.keep_random = folder, keep_best, keep_random
-        self.rng = np.random.default_rng(seed)
-        self.losses: dict[int, float] = {}
-        self.random: list[int] = []
-
-    def path(self, epoch: int) -> Path:
-        return self.folder / f"epoch_{epoch:04d}.safetensors"
-
-    def best(self) -> list[int]:
-        return sorted(self.losses, key=lambda e: (self.losses[e], e))[: self.keep_best]
-
-    def add(self, epoch: int, loss: float, state: dict) -> None:
-        from safetensors.torch import save_file
-
-        self.losses[epoch] = loss
-        if len(self.random) < self.keep_random:
-            self.random.append(epoch)
-        elif self.keep_random:
-            j = int(self.rng.integers(0, epoch + 1))
-            if j < self.keep_random:
-                self.random[j] = epoch
-        keep = set(self.best()) | set(self.random)
-        if epoch in keep:
-            with atomic_path(self.path(epoch)) as tmp:
-                save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
-        for old in self.folder.glob("epoch_*.safetensors"):
-            if int(old.stem.split("_")[1]) not in keep:
-                old.unlink()
-
-
-def _prefetch(batches: Iterator, size: int) -> Iterator:
-    """Produce batches in a background thread, keeping a buffer of `size` ready batches."""
-    buf: queue.Queue = queue.Queue(maxsize=size)
-    done = object()
-    stop = threading.Event()
-
-    def work():
-        try:
-            for item in batches:
-                if stop.is_set():
-                    return
-                buf.put(item)
-        except BaseException as exc:  # surfaced in the consumer
-            buf.put(exc)
-        buf.put(done)
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    try:
-        while (item := buf.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-
-
-def _batches(dataset, indices: list[int], batch_size: int, rng: np.random.Generator | None = None) -> Iterator:
-    import torch
-
-    for s in range(0, len(indices), batch_size):
-        items = [dataset.load(i, rng) for i in indices[s : s + batch_size]]
-        yield torch.stack([x for x, _ in items]), torch.stack([y for _, y in items]).float().view(-1, 1)
 
 
 def _paper_cnn(config: PaperProtocolConfig):
@@ -195,7 +97,8 @@ def train_gene(job: dict) -> dict:
 def _train_gene(job: dict, config: PaperProtocolConfig, folder: Path, done: Path) -> dict:
     import torch
 
-    from emo.features.datasets import SlideBalancedSampler, TileDataset
+    from emo.training.datasets import SlideBalancedSampler, TileDataset
+    from emo.training.loop import CheckpointKeeper, EarlyStopping, batches, run_epochs
 
     gene = job["gene"]
     train_stores, train_labels = _labelled(gene, job["train_stores"], job["train_labels"], "train")
@@ -209,34 +112,23 @@ def _train_gene(job: dict, config: PaperProtocolConfig, folder: Path, done: Path
     tune = TileDataset(tune_stores, tune_labels, augment=False, **kw)
     sampler = SlideBalancedSampler.for_dataset(train, config.steps_per_epoch * config.batch_size, config.seed)
     tune_idx = list(SlideBalancedSampler.for_dataset(tune, config.tuning_batches * config.batch_size, config.seed + 1))
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
-                           weight_decay=config.weight_decay)
-    stopper = EarlyStopping(config.min_delta, config.patience)
-    keeper = CheckpointKeeper(folder, config.keep_best, config.keep_random, config.seed)
-    history = []
-    for epoch in range(config.max_epochs):
+
+    def column(y):
+        return y.float().view(-1, 1)
+
+    def train_batches(epoch: int):
         sampler.set_epoch(epoch)
         augment = np.random.default_rng([config.seed, epoch, 1])  # owned by this epoch's loader thread
-        model.train()
-        train_loss = 0.0
-        for x, y in _prefetch(_batches(train, list(sampler), config.batch_size, augment), config.prefetch_batches):
-            loss = torch.nn.functional.mse_loss(model(x.to(device)), y.to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            train_loss += float(loss.detach()) / config.steps_per_epoch
-        model.eval()
-        total, n = 0.0, 0
-        with torch.no_grad():
-            for x, y in _prefetch(_batches(tune, tune_idx, config.batch_size), config.prefetch_batches):
-                total += float(torch.nn.functional.mse_loss(model(x.to(device)), y.to(device), reduction="sum"))
-                n += len(y)
-        tune_loss = total / n
-        history.append({"epoch": epoch, "train_loss": train_loss, "tune_loss": tune_loss})
-        keeper.add(epoch, tune_loss, model.state_dict())
-        log.info("%s epoch %d: train %.4f tune %.4f", gene, epoch, train_loss, tune_loss)
-        if stopper.step(tune_loss):
-            break
+        return batches(train, list(sampler), config.batch_size, column, augment)
+
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps,
+                           weight_decay=config.weight_decay)
+    keeper = CheckpointKeeper(folder, config.keep_best, config.keep_random, config.seed)
+    history = run_epochs(model, opt, range(config.max_epochs), train_batches,
+                         lambda: batches(tune, tune_idx, config.batch_size, column),
+                         stopper=EarlyStopping(config.min_delta, config.patience), keeper=keeper,
+                         steps_per_epoch=config.steps_per_epoch, prefetch_batches=config.prefetch_batches,
+                         device=device, name=gene)
     write_table_atomic(folder / "history.csv", __import__("pandas").DataFrame(history))
     best = keeper.best()
     result = {
@@ -273,15 +165,15 @@ def train_paper_protocol(
     run again. A gene that still fails after the executor's retries is reported in an `EmoError`
     after the others finished; the manifest then lists the finished genes and `failed_genes`.
     """
-    import h5py
-
     from emo.executors import map_isolated, stage_executor
-    from emo.training.data import load_targets, select_genes
+    from emo.slides import TileStore
+    from emo.expression.targets import read_targets
+    from emo.training.data import select_genes, tile_geometry
     from emo.training.train import _slide_of
 
     config = config or PaperProtocolConfig()
     tile_dir, targets, out_dir = Path(tile_dir), Path(targets), Path(out_dir)
-    adata = load_targets(targets)
+    adata = read_targets(targets)
     genes = select_genes(adata, genes, targets)
     slides = _slide_of(adata.obs)
     split = adata.obs["split"].astype(str)
@@ -322,18 +214,15 @@ def train_paper_protocol(
             results[k] = result
         failed = {jobs[todo[i]]["gene"]: message for i, message in failures.items()}
     results = [r for r in results if r is not None]
-    with h5py.File(next(iter(stores.values())), "r") as f:
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    geometry = {k: attrs[k].item() if hasattr(attrs[k], "item") else attrs[k]
-                for k in ("tile_size_um", "target_mpp", "tile_size_px", "normalize") if k in attrs}
+    geometry, stain_reference = tile_geometry({}, TileStore(next(iter(stores.values()))).attrs)
     prov = provenance(**config.model_dump())
-    write_json_atomic(out_dir / "manifest.json", {
+    write_manifest(out_dir, {
         "emo_version": prov["emo_version"],
         "created": prov["created"],
         "kind": "paper_cnn",
         "backbone": {"name": config.backbone, "weights": config.weights, "input_size": config.input_size},
         "tile_geometry": geometry,
-        "stain_reference": attrs.get("stain_reference"),
+        "stain_reference": stain_reference,
         "genes": [r["gene"] for r in results],
         "failed_genes": failed,
         "target_normalisation": "none (the paper's normalised log expression as given in targets)",

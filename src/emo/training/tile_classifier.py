@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from emo.errors import EmoError
-from emo.io import atomic_path, plain_attr, provenance, save_figure, write_json_atomic
+from emo.io import atomic_path, plain_attr, provenance, save_figure
 from emo.features.store import feature_identity, open_feature_stores
+from emo.models.model import write_manifest
 from emo.models.registry import register_model_kind
 
 LABEL_SUFFIXES = ("_labeled_coordinates.tsv", ".geojson", ".json", ".tsv", ".csv")
@@ -90,8 +91,9 @@ def labels_from_spots(path: Path, tile_ids: list[str]) -> np.ndarray:
 def _tile_size_level0(tiles: Path | None, slide_id: str) -> float:
     if tiles is None:
         raise EmoError(f"GeoJSON labels of {slide_id}: pass --tiles TILE_DIR (tile centres need the tile size)")
-    with h5py.File(Path(tiles) / f"{slide_id}.h5", "r") as f:
-        return float(f.attrs["tile_size_level0"])
+    from emo.slides import TileStore
+
+    return float(TileStore(Path(tiles) / f"{slide_id}.h5").attrs["tile_size_level0"])
 
 
 def collect_labels(feature_dir: Path, label_files: list[Path], tiles: Path | None = None):
@@ -186,7 +188,7 @@ def train_tile_classifier(feature_dir: Path, label_files: list[Path], out_dir: P
                    "coef": coef.astype(np.float32), "intercept": intercept.astype(np.float32)}, str(tmp))
     prov = provenance(c=c, seed=seed, merge=merge, min_count=min_count, labels=[str(p) for p in label_files])
     _confusion_png(out_dir / "confusion.png", metrics)
-    write_json_atomic(out_dir / "manifest.json", {
+    write_manifest(out_dir, {
         "emo_version": prov["emo_version"], "kind": "tile_classifier", "classes": list(logreg.classes_),
         "backbone": feature_identity(stores), "metrics": metrics, "provenance": prov,
     })
@@ -194,9 +196,6 @@ def train_tile_classifier(feature_dir: Path, label_files: list[Path], out_dir: P
 
 
 def _confusion_png(dest: Path, metrics: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     classes, mat = metrics["confusion"]["classes"], np.array(metrics["confusion"]["matrix"])

@@ -9,8 +9,6 @@ never read here.
 
 from __future__ import annotations
 
-import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,32 +17,14 @@ import numpy as np
 import pandas as pd
 
 from emo.errors import EmoError
-from emo.io import provenance, write_table_atomic
+from emo.io import dense, provenance, write_table_atomic
 from emo.features.store import feature_identity, open_feature_stores
-from emo.training.data import load_targets, select_genes, source_tile_store_attrs, training_hash
+from emo.expression.targets import read_targets
+from emo.training.data import select_genes, source_tile_store_attrs, tile_geometry, training_hash
 
 if TYPE_CHECKING:
     from emo.training.config import TrainConfig
-
-log = logging.getLogger(__name__)
 FIT_SPLITS = ("train", "tune")
-
-
-def _dense(x) -> np.ndarray:
-    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
-
-
-def _geometry(attrs: dict, tile_attrs: dict) -> tuple[dict, object]:
-    """Tile geometry and stain reference: from the source tile store, else from the feature params."""
-    params = {}
-    if isinstance(attrs.get("params_json"), str):
-        try:
-            params = json.loads(attrs["params_json"])
-        except json.JSONDecodeError:
-            params = {}
-    flat = {**params, **attrs, **tile_attrs}
-    keys = ("tile_size_um", "target_mpp", "tile_size_px", "normalize")
-    return {k: flat[k] for k in keys if k in flat}, flat.get("stain_reference")
 
 
 def _slide_of(obs: pd.DataFrame) -> pd.Series:
@@ -78,7 +58,7 @@ def _slide_level_data(adata, stores, genes, targets, allow_missing, tiles_per_sa
     for split in FIT_SPLITS:
         rows = np.flatnonzero(use & (obs["split"].astype(str) == split).to_numpy())
         ids = slides.iloc[rows].tolist()
-        y = _dense(adata.X[rows][:, col]) if len(rows) else np.zeros((0, len(genes)))
+        y = dense(adata.X[rows][:, col], np.float64) if len(rows) else np.zeros((0, len(genes)))
         if tiles_per_sample is None:
             x = np.stack([stores[s].mean() for s in ids]) if ids else np.zeros((0, 0))
             groups = np.arange(len(ids))
@@ -121,7 +101,7 @@ def _tile_level_data(adata, stores, genes, targets):
         rows_found.append(obs_rows[ok])
     x_all = np.concatenate(feats)
     rows = np.concatenate(rows_found)
-    y_all = _dense(adata.X[rows][:, col])
+    y_all = dense(adata.X[rows][:, col], np.float64)
     out = {}
     for name in FIT_SPLITS:
         m = split[rows] == name
@@ -173,12 +153,32 @@ class FittedHead:
     n_tune: int
 
 
+def _patient_of_slide(obs: pd.DataFrame) -> dict[str, str]:
+    """slide id → patient id (the sample's own id where there is no `patient_id` column)."""
+    slides = _slide_of(obs)
+    patients = obs["patient_id"].astype(str) if "patient_id" in obs else pd.Series(obs.index.astype(str), index=obs.index)
+    return {s: p for s, p in zip(slides, patients) if isinstance(s, str)}
+
+
+def permute_by_patient(y: np.ndarray, patients: list, rng: np.random.Generator) -> np.ndarray:
+    """`y`'s rows with labels exchanged between whole patients, as the splits assign them: each patient
+    takes the rows of another patient with as many rows (a patient's own samples stay together)."""
+    names, inverse, sizes = np.unique(np.asarray(patients, dtype=str), return_inverse=True, return_counts=True)
+    rows = [np.flatnonzero(inverse == i) for i in range(len(names))]
+    order = np.arange(len(y))
+    for size in np.unique(sizes):
+        same = np.flatnonzero(sizes == size)
+        for a, b in zip(same, rng.permutation(same)):
+            order[rows[a]] = rows[b]
+    return y[order]
+
+
 def fit_head(stores: dict, adata, targets: Path, config: TrainConfig) -> FittedHead:
     """Fit `config.head` for all selected genes at once on the train split, tuned on the tune split.
 
-    `permute_labels` fits a null baseline: each fitting split's target rows (whole slides, or tiles at
-    tile level) are shuffled among its samples with `seed`, so the same head and features meet labels
-    that carry no image information — what chance and the architecture give.
+    `permute_labels` fits a null baseline: within each fitting split whole patients' labels are
+    exchanged (`permute_by_patient`; tiles at tile level) with `seed`, so the same head and features
+    meet labels that carry no image information — what chance and the architecture give.
     """
     from emo.models.heads import HEADS, predict_groups
 
@@ -190,10 +190,12 @@ def fit_head(stores: dict, adata, targets: Path, config: TrainConfig) -> FittedH
     else:
         data = _slide_level_data(adata, stores, genes, targets, config.allow_missing_features,
                                  head_cls.tiles_per_sample(config), seed)
-    (x_tr, y_tr, g_tr, _), (x_tu, y_tu, g_tu, _) = data["train"], data["tune"]
+    (x_tr, y_tr, g_tr, ids_tr), (x_tu, y_tu, g_tu, ids_tu) = data["train"], data["tune"]
     if config.permute_labels:
         rng = np.random.default_rng([seed, 0x9E11])
-        y_tr, y_tu = y_tr[rng.permutation(len(y_tr))], y_tu[rng.permutation(len(y_tu))]
+        patient = _patient_of_slide(adata.obs) if config.level == "slide" else {}
+        y_tr = permute_by_patient(y_tr, [patient.get(s, s) for s in ids_tr], rng)
+        y_tu = permute_by_patient(y_tu, [patient.get(s, s) for s in ids_tu], rng)
     if len(y_tr) < 2 or len(y_tu) < 1:
         raise EmoError(f"{targets}: need ≥2 train and ≥1 tune samples with features (have {len(y_tr)} train, "
                        f"{len(y_tu)} tune); check the split column and the feature folder")
@@ -223,7 +225,7 @@ def write_model(out_dir: Path, fitted: FittedHead, stores: dict, targets: Path) 
 
     c = fitted.config
     first = next(iter(stores.values()))
-    geometry, stain_reference = _geometry(first.attrs, source_tile_store_attrs(first))
+    geometry, stain_reference = tile_geometry(first.attrs, source_tile_store_attrs(first))
     prov = provenance(head=c.head, level=c.level, seed=c.seed, n_genes=len(fitted.genes), alphas=c.alphas,
                       permute_labels=c.permute_labels)
     manifest = {
@@ -265,7 +267,7 @@ def train_model(feature_dir: Path, targets: Path, out_dir: Path, config: TrainCo
                        "for protocol 'paper'")
     targets, out_dir = Path(targets), Path(out_dir)
     stores = open_feature_stores(feature_dir)
-    adata = load_targets(targets)
+    adata = read_targets(targets)
     fitted = fit_head(stores, adata, targets, config)
     write_model(out_dir, fitted, stores, targets)
     _tuning_png(out_dir / "tuning.png", fitted.per_gene, config.head)
@@ -274,9 +276,6 @@ def train_model(feature_dir: Path, targets: Path, out_dir: Path, config: TrainCo
 
 def _tuning_png(dest: Path, per_gene: pd.DataFrame, head: str) -> None:
     """Tuning-split Spearman per gene (and the chosen ridge penalties): a first look at the fit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from emo.io import save_figure

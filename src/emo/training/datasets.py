@@ -1,4 +1,4 @@
-"""Training data for end-to-end CNNs (the paper protocol): tiles read from the slides on demand.
+"""Training data for end-to-end CNNs (the paper protocol, fine-tuning): tiles read from the slides on demand.
 
 Tiles come through the tile store, so the stain normalisation stored for each slide is applied and no
 image copies are needed. A `SlideBalancedSampler` draws slides uniformly (then a tile within the
@@ -141,21 +141,3 @@ class SlideBalancedSampler(Sampler[int]):
         slides = rng.integers(len(self.sizes), size=self.num_samples)
         rows = (rng.random(self.num_samples) * self.sizes[slides]).astype(np.int64)
         return iter((self.offsets[slides] + rows).tolist())
-
-
-def training_loader(dataset: TileDataset, *, batch_size: int = 32, steps: int = 150, seed: int = 0,
-                    workers: int = 2, prefetch_batches: int = 2) -> torch.utils.data.DataLoader:
-    """Slide-balanced, augmented batches for one epoch of `steps` steps, prepared in the background.
-
-    Call `loader.sampler.set_epoch(e)` before each epoch for fresh, reproducible draws. Workers come
-    from a fork server (safe after slide readers have started threads in this process).
-    """
-    from torch.utils.data import DataLoader
-
-    from emo.features.extract import loader_context
-
-    sampler = SlideBalancedSampler.for_dataset(dataset, num_samples=batch_size * steps, seed=seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
-                      prefetch_factor=max(1, prefetch_batches // max(workers, 1)) if workers else None,
-                      multiprocessing_context=loader_context(workers), persistent_workers=workers > 0,
-                      generator=torch.Generator().manual_seed(seed))

@@ -18,6 +18,7 @@ import pandas as pd
 
 from emo.errors import EmoError
 from emo.expression.readers import read_matrix, read_table
+from emo.io import dense
 
 #: sample-sheet / obs columns holding intrinsic subtypes, in the order they are looked for
 SUBTYPE_COLUMNS = ("pam50_subtype", "pam50", "intrinsic_subtype", "subtype", "pam50_call", "pam50_mrna")
@@ -95,8 +96,7 @@ def _read_h5ad(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         adata = anndata.read_h5ad(path)
     except Exception as exc:  # h5py/anndata raise many kinds
         raise EmoError(f"{path}: cannot read as AnnData ({exc.__class__.__name__}: {exc})") from None
-    x = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
-    data = pd.DataFrame(x, index=adata.obs_names, columns=adata.var_names)
+    data = pd.DataFrame(dense(adata.X), index=adata.obs_names, columns=adata.var_names)
     return data, adata.obs.copy()
 
 
@@ -146,7 +146,7 @@ def attach_sheet(expr: Expression, sheet: str | Path | pd.DataFrame | None, id_c
     return Expression(data=expr.data, obs=obs, source=expr.source)
 
 
-def match_samples(pred: pd.DataFrame, obs: pd.DataFrame, what: str = "predictions") -> pd.DataFrame:
+def predictions_by_sample(pred: pd.DataFrame, obs: pd.DataFrame, what: str = "predictions") -> pd.DataFrame:
     """Rows of `pred` re-indexed by targets `sample_id` (via a sample_id column, the index, or obs slide_id).
 
     Several slides of one sample are averaged, as EMO-average averages tiles within a slide.
@@ -176,7 +176,7 @@ def match_samples(pred: pd.DataFrame, obs: pd.DataFrame, what: str = "prediction
 
 def align(measured: Expression, predicted: Expression) -> tuple[Expression, Expression]:
     """Restrict both to the shared samples (predicted rows named by sample or by obs `slide_id`), same order."""
-    pred = match_samples(predicted.data, measured.obs, what=predicted.source)
+    pred = predictions_by_sample(predicted.data, measured.obs, what=predicted.source)
     common = measured.data.index.intersection(pred.index)
     obs = measured.obs.loc[common]
     return (Expression(measured.data.loc[common], obs, measured.source),
