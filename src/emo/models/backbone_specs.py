@@ -8,7 +8,9 @@ Plain data with no torch import, so a study file or a command line is checked ag
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 from emo.errors import EmoError
 
@@ -190,6 +192,17 @@ def check_backbone(name: str) -> str:
         return name
     raise EmoError(f"unknown backbone {name!r}; choose one of {', '.join([*BACKBONES, *PRESETS])} "
                    "or timm:<architecture> / torchvision:<architecture>")
+
+
+def _valid_backbone(name: str) -> str:
+    try:
+        return check_backbone(name)
+    except EmoError as exc:
+        raise ValueError(str(exc)) from None
+
+
+#: a config field holding a backbone name, checked when the config is parsed
+BackboneName = Annotated[str, AfterValidator(_valid_backbone)]
 
 
 def describe(name: str) -> dict[str, Any]:

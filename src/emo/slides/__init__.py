@@ -7,6 +7,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     submod_attrs={
         "readers": ["READERS", "SlideReader", "open_slide"],
         "store": ["TileStore"],
-        "tiling": ["TilingConfig", "find_slides", "tile_slide", "tile_slide_at", "tile_slides"],
+        "config": ["TilingConfig"],
+        "tiling": ["find_slides", "tile_slide", "tile_slide_at", "tile_slides"],
     },
 )
