@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
+import click
 import typer
 
 from emo.cli._apps import app
 from emo.cli._options import config_option
 from emo.features.config import ExtractionConfig as C
+
+
+def extraction_config(p: dict[str, Any]) -> C:
+    """The `ExtractionConfig` that `emo features`' parsed options mean (a study's `features:` gives the same)."""
+    return C.build(what="emo features", **{k: p[k] for k in C.model_fields})
 
 
 @app.command()
@@ -30,7 +36,6 @@ def features(
     """Run a backbone once over every kept tile; finished slides are skipped when backbone and tiles are unchanged."""
     from emo.features import extract_features
 
-    config = C.build(what="emo features", backbone=backbone, weights=weights, batch_size=batch_size, device=device,
-                     workers=workers, pooling=pooling, input_size=input_size, slides_per_job=slides_per_job)
+    config = extraction_config(click.get_current_context().params)
     folder = extract_features(tile_dir, out / "features", config, executor=executor)
     typer.echo(f"features: {folder}")

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import click
 import typer
 
 from emo.cli._apps import app
 from emo.cli._options import config_option
 from emo.slides.config import TilingConfig
+
+
+def tiling_config(p: dict[str, Any]) -> TilingConfig:
+    """The `TilingConfig` that `emo tile`'s parsed options mean (a study's `slides:` gives the same object)."""
+    classes = p["roi_classes"]
+    return TilingConfig.build(
+        what="emo tile", tile_size_um=p["tile_um"], target_mpp=p["target_mpp"], mpp=p["mpp"], min_tissue=p["min_tissue"],
+        normalize=p["normalize"], stain_reference=str(p["stain_reference"]) if p["stain_reference"] else None,
+        roi=p["roi"], min_roi=p["min_roi"], min_sharpness=p["min_sharpness"], save_tiles=p["save_tiles"], seed=p["seed"],
+        roi_classes=[c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None,
+    )
 
 
 @app.command()
@@ -37,12 +50,7 @@ def tile(
     from emo.errors import EmoError
     from emo.slides import find_slides, tile_slides
 
-    config = TilingConfig.build(
-        what="emo tile", tile_size_um=tile_um, target_mpp=target_mpp, mpp=mpp, min_tissue=min_tissue, normalize=normalize,
-        stain_reference=str(stain_reference) if stain_reference else None, roi=roi, min_roi=min_roi,
-        roi_classes=[c.strip() for c in roi_classes.split(",") if c.strip()] if roi_classes is not None else None,
-        min_sharpness=min_sharpness, save_tiles=save_tiles, seed=seed,
-    )  # fmt: skip
+    config = tiling_config(click.get_current_context().params)
     summary = tile_slides(find_slides(slides), out / "tiles", config, workers=workers, executor=executor)
     ok = summary["status"].isin(["ok", "skipped"])
     for row in summary.loc[ok].itertuples():

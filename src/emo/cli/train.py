@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+import click
 import typer
 
 from emo.cli._apps import app
@@ -20,6 +21,19 @@ def _cnn_option(field: str, flag: str) -> Any:
     info = _CNN[owners[0]].model_fields[field]
     defaults = "; ".join(f"{p}: {_CNN[p].model_fields[field].default}" for p in owners)
     return typer.Option(None, flag, help=f"{' and '.join(owners).capitalize()} protocol: {info.description} ({defaults}).")
+
+
+def train_config(p: dict[str, Any]) -> TrainConfig:
+    """The `TrainConfig` that `emo train`'s parsed options mean (a study's `training:` gives the same object)."""
+    from emo.errors import EmoError
+
+    fields = {f for c in _CNN.values() for f in c.model_fields} - {"seed"}  # seed is training.seed
+    cnn = {k: v for k, v in {**p, "n_components": p["components"]}.items() if k in fields and v is not None}
+    protocol = p["protocol"]
+    if cnn and protocol not in _CNN:
+        raise EmoError(f"--{next(iter(cnn)).replace('_', '-')}: an option of --protocol paper or finetune, not {protocol}")
+    own = ("protocol", "head", "level", "genes", "seed", "allow_missing_features", "permute_labels")
+    return TrainConfig.build(what="emo train", **{k: p[k] for k in own}, **({protocol: cnn} if cnn else {}))
 
 
 @app.command()
@@ -62,16 +76,7 @@ def train(
     from emo.errors import EmoError
     from emo.training import train_protocol
 
-    cnn = {k: v for k, v in dict(
-        max_epochs=max_epochs, steps_per_epoch=steps_per_epoch, tuning_batches=tuning_batches, batch_size=batch_size,
-        patience=patience, min_delta=min_delta, input_size=input_size, lr=lr, keep_best=keep_best,
-        keep_random=keep_random, weights=weights, backbone=backbone, n_components=components,
-        hed_jitter=hed_jitter).items() if v is not None}
-    if cnn and protocol not in _CNN:
-        raise EmoError(f"--{next(iter(cnn)).replace('_', '-')}: an option of --protocol paper or finetune, not {protocol}")
-    config = TrainConfig.build(what="emo train", protocol=protocol, head=head, level=level, genes=genes, seed=seed,
-                               allow_missing_features=allow_missing_features, permute_labels=permute_labels,
-                               **({protocol: cnn} if cnn else {}))
+    config = train_config(click.get_current_context().params)
     if config.reads_tiles:
         if tiles is None:
             raise EmoError(f"--protocol {protocol} needs --tiles TILE_DIR (it trains on tile pixels)")
