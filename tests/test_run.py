@@ -306,9 +306,9 @@ def test_a_run_killed_after_from_is_finished_by_a_plain_run(tmp_path):
         (out / "average.txt").write_text("".join(p.read_text() for p in sorted((out / "pred").glob("*.txt"))))
 
     stages = [
-        Stage("source", source, outputs=lambda ctx: [out / "source.txt"]),
-        Stage("predict", predict, lambda ctx: [out / "source.txt"], outputs=lambda ctx: [out / "pred"], after=("source",)),
-        Stage("average", average, lambda ctx: [out / "pred"], outputs=lambda ctx: [out / "average.txt"], after=("predict",)),
+        Stage(name="source", run=source, outputs=lambda ctx: [out / "source.txt"]),
+        Stage(name="predict", run=predict, inputs=lambda ctx: [out / "source.txt"], outputs=lambda ctx: [out / "pred"], after=("source",)),
+        Stage(name="average", run=average, inputs=lambda ctx: [out / "pred"], outputs=lambda ctx: [out / "average.txt"], after=("predict",)),
     ]
     run = lambda **kw: run_stages(stages, StudyContext(config={}, out_dir=out), **kw)  # noqa: E731
     run()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 
 from emo.cli._apps import app
@@ -20,6 +19,7 @@ def extraction_config(p: dict[str, Any]) -> C:
 
 @app.command()
 def features(
+    ctx: typer.Context,
     tile_dir: Path = typer.Argument(..., help="Folder of tile stores (<slide_id>.h5) written by `emo tile`, or its parent."),
     out: Path = typer.Option(..., "--out", help="Output folder; features go to OUT/features/<backbone>/<slide_id>.h5."),
     backbone: str = config_option(C, "backbone", "--backbone"),
@@ -37,7 +37,7 @@ def features(
     from emo.features import extract_features
     from emo.run.lock import hold_folder
 
-    config = extraction_config(click.get_current_context().params)
+    config = extraction_config(ctx.params)
     hold_folder(out, "emo features")
     folder = extract_features(tile_dir, out / "features", config, executor=executor)
     typer.echo(f"features: {folder}")

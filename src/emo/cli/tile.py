@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 
 from emo.cli._apps import app
@@ -26,6 +25,7 @@ def tiling_config(p: dict[str, Any]) -> TilingConfig:
 
 @app.command()
 def tile(
+    ctx: typer.Context,
     slides: list[Path] = typer.Argument(..., help="Slide files and/or folders of slides (.svs .tif .ndpi .mrxs ... or JPEG/PNG with --mpp)."),
     out: Path = typer.Option(..., "--out", help="Output folder; stores go to OUT/tiles/<slide_id>.h5 (+ .png thumbnail, summary.csv)."),
     mpp: float | None = config_option(TilingConfig, "mpp", "--mpp"),
@@ -51,7 +51,7 @@ def tile(
     from emo.run.lock import hold_folder
     from emo.slides import find_slides, tile_slides
 
-    config = tiling_config(click.get_current_context().params)
+    config = tiling_config(ctx.params)
     hold_folder(out, "emo tile")
     summary = tile_slides(find_slides(slides), out / "tiles", config, workers=workers, executor=executor)
     ok = summary["status"].isin(["ok", "skipped"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-import click
 import typer
 
 from emo.cli._apps import app
@@ -38,6 +37,7 @@ def train_config(p: dict[str, Any]) -> TrainConfig:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     out: Path = typer.Option(..., "--out", help="Model directory to write (manifest.json + weights.safetensors)."),
     targets: Path = typer.Option(..., "--targets", help="targets.h5ad from `emo expression prepare` (or per-tile targets)."),
     features: Optional[Path] = typer.Option(None, "--features", help="Feature folder from `emo features` (default: beside the targets)."),
@@ -77,7 +77,7 @@ def train(
     from emo.run.lock import hold_folder
     from emo.training import train_protocol
 
-    config = train_config(click.get_current_context().params)
+    config = train_config(ctx.params)
     if config.reads_tiles:
         if tiles is None:
             raise EmoError(f"--protocol {protocol} needs --tiles TILE_DIR (it trains on tile pixels)")
