@@ -154,6 +154,7 @@ def main() -> None:
     from emo.demo import find_source_slide
     from emo.executors import get_executor
     from emo.features import extract_features
+    from emo.features.config import ExtractionConfig
     from emo.slides import TilingConfig, tile_slides
     from emo.training.paper import PaperProtocolConfig, train_paper_protocol
 
@@ -195,16 +196,17 @@ def main() -> None:
     for name, kw in runs.items():
         out = tmp / name
         start = time.perf_counter()
-        summary = tile_slides(slides, out, tiling, **kw)
+        summary = tile_slides(slides, out / "tiles", tiling, **kw)
         secs["tiling"][name] = time.perf_counter() - start
         assert (summary["status"] == "ok").all(), summary["error"].tolist()
         outputs["tiling"][name] = store_arrays(out / "tiles", "coords_px")
 
         # features: local = one process with 0 (1 worker) or 2 loader processes; ray = slide jobs
         fkw = {"workers": 0} if name == "local1" else {"workers": 2} if name == "local2" else \
-            {"workers": 0, "executor": ray, "slides_per_job": max(1, args.slides // 2)}
+            {"workers": 0, "slides_per_job": max(1, args.slides // 2)}
         start = time.perf_counter()
-        folder = extract_features(out / "tiles", out, batch_size=32, progress=False, **fkw)
+        folder = extract_features(out / "tiles", out / "features", ExtractionConfig(batch_size=32, **fkw), progress=False,
+                                  executor=ray if name == "ray" else None)
         secs["features"][name] = time.perf_counter() - start
         outputs["features"][name] = store_arrays(folder, "features")
 

@@ -59,7 +59,7 @@ def test_tile_store_from_an_incompatible_emo_is_re_tiled_not_skipped(store, tmp_
 
     (tmp_path / "tiles").mkdir()
     bad = _edited(store, tmp_path, format_version=2).rename(tmp_path / "tiles" / f"{slide_id_of(demo_source_slide)}.h5")
-    assert tile_slides([demo_source_slide], tmp_path, CONFIG)["status"].tolist() == ["ok"]  # same parameters, not skipped
+    assert tile_slides([demo_source_slide], tmp_path / "tiles", CONFIG)["status"].tolist() == ["ok"]  # same parameters, not skipped
     assert TileStore(bad).attrs["format_version"] == 1
 
 

@@ -148,10 +148,11 @@ class Toy:
             self._run("side", lambda: "independent")
 
         return [
-            Stage("words", words, lambda ctx: [self.inputs], lambda ctx: dict(ctx.config), lambda ctx: [self.out("words")]),
-            Stage("side", side, outputs=lambda ctx: [self.out("side")]),
-            Stage("lengths", lengths, lambda ctx: [self.out("words")], outputs=lambda ctx: [self.out("lengths")], after=("words",)),
-            Stage("total", total, lambda ctx: [self.out("lengths")], outputs=lambda ctx: [self.out("total")], after=("lengths",)),
+            Stage(name="words", run=words, inputs=lambda ctx: [self.inputs], params=lambda ctx: dict(ctx.config),
+                  outputs=lambda ctx: [self.out("words")]),
+            Stage(name="side", run=side, outputs=lambda ctx: [self.out("side")]),
+            Stage(name="lengths", run=lengths, inputs=lambda ctx: [self.out("words")], outputs=lambda ctx: [self.out("lengths")], after=("words",)),
+            Stage(name="total", run=total, inputs=lambda ctx: [self.out("lengths")], outputs=lambda ctx: [self.out("total")], after=("lengths",)),
         ]
 
     def run(self, **kw) -> dict[str, str]:
@@ -215,7 +216,7 @@ def test_from_deletes_the_forced_stages_outputs_inside_the_run_folder(tmp_path):
         if not (out / "cache" / "item.txt").exists():
             (out / "cache" / "item.txt").write_text(f"computed {ctx.config['version']}")
 
-    stages = [Stage("cache", cached_stage, outputs=lambda ctx: [out / "cache", outside])]
+    stages = [Stage(name="cache", run=cached_stage, outputs=lambda ctx: [out / "cache", outside])]
     run_stages(stages, StudyContext(config={"version": 1}, out_dir=out))
     run_stages(stages, StudyContext(config={"version": 2}, out_dir=out), from_stage="cache")
     assert (out / "cache" / "item.txt").read_text() == "computed 2"
@@ -245,7 +246,7 @@ def test_a_stage_api_missing_from_the_install_is_a_one_line_error(tmp_path):
         from emo.no_such_stage import run  # noqa: F401
 
     with pytest.raises(EmoError, match="stage predict: emo.no_such_stage is missing from this emo install"):
-        run_stages([Stage("predict", needs_missing)], StudyContext(config={}, out_dir=tmp_path))
+        run_stages([Stage(name="predict", run=needs_missing)], StudyContext(config={}, out_dir=tmp_path))
     assert not record_path(tmp_path, "predict").exists()
 
 
@@ -280,7 +281,7 @@ def test_null_baseline_is_its_own_stage_for_the_features_protocol(tmp_path):
     assert null.params(ctx({"evaluation": {"null_permutations": 3}}))["null_permutations"] == 3
     with pytest.raises(EmoError, match="null_permutations"):
         ctx({"evaluation": {"null_permutations": 1}})
-    for data in ({"training": {"protocol": "paper"}}, {"evaluation": {"null_baseline": False}}):
+    for data in ({"training": {"protocol": "paper", "genes": "ESR1"}}, {"evaluation": {"null_baseline": False}}):
         assert not null.enabled(ctx(data))
         assert all("null" not in p.parts for p in evaluate.inputs(ctx(data)))
 
@@ -305,9 +306,9 @@ def test_a_run_killed_after_from_is_finished_by_a_plain_run(tmp_path):
         (out / "average.txt").write_text("".join(p.read_text() for p in sorted((out / "pred").glob("*.txt"))))
 
     stages = [
-        Stage("source", source, outputs=lambda ctx: [out / "source.txt"]),
-        Stage("predict", predict, lambda ctx: [out / "source.txt"], outputs=lambda ctx: [out / "pred"], after=("source",)),
-        Stage("average", average, lambda ctx: [out / "pred"], outputs=lambda ctx: [out / "average.txt"], after=("predict",)),
+        Stage(name="source", run=source, outputs=lambda ctx: [out / "source.txt"]),
+        Stage(name="predict", run=predict, inputs=lambda ctx: [out / "source.txt"], outputs=lambda ctx: [out / "pred"], after=("source",)),
+        Stage(name="average", run=average, inputs=lambda ctx: [out / "pred"], outputs=lambda ctx: [out / "average.txt"], after=("predict",)),
     ]
     run = lambda **kw: run_stages(stages, StudyContext(config={}, out_dir=out), **kw)  # noqa: E731
     run()

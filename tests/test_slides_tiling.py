@@ -30,7 +30,7 @@ def pyramid(tmp_path_factory):
 
 def test_cmu_slide_store_follows_contract(shared_data, tmp_path):
     slide = shared_data("slides/CMU-1-Small-Region.svs")
-    summary = tile_slides([slide], tmp_path, TilingConfig())
+    summary = tile_slides([slide], tmp_path / "tiles", TilingConfig())
     row = summary.iloc[0]
     assert row.status == "ok" and row.reader == "pyvips" and row.mpp == pytest.approx(0.499)
     path = tmp_path / "tiles" / "CMU-1-Small-Region.h5"
@@ -55,7 +55,7 @@ def test_cmu_slide_store_follows_contract(shared_data, tmp_path):
     thumb = Image.open(path.with_suffix(".png"))
     assert thumb.size[0] > 100
     # a re-run skips the finished slide
-    again = tile_slides([slide], tmp_path, TilingConfig())
+    again = tile_slides([slide], tmp_path / "tiles", TilingConfig())
     assert again.iloc[0].status == "skipped" and again.iloc[0].n_kept == n
     assert (tmp_path / "tiles" / "summary.csv").is_file()
 

@@ -60,7 +60,7 @@ def emo(*args: str) -> subprocess.CompletedProcess:
 def test_read_only_output_folder_is_one_line_from_cli_and_library(read_only, slides, tmp_path):
     links, _ = slides
     with pytest.raises(EmoError, match=rf"^{read_only / 'tiles'}: cannot write \((read-only file system|permission denied)"):
-        tile_slides(links[:1], read_only, CONFIG)
+        tile_slides(links[:1], read_only / "tiles", CONFIG)
     for args in (["tile", str(links[0]), "--out", str(read_only)],
                  ["predict", "--model", str(tmp_path), "--out", str(read_only / "predictions")],
                  ["expression", "prepare", "--matrix", str(links[0]), "--samples", str(links[0]), "--reference-cohort", "X",
@@ -97,7 +97,7 @@ def test_full_disk_stops_the_run_and_blames_no_slide(slides, tmp_path, monkeypat
         _fill_after_first_store(monkeypatch)
     try:
         with pytest.raises(EmoError) as err:
-            tile_slides(links, out, CONFIG)
+            tile_slides(links, out / "tiles", CONFIG)
         message = str(err.value)
         assert message.startswith(f"{out / 'tiles'}: cannot write (no space left on the device; free space)")
         assert "slides are done)" in message and "corrupt" not in message

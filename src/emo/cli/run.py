@@ -8,15 +8,14 @@ from typing import Optional
 import typer
 
 from emo.cli._apps import app
+from emo.run.pipeline import stage_names
 
 
 @app.command()
 def run(
     study: Path = typer.Argument(..., help="study YAML (write one with `emo init`)"),
     from_stage: Optional[str] = typer.Option(
-        None, "--from", help="redo this stage and every later one: tile, features, expression, train, predict, evaluate, analyze, report "
-        "(spatial studies: spatial_train, spatial_predict, spatial_evaluate, report)"
-    ),
+        None, "--from", help=f"redo this stage and every later one: {', '.join(stage_names())}"),
     executor: Optional[str] = typer.Option(None, "--executor", help="local | ray | slurm (overrides the study file)"),
     wait: bool = typer.Option(False, "--wait", help="if another run holds the output folder, wait for it instead of refusing"),
 ) -> None:

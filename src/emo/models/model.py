@@ -110,12 +110,13 @@ def embed_tile_store(store, backbone: dict):
     import tempfile
 
     from emo.features import FeatureStore, extract_features
+    from emo.features.config import ExtractionConfig
 
     name, weights = backbone.get("name"), _weights_argument(backbone.get("weights"))
     tmp = Path(tempfile.mkdtemp(prefix="emo-embed-"))
     try:
-        folder = extract_features([store.path], tmp, backbone=name, weights=weights, workers=0, progress=False,
-                                  pooling=backbone.get("pooling"), input_size=backbone.get("input_size"))
+        folder = extract_features([store.path], tmp, ExtractionConfig(backbone=name, weights=weights, workers=0, pooling=backbone.get("pooling"),
+                                                                   input_size=backbone.get("input_size")), progress=False)
         features = FeatureStore(folder / f"{store.slide_id}.h5")
         features.features  # read into memory before the folder goes
     except EmoError as exc:

