@@ -26,6 +26,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from emo.features import extract_features
+from emo.features.config import ExtractionConfig
 from emo.features.extract import _TileBatches, _worker_init, loader_context, model_inputs
 from emo.models.inputs import to_model_input
 from emo.models import create_backbone
@@ -105,7 +106,7 @@ def main() -> None:
             link.parent.mkdir(exist_ok=True)
             link.symlink_to(args.slide.resolve())
             slides.append(link)
-        tile_slides(slides, tmp, TilingConfig(tile_size_um=args.tile_size_um))
+        tile_slides(slides, tmp / "tiles", TilingConfig(tile_size_um=args.tile_size_um))
         stores = [TileStore(p) for p in sorted((tmp / "tiles").glob("*.h5"))]
         store = stores[0]
         n = sum(len(s) for s in stores)
@@ -121,8 +122,8 @@ def main() -> None:
         bare_before = bare_seconds(model, batches, args.device)
 
         start = time.perf_counter()
-        extract_features(tmp / "tiles", tmp / "out", backbone=args.backbone, batch_size=args.batch_size,
-                         device=args.device, workers=args.workers, progress=False)
+        extract_features(tmp / "tiles", tmp / "out", ExtractionConfig(backbone=args.backbone, batch_size=args.batch_size,
+                         device=args.device, workers=args.workers), progress=False)
         extractor_s = time.perf_counter() - start - build_s
         bare_s = (bare_before + bare_seconds(model, batches, args.device)) / 2  # bracket: the CPU may be shared
 
@@ -132,7 +133,7 @@ def main() -> None:
             link.parent.mkdir(exist_ok=True)
             link.symlink_to(args.slide.resolve())
             loader_slides.append(link)
-        tile_slides(loader_slides, tmp / "loader", TilingConfig())  # 271 µm at 0.453 µm/px: 598-px normalised tiles
+        tile_slides(loader_slides, tmp / "loader" / "tiles", TilingConfig())  # 271 µm at 0.453 µm/px: 598-px normalised tiles
         loader_paths = sorted((tmp / "loader" / "tiles").glob("*.h5"))
         loader_store = TileStore(loader_paths[0])
         normalised_tps, decode_tps = loader_rates(loader_paths, model, args.device, args.workers, args.batch_size)

@@ -16,11 +16,27 @@ seconds each) in every stage call, while Ray's workers stay warm across stages; 
 tile reading (torch's own threads), "local2" adds 2 loader processes.
 
     python benchmarks/scaling.py [--slides 4] [--genes 4] [--steps 3]
+
+`--soak` is the scale soak instead: demo cohorts (`emo.demo`, real H&E mosaics of 2 × 3 regions,
+≈ 20 tiles each) of N = 10, 100 and 1,000 pseudo-slides through the demo study's tile → features →
+expression → train → predict → evaluate stages, each stage in a fresh process (`--soak-stage`) so its
+peak RSS (VmHWM) is its own. Features use EfficientNet-Lite0 with seeded random weights at
+96 px (memory and time scale as with real ones; no download). Per stage it prints seconds per slide
+(stage call only, imports excluded; wall and CPU) and peak RSS; the RESULT line gives the worst
+stage's N=1000/N=100 ratios (goal ≤ 1.2: flat), time in CPU seconds (wall time on a shared machine
+measures its load too).
+
+    python benchmarks/scaling.py --soak [--sizes 10,100,1000]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -62,10 +78,83 @@ def gene_losses(model_dir: Path) -> dict[str, list[float]]:
     return {d.name: pd.read_csv(d / "history.csv")["tune_loss"].tolist() for d in sorted((model_dir / "genes").iterdir())}
 
 
+SOAK_STAGES = ("tile", "features", "expression", "train", "predict", "evaluate")
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM (Linux's ru_maxrss survives fork + exec, so a child would report its parent's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def soak_stage(stage: str, study: Path) -> None:
+    """Run one stage of the study in this process; print its seconds and peak RSS as JSON."""
+    from emo.run import load_study, pipeline
+    from emo.run.runner import StudyContext
+
+    config = load_study(study)
+    before = _peak_rss_mb()
+    start, cpu = time.perf_counter(), time.process_time()
+    getattr(pipeline, f"run_{stage}")(StudyContext(config=config, out_dir=config.out_dir))
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    peak = _peak_rss_mb()
+    print("SOAK " + json.dumps({"stage": stage, "seconds": seconds, "cpu_seconds": cpu, "peak_mb": peak, "import_mb": before}),
+          flush=True)
+
+
+def soak(sizes: list[int]) -> None:
+
+    import yaml
+
+    from emo.demo import make_demo_cohort
+
+    root = Path(tempfile.mkdtemp(prefix="emo-soak-"))
+    rows: dict[int, dict[str, dict]] = {}
+    for n in sizes:
+        t0 = time.perf_counter()
+        paths = make_demo_cohort(root / str(n), n_slides=n, grid=(2, 3), n_noise_genes=40)
+        study = yaml.safe_load(paths["study"].read_text())
+        study["features"].update({"weights": "none", "input_size": 96})
+        study["evaluation"]["null_baseline"] = False
+        paths["study"].write_text(yaml.safe_dump(study, sort_keys=False))
+        print(f"N={n}: cohort made in {time.perf_counter() - t0:.0f}s", flush=True)
+        rows[n] = {}
+        for stage in SOAK_STAGES:
+            done = subprocess.run([sys.executable, __file__, "--soak-stage", stage, "--study", str(paths["study"])],
+                                  capture_output=True, text=True)
+            line = next((x for x in done.stdout.splitlines() if x.startswith("SOAK ")), None)
+            if done.returncode or line is None:
+                raise SystemExit(f"N={n} stage {stage} failed:\n{done.stderr[-3000:]}")
+            r = json.loads(line[5:])
+            rows[n][stage] = r
+            print(f"N={n} {stage:10s} {r['seconds'] / n * 1000:8.1f} ms/slide ({r['cpu_seconds'] / n * 1000:8.1f} CPU) "
+                  f"peak RSS {r['peak_mb']:7.0f} MB "
+                  f"(+{r['peak_mb'] - r['import_mb']:.0f} MB over imports)", flush=True)
+    big, small = (sizes[-1], sizes[-2]) if len(sizes) > 1 else (sizes[0], sizes[0])
+    rss = {s: rows[big][s]["peak_mb"] / rows[small][s]["peak_mb"] for s in SOAK_STAGES}
+    def ratio(key: str) -> dict[str, float]:
+        return {s: (rows[big][s][key] / big) / (rows[small][s][key] / small) for s in SOAK_STAGES}
+
+    # CPU seconds (all threads of the stage's process) are the time ratio: wall time on a shared, loaded
+    # machine measures the neighbours as much as emo; the wall ratio is printed beside it
+    per_slide, wall = ratio("cpu_seconds"), ratio("seconds")
+    print(f"ratios N={big} vs N={small}: "
+          + ", ".join(f"{s} rss {rss[s]:.2f} cpu/slide {per_slide[s]:.2f} wall/slide {wall[s]:.2f}" for s in SOAK_STAGES))
+    worst_rss, worst_s = max(rss, key=rss.get), max(per_slide, key=per_slide.get)
+    print(f"RESULT rss_ratio_{big}_vs_{small}={rss[worst_rss]:.2f} s_per_slide_ratio_{big}_vs_{small}={per_slide[worst_s]:.2f} "
+          f"wall_s_per_slide_ratio_{big}_vs_{small}={max(wall.values()):.2f} worst_rss_stage={worst_rss} worst_time_stage={worst_s} "
+          + " ".join(f"{s}_cpu_s_per_slide_{n}={rows[n][s]['cpu_seconds'] / n:.4f}" for n in sizes for s in SOAK_STAGES)
+          + " " + " ".join(f"{s}_peak_mb_{n}={rows[n][s]['peak_mb']:.0f}" for n in sizes for s in SOAK_STAGES))
+    shutil.rmtree(root)  # 2 GB at N = 1,000
+
+
 def main() -> None:
     from emo.demo import find_source_slide
     from emo.executors import get_executor
     from emo.features import extract_features
+    from emo.features.config import ExtractionConfig
     from emo.slides import TilingConfig, tile_slides
     from emo.training.paper import PaperProtocolConfig, train_paper_protocol
 
@@ -75,7 +164,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="paper-protocol steps per epoch (2 epochs)")
     ap.add_argument("--backbone", default="timm:resnet10t", help="paper-protocol CNN")
     ap.add_argument("--input-size", type=int, default=128)
+    ap.add_argument("--soak", action="store_true", help="the scale soak instead (see the module docstring)")
+    ap.add_argument("--sizes", default="10,100,1000", help="--soak: cohort sizes, smallest first")
+    ap.add_argument("--soak-stage", help=argparse.SUPPRESS)
+    ap.add_argument("--study", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.soak_stage:
+        return soak_stage(args.soak_stage, args.study)
+    if args.soak:
+        return soak([int(n) for n in args.sizes.split(",")])
 
     tmp = Path(tempfile.mkdtemp(prefix="emo-scaling-"))
     source = find_source_slide()
@@ -99,16 +196,17 @@ def main() -> None:
     for name, kw in runs.items():
         out = tmp / name
         start = time.perf_counter()
-        summary = tile_slides(slides, out, tiling, **kw)
+        summary = tile_slides(slides, out / "tiles", tiling, **kw)
         secs["tiling"][name] = time.perf_counter() - start
         assert (summary["status"] == "ok").all(), summary["error"].tolist()
         outputs["tiling"][name] = store_arrays(out / "tiles", "coords_px")
 
         # features: local = one process with 0 (1 worker) or 2 loader processes; ray = slide jobs
         fkw = {"workers": 0} if name == "local1" else {"workers": 2} if name == "local2" else \
-            {"workers": 0, "executor": ray, "slides_per_job": max(1, args.slides // 2)}
+            {"workers": 0, "slides_per_job": max(1, args.slides // 2)}
         start = time.perf_counter()
-        folder = extract_features(out / "tiles", out, batch_size=32, progress=False, **fkw)
+        folder = extract_features(out / "tiles", out / "features", ExtractionConfig(batch_size=32, **fkw), progress=False,
+                                  executor=ray if name == "ray" else None)
         secs["features"][name] = time.perf_counter() - start
         outputs["features"][name] = store_arrays(folder, "features")
 

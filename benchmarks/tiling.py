@@ -3,8 +3,9 @@
 Slides: the real CMU-1-Small-Region.svs and a generated 40,000 × 40,000 px pyramidal JPEG TIFF of
 real H&E texture (mirror-tiled from the CMU slide, 0.25 µm/px, made once into --cache).
 Measured, each in this run and on the same tiles:
-  (a) ceiling: fastest raw read of the level-0 regions of the tiles `emo tile` reads (pyvips per-tile
-      crops in --workers processes, or pyvips threaded strip reads), no resampling, no other work;
+  (a) ceiling: fastest raw read of the level-0 regions of the tiles `emo tile` reads (per-tile reads
+      in --workers processes by each of pyvips, cuCIM and microtome-wsi, the fastest exact decoders of
+      benchmarks/readers.py, or pyvips threaded strip reads), no resampling, no other work;
   (b) `tile_slide` without normalisation (thumbnail, tissue, resample to 598 px, sharpness, store);
   (c) `tile_slide` with Macenko estimation, and (e) `TileStore.read_tiles` of normalised tiles;
   (d) peers, each with its own tissue detection, 271 µm tiles at 0.453 µm/px (598 px):
@@ -12,17 +13,17 @@ Measured, each in this run and on the same tiles:
       and tiatoolbox 2.1.3 (Otsu `tissue_mask` at 8 µm/px, `SlidingWindowPatchExtractor` at
       0.453 µm/px, ≥ 50 % tissue), on whole slides; histolab 0.7.0 GridTiler (writes PNGs; on the
       big slide restricted to a window of --peer-tiles² tiles: it takes minutes per slide).
-      Installed only for the benchmark, outside /work/venv, without touching its torch/numpy:
-      `pip install --no-deps --target ~/.cache/emo-bench/peers histolab==0.7.0 slideflow==3.0.2
-       tiatoolbox==2.1.3 opencv-python-headless tabulate rasterio affine fpdf2 "setuptools<81"
-       SimpleITK transformers regex tokenizers` (the peers' imports that /work/venv lacks).
+      Installed only for the benchmark, beside emo's environment, without touching its torch/numpy:
+      `pip install --no-deps --target ~/.cache/emo-bench/peers -r benchmarks/peers.txt`
+      (every module the three import on a fresh `pip install emo`). A peer that does not import, or
+      fails on a slide, is reported with its error and left out; the RESULT line names those that ran.
 (a), (b), (c) run in --repeats interleaved rounds (the machine may be shared); ratio_to_ceiling is the
 median of the per-round b/a, cpu_ratio_to_ceiling the median of the per-round ratio of CPU seconds per
 tile (all threads), which load from other jobs barely moves.
 (f) fixed per-slide cost: `tile_slide` on the CMU slide split into its steps (open + decode probe,
     thumbnail, tissue mask, tile reads + sharpness, stain estimate, outputs).
 Last line: RESULT ratio_to_ceiling=<b/a> ratio_to_best_peer=<b / fastest peer> ratio_to_peer=<b/histolab>
-...  (big slide; no timing asserts).
+peers_ran=<peers with a rate on the big slide> ...  (big slide; no timing asserts).
 """
 
 from __future__ import annotations
@@ -84,33 +85,43 @@ def make_big_slide(path: Path, size: int = 40_000, mpp: float = 0.25, tile: int 
 # --- (a) ceiling -------------------------------------------------------------------------------------
 
 
-def _raw_reads(args: tuple[str, np.ndarray, int]) -> int:
-    import pyvips
+CEILING_DECODERS = ("pyvips", "cucim", "microtome")  # the fastest exact decoders of benchmarks/readers.py
+CEILING_SKIPPED: dict[str, str] = {}  # decoder → why it could not take part
 
-    path, coords, size = args
-    img = pyvips.Image.new_from_file(path, access="random")
+
+def _raw_reads(args: tuple[str, str, np.ndarray, int]) -> int:
+    import readers
+
+    name, path, coords, size = args
+    read = readers.readers()[name](Path(path))
     for x, y in coords:
-        img.crop(int(x), int(y), size, size).numpy()
+        read(int(x), int(y), size)
     return len(coords)
 
 
-def _warm(_: int) -> None:
-    import pyvips  # noqa: F401
+def _warm(name: str) -> None:
+    import readers
 
+    readers.readers()[name](CMU)  # import the decoder's library before timing
     time.sleep(0.2)  # hold this worker so that the next task starts another
 
 
 def ceiling(path: Path, coords: np.ndarray, size: int, workers: int) -> tuple[float, str]:
     results = {}
+    CEILING_SKIPPED.clear()
     parts = [c for c in np.array_split(coords, workers) if len(c)]
     import multiprocessing as mp
 
     os.environ["VIPS_CONCURRENCY"] = "1"  # one decode thread per process: the processes are the parallelism
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:  # libvips threads don't survive fork
-        list(pool.map(_warm, range(workers)))  # start every worker and import pyvips before timing
-        start = time.perf_counter()
-        list(pool.map(_raw_reads, [(str(path), p, size) for p in parts]))
-        results["pyvips-per-tile-x%d-processes" % workers] = len(coords) / (time.perf_counter() - start)
+    for name in CEILING_DECODERS:  # per-tile region decodes in `workers` processes (libvips threads don't survive fork)
+        try:
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                list(pool.map(_warm, [name] * workers))
+                start = time.perf_counter()
+                list(pool.map(_raw_reads, [(name, str(path), p, size) for p in parts]))
+                results[f"{name}-per-tile-x{workers}-processes"] = len(coords) / (time.perf_counter() - start)
+        except Exception as exc:  # not installed, or not this format (microtome reads Aperio SVS only)
+            CEILING_SKIPPED[name] = f"{type(exc).__name__}: {str(exc).strip()[:80]}"
     os.environ.pop("VIPS_CONCURRENCY")
     from concurrent.futures import ThreadPoolExecutor
 
@@ -141,32 +152,16 @@ def ceiling(path: Path, coords: np.ndarray, size: int, workers: int) -> tuple[fl
 
 
 PEER_DIR = Path.home() / ".cache" / "emo-bench" / "peers"
+PEERS_TXT = Path(__file__).with_name("peers.txt")
 
 
-def _import_peer(name: str):
+def use_peer_dir() -> None:
+    """Put the peers' target directory first on sys.path (its pins match emo's environment where both have a package)."""
     if str(PEER_DIR) not in sys.path:
         sys.path.insert(0, str(PEER_DIR))
-    os.environ.setdefault("SF_SLIDE_BACKEND", "libvips")  # slideflow: libvips, not cuCIM
-    os.environ.setdefault("SF_BACKEND", "torch")
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    levels = {n: logging.getLogger(n).level for n in ("", "pyvips")}
-    try:
-        return __import__(name)
-    except Exception as exc:  # not installed, or a dependency missing
-        print(f"  peer {name} unavailable ({type(exc).__name__}: {exc})")
-        return None
-    finally:  # peers set the root logger to INFO, which makes libvips log every operation (and slows emo)
-        for n, level in levels.items():
-            logging.getLogger(n).setLevel(level)
-        logging.getLogger("pyvips").setLevel(logging.WARNING)
 
 
-def peer_histolab(path: Path, tile_px: int, window: tuple[int, int, int, int] | None) -> float | None:
-    if _import_peer("histolab") is None:
-        return None
+def _histolab(path: Path, tile_px: int, window: tuple[int, int, int, int] | None) -> tuple[int, float, str]:
     from histolab.masks import BinaryMask
     from histolab.slide import Slide
     from histolab.tiler import GridTiler
@@ -184,56 +179,64 @@ def peer_histolab(path: Path, tile_px: int, window: tuple[int, int, int, int] | 
         slide = Slide(str(path), processed_path=str(out))
         tiler = GridTiler(tile_size=(tile_px, tile_px), level=0, check_tissue=True, tissue_percent=50.0, suffix=".png")
         start = time.perf_counter()
-        if window is None:
-            tiler.extract(slide)
-        else:
-            tiler.extract(slide, extraction_mask=Window())
-        seconds = time.perf_counter() - start
-        n = len(list(out.glob("*.png")))
-        print(f"  (d) histolab GridTiler: {n} tiles in {seconds:.1f} s")
-        return n / seconds if n else None
+        tiler.extract(slide, **({} if window is None else {"extraction_mask": Window()}))
+        return len(list(out.glob("*.png"))), time.perf_counter() - start, "GridTiler"
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def peer_slideflow(path: Path, tile_um: float = 271.0, tile_px: int = 598) -> float | None:
-    sf = _import_peer("slideflow")
-    if sf is None:
-        return None
-    try:
-        start = time.perf_counter()
-        wsi = sf.WSI(str(path), tile_px=tile_px, tile_um=int(tile_um), verbose=False)
-        wsi.qc("otsu")
-        n = sum(1 for _ in wsi.build_generator(shuffle=False, img_format="numpy", deterministic=True)())
-        seconds = time.perf_counter() - start
-    except Exception as exc:  # e.g. its multi-page TIFF reader takes a label page for a level
-        print(f"  (d) slideflow failed on {path.name}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:120]}")
-        return None
-    print(f"  (d) slideflow WSI.build_generator: {n} tiles in {seconds:.1f} s")
-    return n / seconds if n else None
+def _slideflow(path: Path, tile_um: float = 271.0, tile_px: int = 598) -> tuple[int, float, str]:
+    os.environ.setdefault("SF_SLIDE_BACKEND", "libvips")  # slideflow: libvips, not cuCIM
+    os.environ.setdefault("SF_BACKEND", "torch")
+    import slideflow as sf
+
+    start = time.perf_counter()
+    wsi = sf.WSI(str(path), tile_px=tile_px, tile_um=int(tile_um), verbose=False)
+    wsi.qc("otsu")
+    n = sum(1 for _ in wsi.build_generator(shuffle=False, img_format="numpy", deterministic=True)())
+    return n, time.perf_counter() - start, "WSI.build_generator"
 
 
-def peer_tiatoolbox(path: Path, tile_um: float = 271.0, target_mpp: float = 0.453) -> float | None:
-    if _import_peer("tiatoolbox") is None:
-        return None
+def _tiatoolbox(path: Path, tile_um: float = 271.0, target_mpp: float = 0.453) -> tuple[int, float, str]:
     from tiatoolbox.tools.patchextraction import get_patch_extractor
     from tiatoolbox.wsicore.wsireader import WSIReader
 
     size = round(tile_um / target_mpp)
+    start = time.perf_counter()
+    reader = WSIReader.open(path)
+    mask = reader.tissue_mask(resolution=8.0, units="mpp")
+    patches = get_patch_extractor(
+        "slidingwindow", input_img=reader, input_mask=mask, patch_size=(size, size), stride=(size, size),
+        resolution=target_mpp, units="mpp", min_mask_ratio=0.5,
+    )  # fmt: skip
+    n = sum(1 for _ in patches)
+    return n, time.perf_counter() - start, f"SlidingWindowPatchExtractor ({type(reader).__name__})"
+
+
+PEERS = {"slideflow": _slideflow, "tiatoolbox": _tiatoolbox, "histolab": _histolab}
+
+
+def run_peer(name: str, path: Path, *args) -> float | None:
+    """Kept tiles/s of a peer, or None, with its error printed, when it does not import or fails on `path`."""
+    import logging
+    import warnings
+
+    use_peer_dir()
+    warnings.filterwarnings("ignore")
+    levels = {n: logging.getLogger(n).level for n in ("", "pyvips")}
     try:
-        start = time.perf_counter()
-        reader = WSIReader.open(path)
-        mask = reader.tissue_mask(resolution=8.0, units="mpp")
-        patches = get_patch_extractor(
-            "slidingwindow", input_img=reader, input_mask=mask, patch_size=(size, size), stride=(size, size),
-            resolution=target_mpp, units="mpp", min_mask_ratio=0.5,
-        )  # fmt: skip
-        n = sum(1 for _ in patches)
-        seconds = time.perf_counter() - start
-    except Exception as exc:
-        print(f"  (d) tiatoolbox failed on {path.name}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:120]}")
+        n, seconds, how = PEERS[name](path, *args)
+    except ImportError as exc:  # not installed, or a dependency missing: see benchmarks/peers.txt
+        print(f"  (d) {name} unavailable ({type(exc).__name__}: {exc}); install {PEERS_TXT.name} into {PEER_DIR}")
         return None
-    print(f"  (d) tiatoolbox SlidingWindowPatchExtractor ({type(reader).__name__}): {n} tiles in {seconds:.1f} s")
+    except Exception as exc:  # e.g. slideflow's multi-page TIFF reader takes a label page for a level
+        print(f"  (d) {name} failed on {path.name}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:120]}")
+        return None
+    finally:  # peers set the root logger to INFO, which makes libvips log every operation (and slows emo)
+        for n_, level in levels.items():
+            logging.getLogger(n_).setLevel(level)
+        logging.getLogger("pyvips").setLevel(logging.WARNING)
+    print(f"  (d) {name} {how}: {n} tiles in {seconds:.1f} s")
     return n / seconds if n else None
 
 
@@ -339,7 +342,8 @@ def bench_slide(path: Path, workers: int, peer_tiles: int | None, label: str, re
         cpu_ratio = float(np.median([r["cpu_ceiling"] / r["cpu_emo"] for r in rounds]))
         print(f"[{label}] {path.name}: {row['n_kept']} kept + {row['n_dropped_sharpness']} blurry of "
               f"{store.attrs['n_tiles_grid']} grid tiles, reader {row['reader']}, level {row['level']}, median of {repeats}")  # fmt: skip
-        print(f"  (a) ceiling, raw level-0 reads of the same tiles: {a:.1f} tiles/s")
+        print(f"  (a) ceiling, raw level-0 reads of the same tiles: {a:.1f} tiles/s"
+              + "".join(f"; {k} not used ({v})" for k, v in CEILING_SKIPPED.items()))  # fmt: skip
         print(f"  (b) emo tile, no normalisation: {b:.1f} tiles/s  (median b/a {ratio:.2f})")
         print(f"  (c) emo tile, Macenko: {c:.1f} tiles/s")
         print(f"  CPU ms per tile: ceiling (raw strips) {med('cpu_ceiling'):.1f}, emo {med('cpu_emo'):.1f}, "
@@ -353,8 +357,8 @@ def bench_slide(path: Path, workers: int, peer_tiles: int | None, label: str, re
         if peer_tiles:
             c0 = store.coords_px[len(store) // 2]
             window = (int(c0[0]), int(c0[1]), int(c0[0] + peer_tiles * size0), int(c0[1] + peer_tiles * size0))
-        peers = {"histolab": peer_histolab(path, size0, window), "slideflow": peer_slideflow(path), "tiatoolbox": peer_tiatoolbox(path)}
-        peers = {k: v if v else float("nan") for k, v in peers.items()}
+        args = {"histolab": (size0, window)}
+        peers = {name: run_peer(name, path, *args.get(name, ())) or float("nan") for name in PEERS}
         rated = {k: v for k, v in peers.items() if np.isfinite(v)}
         best = max(rated, key=rated.get) if rated else "none"
         print("  (d) peers: " + ", ".join(f"{k} {v:.2f}" for k, v in peers.items()) + f" tiles/s; fastest {best}; "
@@ -386,6 +390,7 @@ def main() -> None:
     p = res["peers"]
     print(
         f"RESULT ratio_to_ceiling={res['ratio']:.3f} ratio_to_best_peer={res['b'] / res['best']:.2f} best_peer={res['best_peer']} "
+        f"peers_ran={','.join(k for k, v in p.items() if np.isfinite(v)) or 'none'} "
         f"ratio_to_peer={res['b'] / res['d']:.2f} tiles_per_s_slideflow={p['slideflow']:.2f} tiles_per_s_tiatoolbox={p['tiatoolbox']:.2f} "
         f"tiles_per_s_emo={res['b']:.1f} tiles_per_s_ceiling={res['a']:.1f} tiles_per_s_emo_macenko={res['c']:.1f} "
         f"tiles_per_s_peer={res['d']:.2f} tiles_per_s_read_normalised={res['e']:.1f} "

@@ -210,7 +210,7 @@ class GenBioReference(nn.Module):
         return self._encode(x.reshape(b * c, 1, h, w)).view(b, c, -1).flatten(1)
 
 
-# ---- transformers v5 module names → the v4 names the hub's checkpoints carry -------------------------
+# ---- transformers v5 module names (pyproject pins >=5) → the v4 names the hub's checkpoints carry ----
 
 def transformers_v4_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """ViTModel / Dinov2Model / Dinov2WithRegistersModel state as published on the hub (v4 names;

@@ -65,16 +65,18 @@ def make_evaluation_data(root: Path, seed: int = 0) -> dict:
     frame.to_csv(csv_path)
     h5ad_path = root / "average.h5ad"
     anndata.AnnData(X=frame.to_numpy(), obs=pd.DataFrame(index=frame.index), var=pd.DataFrame(index=frame.columns)).write_h5ad(h5ad_path)
-    # Null baseline: the same predictions with slide labels permuted.
-    null = frame.copy()
-    null.index = rng.permutation(frame.index.to_numpy())
-    null_path = root / "average_null.csv"
-    null.to_csv(null_path)
+    # Null distribution: the same predictions with slide labels permuted, five times.
+    null_paths = []
+    for k in range(5):
+        null = frame.copy()
+        null.index = rng.permutation(frame.index.to_numpy())
+        null_paths.append(root / f"average_null_{k}.csv")
+        null.to_csv(null_paths[-1])
     return {
         "targets": targets_path,
         "csv": csv_path,
         "h5ad": h5ad_path,
-        "null": null_path,
+        "null": tuple(null_paths),
         "planted": planted,
         "measured": pd.DataFrame(x, index=sample_ids, columns=genes),
         "predicted": pd.DataFrame(pred, index=sample_ids, columns=genes).astype(np.float32).astype(np.float64),

@@ -24,6 +24,7 @@ def _scanb(expr: str) -> pd.DataFrame:
     return pd.read_csv(expr, sep="\t", index_col=0).T
 
 
+@pytest.mark.slow
 def test_consensus_clusters_recover_pam50_subtypes(shared_data, tmp_path):
     res = clusters(shared_data(EXPR), samples=shared_data(PHENO), out_dir=tmp_path, n_iter=40,
                    n_boot=200, n_perm=200, seed=1)
@@ -66,6 +67,7 @@ def test_consensus_is_seeded_and_picks_k_of_separated_blobs():
     assert np.array_equal(again.labels, repeat.labels) and np.array_equal(again.consensus, repeat.consensus)
 
 
+@pytest.mark.slow
 def test_measured_vs_predicted_patients_and_genes(shared_data, tmp_path):
     expr = _scanb(str(shared_data(EXPR)))
     rng = np.random.default_rng(0)

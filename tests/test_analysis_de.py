@@ -176,6 +176,7 @@ def test_three_level_covariate_and_missing_values_equal_statsmodels(shared_data)
                                    rtol=1e-8, atol=0)
 
 
+@pytest.mark.slow
 def test_cli_orientation_and_the_old_orient_spelling_give_the_same_table(tmp_path):
     """`--orientation samples-by-genes` and the hidden old `--orient samples` read the matrix alike."""
     rng = np.random.default_rng(3)

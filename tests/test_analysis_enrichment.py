@@ -68,6 +68,7 @@ def test_gmt_without_overlap_is_a_clear_error(tmp_path):
         read_gmt(gmt, ["ESR1", "PGR", "GATA3"])
 
 
+@pytest.mark.slow
 def test_cli_enrich_from_performance_table(shared_data, tmp_path):
     """genes.csv as `emo evaluate` writes it, from a prediction that is good for some genes only."""
     expr = pd.read_csv(shared_data(EXPR), sep="\t", index_col=0).iloc[:3000].T

@@ -116,6 +116,7 @@ def test_bad_backbone_requests_fail_with_one_clear_line(monkeypatch, tmp_path, n
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_registered_dims_and_input_sizes_are_what_the_models_give():
     from emo.models import BACKBONES
 

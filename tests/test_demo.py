@@ -17,6 +17,9 @@ import pytest
 from emo.errors import EmoError
 
 
+pytestmark = pytest.mark.slow  # the whole demo study (tiling, features, 11 heads, report) end to end
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory, demo_source_slide):
     from emo.demo import make_demo_cohort
@@ -132,8 +135,11 @@ def test_demo_recovers_planted_genes_on_held_out_slides_and_not_noise(demo_run):
     assert rho[planted_genes].mean() > 0.5, rho[planted_genes]
     assert abs(rho[noise_genes].mean()) < 0.25, rho[noise_genes]
     assert r2[planted_genes].median() > 0.5 and r2[noise_genes].median() < 0.1, (r2[planted_genes], r2[noise_genes])
-    # the null head (permuted slide labels) explains little held-out variance of the planted genes
+    # the null heads (labels permuted between patients) explain little held-out variance of the planted genes
     assert null.loc[planted_genes, "r2"].median() < 0.2, null.loc[planted_genes]
+    # the model's count of genes at FDR < 0.05 lies above the null distribution's 95 % interval
+    fdr = summary["null"]["counts"]["fdr_lt_0.05"]
+    assert summary["null"]["n_permutations"] == 10 and fdr["model"] > fdr["null_high"], fdr
 
 
 def test_demo_report_has_the_demo_section_with_figures(demo_run):
@@ -172,6 +178,12 @@ def test_demo_report_reads_for_a_pathologist(demo_run):
     evaluate = _section(page, "evaluate")
     assert "fdr_lt_" not in page and "genes with FDR &lt; 0.05" in evaluate
     assert "No gene of these clinical panels is among the evaluated genes" in evaluate
+    assert "null 95 % interval" in evaluate and "fitted 10 times on labels exchanged between whole patients" in evaluate
+    assert "No validation split selected genes" in evaluate
+    best = evaluate[evaluate.index("best genes: validated"):]
+    best = best[:best.index("</table>")]
+    assert "NOISE_" not in best and "selected on validation" not in best  # only genes passing the rule
+    assert "log scale" in predictions  # colour bars carry the unit
     figures = re.findall(r"<figure.*?</figure>", page, flags=re.S)
     assert len(figures) >= 5
     for fig in figures:
@@ -194,7 +206,11 @@ def test_demo_outputs_open_in_scanpy_squidpy_and_qupath(demo_run):
     assert lib["images"]["hires"].shape[1] == round(width * lib["scalefactors"]["tissue_hires_scalef"])
     assert_scanpy_and_squidpy_plot(adata, "MORPH_DENSITY_1")
     geo = json.loads((out / "predictions" / "geojson" / "demo_01.geojson").read_text())
-    assert len(geo["features"]) == adata.n_obs and geo["features"][0]["properties"]["classification"]["name"] == "EMO tile"
+    assert len(geo["features"]) == adata.n_obs
+    props = geo["features"][0]["properties"]
+    assert len(props["measurements"]) == 5  # no genes chosen: the five best by tuning ρ
+    first = next(iter(props["measurements"]))
+    assert props["classification"]["name"].startswith(f"{first}: ") and props["classification"]["name"].endswith("in this slide")
 
 
 def test_second_demo_run_skips_every_stage(demo_run):

@@ -19,6 +19,7 @@ from emo.errors import EmoError
 from emo.panels import get_panel
 
 PNG = b"\x89PNG\r\n\x1a\n"
+WITH_NULL = GENE_COLUMNS[:4] + ["permutation_p"] + GENE_COLUMNS[4:]  # genes.csv of a run with null predictions
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,8 @@ def validation(data, tmp_path_factory):
 
 def test_validation_selects_exactly_the_planted_genes(data, validation):
     out, table = validation
-    assert list(pd.read_csv(out / "genes.csv").columns) == GENE_COLUMNS
-    assert list(pd.read_parquet(out / "genes.parquet").columns) == GENE_COLUMNS
+    assert list(pd.read_csv(out / "genes.csv").columns) == WITH_NULL
+    assert list(pd.read_parquet(out / "genes.parquet").columns) == WITH_NULL
     assert sorted(table.loc[table["selected"], "gene"]) == data["planted"]
     assert sorted((out / "selected_genes.txt").read_text().split()) == data["planted"]
     assert (table["n"] == 120).all()
@@ -64,9 +65,25 @@ def test_summary_counts_null_panels_and_proliferation(data, validation):
     assert s["counts"]["selected"] == len(data["planted"])
     assert s["counts"]["r2_gt_0.2"] == len(data["planted"])
     assert s["counts"]["fdr_lt_0.05"] >= len(data["planted"])
-    # Permuted slide labels destroy the association: nothing passes the selection rule.
-    assert s["null"]["counts"]["selected"] == 0
-    assert s["null"]["counts"]["fdr_lt_0.05"] < 10
+    # Permuted slide labels destroy the association: nothing passes the selection rule in any permutation,
+    # and the model's count lies above the null's 95 % interval with the smallest P five permutations give.
+    null = s["null"]
+    assert null["n_permutations"] == 5 and null["per_permutation"]["selected"] == [0] * 5
+    fdr = null["counts"]["fdr_lt_0.05"]
+    assert fdr["model"] == s["counts"]["fdr_lt_0.05"] and fdr["null_high"] < fdr["model"]
+    assert fdr["null_mean"] == pytest.approx(np.mean(null["per_permutation"]["fdr_lt_0.05"]))
+    assert fdr["p_empirical"] == pytest.approx(1 / 6)
+    counts = pd.read_csv(out / "null_counts.csv")
+    assert len(counts) == 5 and list(counts["fdr_lt_0.05"]) == null["per_permutation"]["fdr_lt_0.05"]
+    # Per gene: (1 + #{|ρ null| ≥ |ρ|}) / 6 from the stacked null table.
+    stacked = pd.read_csv(out / "genes_null.csv")
+    assert sorted(stacked["permutation"].unique()) == list(range(5))
+    rho_null = stacked.pivot(index="gene", columns="permutation", values="spearman_rho").abs()
+    t = table.set_index("gene")
+    for gene in ["G000", "G100", "MKI67"]:
+        expected = (1 + (rho_null.loc[gene] >= abs(t.loc[gene, "spearman_rho"])).sum()) / 6
+        assert t.loc[gene, "permutation_p"] == pytest.approx(expected)
+    assert t.loc[data["planted"], "permutation_p"].tolist() == pytest.approx([1 / 6] * len(data["planted"]))
     panels = {p["panel"]: p for p in s["panels"]}
     for name in ("pam50", "oncotype_dx", "endopredict"):
         assert panels[name]["n_selected"] == len(set(get_panel(name)) & set(data["planted"]))
@@ -75,7 +92,7 @@ def test_summary_counts_null_panels_and_proliferation(data, validation):
     by = prolif["by_subtype"]
     assert by["Basal"]["median_measured"] > by["LumA"]["median_measured"]
     assert by["Basal"]["median_predicted"] > by["LumA"]["median_predicted"]
-    for name in ("histograms.png", "top_genes.png", "proliferation.png", "proliferation_subtypes.png"):
+    for name in ("histograms.png", "null_distribution.png", "top_genes.png", "proliferation.png", "proliferation_subtypes.png"):
         assert (out / name).read_bytes()[:8] == PNG
 
 
@@ -133,7 +150,8 @@ def test_compute_writes_nothing_and_write_plot_give_evaluates_files(data, valida
     result = compute_evaluation(data["csv"], data["targets"], "validation", config)
     assert not any(tmp_path.iterdir())
     pd.testing.assert_frame_equal(result.table.reset_index(drop=True), table.reset_index(drop=True))
-    assert result.null_table is not None and result.summary["null"]["counts"]["n_genes"] == len(result.null_table)
+    assert result.null_table is not None and len(result.null_table) == 5 * len(table)
+    assert result.null_counts["n_genes"].tolist() == [len(table)] * 5
     write_evaluation(result, tmp_path / "w")
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == sorted(
         p.name for p in out.iterdir() if p.suffix != ".png")

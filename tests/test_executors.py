@@ -20,6 +20,9 @@ from emo.errors import EmoError
 from emo.executors import ExecutorError, get_executor
 
 
+pytestmark = pytest.mark.slow  # starts Ray and SLURM workers
+
+
 def work(seed: int) -> tuple[float, int]:
     """Deterministic numeric work per item, plus the pid that ran it."""
     rng = np.random.default_rng(seed)

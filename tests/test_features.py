@@ -16,6 +16,7 @@ import torch
 
 from emo.errors import EmoError
 from emo.features import FeatureStore, extract_features, open_feature_stores
+from emo.features.config import ExtractionConfig
 from emo.training.datasets import SlideBalancedSampler, TileDataset
 from emo.models.inputs import to_model_input
 from emo.models import create_backbone
@@ -23,7 +24,7 @@ from emo.slides import TileStore, TilingConfig, tile_slides
 from slides_synthetic import synthetic_rgb, write_pyramid
 
 CONFIG = TilingConfig(tile_size_um=64, target_mpp=2.0, min_sharpness=0, normalize=False)  # 32 px tiles
-OPTS = {"input_size": 64, "batch_size": 8, "progress": False}  # real default weights, small input: fast
+OPTS = {"input_size": 64, "batch_size": 8}  # real default weights, small input: fast
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +34,14 @@ def tile_dir(tmp_path_factory):
     for seed, width in ((0, 1200), (1, 1000)):
         rgb, _ = synthetic_rgb(width, 1000, tissue_until=width - 200, seed=seed)
         slides.append(write_pyramid(root / f"slide{seed}.tif", rgb))
-    table = tile_slides(slides, root / "run", CONFIG)
+    table = tile_slides(slides, root / "run" / "tiles", CONFIG)
     assert (table["status"] == "ok").all() and (table["n_kept"] > 8).all()
     return root / "run" / "tiles"
 
 
 @pytest.fixture(scope="module")
 def reference(tile_dir, tmp_path_factory):
-    return extract_features(tile_dir, tmp_path_factory.mktemp("ref"), workers=0, **OPTS)
+    return extract_features(tile_dir, tmp_path_factory.mktemp("ref"), ExtractionConfig(workers=0, **OPTS), progress=False)
 
 
 def _contents(path: Path) -> dict:
@@ -113,7 +114,7 @@ def test_feature_files_open_the_way_clam_and_trident_read_them(tile_dir, referen
 
 
 def test_worker_processes_give_bitwise_identical_features(tile_dir, reference, tmp_path):
-    out = extract_features(tile_dir, tmp_path, workers=2, **OPTS)
+    out = extract_features(tile_dir, tmp_path, ExtractionConfig(workers=2, **OPTS), progress=False)
     _assert_same_files(out, reference)
 
 
@@ -122,12 +123,14 @@ def test_interrupted_run_resumes_to_identical_files(tile_dir, reference, tmp_pat
         raise KeyboardInterrupt(f"killed after {slide_id}")
 
     with pytest.raises(KeyboardInterrupt, match="killed after slide0"):
-        extract_features(tile_dir, tmp_path, workers=0, on_slide_done=crash_after_first, **OPTS)
+        extract_features(tile_dir, tmp_path / "features", ExtractionConfig(workers=0, **OPTS), progress=False,
+                         on_slide_done=crash_after_first)
     folder = tmp_path / "features" / "efficientnet_lite0"
     assert sorted(p.name for p in folder.iterdir()) == ["slide0.h5"]  # no half-written file left
     first_mtime = (folder / "slide0.h5").stat().st_mtime_ns
     seen = []
-    extract_features(tile_dir, tmp_path, workers=0, on_slide_done=lambda s, p, st: seen.append((s, st)), **OPTS)
+    extract_features(tile_dir, tmp_path / "features", ExtractionConfig(workers=0, **OPTS), progress=False,
+                     on_slide_done=lambda s, p, st: seen.append((s, st)))
     assert seen == [("slide0", "cached"), ("slide1", "computed")]
     assert (folder / "slide0.h5").stat().st_mtime_ns == first_mtime
     _assert_same_files(folder, reference)
@@ -139,7 +142,8 @@ def test_changed_backbone_or_tile_geometry_invalidates_cache(tile_dir, reference
 
     def run(tiles: Path, **changes) -> list[tuple[str, str]]:
         seen: list[tuple[str, str]] = []
-        extract_features(tiles, out, workers=0, on_slide_done=lambda s, p, st: seen.append((s, st)), **(OPTS | changes))
+        extract_features(tiles, out / "features", ExtractionConfig(workers=0, **(OPTS | changes)), progress=False,
+                         on_slide_done=lambda s, p, st: seen.append((s, st)))
         return sorted(seen)
 
     assert run(tile_dir) == [("slide0", "cached"), ("slide1", "cached")]
@@ -154,7 +158,7 @@ def test_changed_backbone_or_tile_geometry_invalidates_cache(tile_dir, reference
     retiled = tmp_path / "retiled"
     shutil.copytree(tile_dir, retiled / "tiles")
     slide0 = Path(TileStore(tile_dir / "slide0.h5").attrs["slide_path"])
-    tile_slides([slide0], retiled, CONFIG.model_copy(update={"tile_size_um": 48}))
+    tile_slides([slide0], retiled / "tiles", CONFIG.model_copy(update={"tile_size_um": 48}))
     assert len(TileStore(retiled / "tiles" / "slide0.h5")) != len(TileStore(tile_dir / "slide0.h5"))
     assert run(retiled / "tiles") == [("slide0", "computed"), ("slide1", "cached")]
     assert len(FeatureStore(out / "features/efficientnet_lite0/slide0.h5")) == len(TileStore(retiled / "tiles/slide0.h5"))
@@ -178,11 +182,11 @@ def test_cli_writes_the_same_features_and_reports_bad_input_in_one_line(tile_dir
 
 def test_stain_normalised_real_slide_features(shared_data, tmp_path):
     slide = shared_data("slides/CMU-1-Small-Region.svs")
-    tile_slides([slide], tmp_path, CONFIG.model_copy(update={"tile_size_um": 128, "target_mpp": 4.0, "normalize": True}))
+    tile_slides([slide], tmp_path / "tiles", CONFIG.model_copy(update={"tile_size_um": 128, "target_mpp": 4.0, "normalize": True}))
     store = TileStore(tmp_path / "tiles" / "CMU-1-Small-Region.h5")
     assert store.normalize and len(store) > 10
-    folder = extract_features(tmp_path / "tiles", tmp_path, backbone="resnet18", weights="none", workers=1,
-                              input_size=32, batch_size=16, progress=False)
+    folder = extract_features(tmp_path / "tiles", tmp_path / "features", ExtractionConfig(
+        backbone="resnet18", weights="none", workers=1, input_size=32, batch_size=16), progress=False)
     feats = FeatureStore(folder / "CMU-1-Small-Region.h5").features
     model = create_backbone("resnet18", "none", input_size=32)
     batches = [np.arange(s, min(s + 16, len(store))) for s in range(0, len(store), 16)]
@@ -209,7 +213,7 @@ def test_batched_loader_paths_match_the_previous_per_worker_path(shared_data, tm
     from emo.features.preprocess import normalize_stains
 
     slide = shared_data("slides/CMU-1-Small-Region.svs")
-    tile_slides([slide], tmp_path, TilingConfig())  # the defaults: 271 µm tiles of 598 px, normalised
+    tile_slides([slide], tmp_path / "tiles", TilingConfig())  # the defaults: 271 µm tiles of 598 px, normalised
     path = tmp_path / "tiles" / "CMU-1-Small-Region.h5"
     store = TileStore(path)
     assert store.normalize and store.tile_size_px == 598 and len(store) >= 4

@@ -17,6 +17,9 @@ from emo.models.finetune_cnn import load_finetune_model
 from emo.training.finetune import FinetuneConfig, train_finetune
 from training_cohort import cmu_tile_stores, write_targets
 
+pytestmark = pytest.mark.slow  # fine-tunes a CNN on CPU
+
+
 TINY = dict(backbone="timm:resnet10t", weights="none", input_size=32, batch_size=4, steps_per_epoch=2,
             tuning_batches=1, max_epochs=3, patience=10, lr=1e-3)
 

@@ -193,6 +193,23 @@ def test_mismatched_feature_dims(cohort, tmp_path):
         check_features(model, {"name": "other", "dim": 16}, "x.h5")
 
 
+def test_identical_trainings_have_identical_identities(cohort, tmp_path):
+    """`training_data_hash` and the model identity are content hashes: copies of the same features and
+    targets (new paths, new mtimes) trained again give the same identities."""
+    import shutil
+
+    from emo.prediction.slides import _model_id
+
+    shutil.copytree(cohort["feature_dir"], tmp_path / "features", copy_function=shutil.copy)
+    shutil.copy(cohort["targets"], tmp_path / "targets.h5ad")
+    first = load(train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "m1"))
+    second = load(train_model(tmp_path / "features", tmp_path / "targets.h5ad", tmp_path / "m2"))
+    assert first.manifest["training_data_hash"] == second.manifest["training_data_hash"]
+    assert _model_id(tmp_path / "m1", first.manifest) == _model_id(tmp_path / "m2", second.manifest)
+    other = load(train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "m3", seed=1, head="mlp"))
+    assert _model_id(tmp_path / "m3", other.manifest) != _model_id(tmp_path / "m1", first.manifest)
+
+
 def test_manifest_from_other_major_version_is_one_line(cohort, tmp_path):
     out = train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "m")
     manifest = json.loads((out / "manifest.json").read_text())
@@ -207,6 +224,7 @@ def test_manifest_from_other_major_version_is_one_line(cohort, tmp_path):
     assert res.stderr.count("\n") == 1 and "major versions differ" in res.stderr
 
 
+@pytest.mark.slow
 def test_attention_mil_recovers_planted_genes_and_emo_average_is_its_pool(cohort, tmp_path):
     """Gated-attention MIL on bags of tiles: planted genes are recovered from the attention pool, and
     `emo predict` writes that pool (not the plain tile mean) as the slide's EMO-average."""
@@ -236,6 +254,7 @@ def test_attention_mil_recovers_planted_genes_and_emo_average_is_its_pool(cohort
     assert np.abs(average[slide].X[0] - spatial.X.mean(axis=0)).max() > 1e-4  # attention, not the mean
 
 
+@pytest.mark.slow
 def test_attention_mil_is_deterministic_on_cpu(cohort, tmp_path):
     from emo.models import AttentionMILConfig
 
@@ -243,3 +262,16 @@ def test_attention_mil_is_deterministic_on_cpu(cohort, tmp_path):
     a = train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "a", head="attention_mil", attention_mil=cfg)
     b = train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "b", head="attention_mil", attention_mil=cfg)
     assert (a / "weights.safetensors").read_bytes() == (b / "weights.safetensors").read_bytes()
+
+
+def test_null_permutes_whole_patients():
+    """A patient's samples keep their labels together: they move as a block to another patient's rows."""
+    from emo.training.train import permute_by_patient
+
+    patients = ["a", "a", "b", "b", "c", "c", "d"]
+    y = np.arange(7.0)[:, None]
+    moved = permute_by_patient(y, patients, np.random.default_rng(1)).ravel()
+    blocks = {tuple(moved[[0, 1]]), tuple(moved[[2, 3]]), tuple(moved[[4, 5]])}
+    assert blocks == {(0.0, 1.0), (2.0, 3.0), (4.0, 5.0)} and moved[6] == 6.0  # "d" has no partner of its size
+    draws = {tuple(permute_by_patient(y, patients, np.random.default_rng(s)).ravel()) for s in range(20)}
+    assert len(draws) > 1

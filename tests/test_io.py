@@ -53,3 +53,26 @@ def test_failed_write_leaves_neither_file_nor_temporary(tmp_path):
         tmp.write_bytes(b"half")
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_content_hash_is_what_a_file_holds_not_when_it_was_written(tmp_path):
+    import json
+    import time
+
+    import anndata
+
+    def write(path, x):
+        adata = anndata.AnnData(X=np.asarray(x, np.float32), obs=pd.DataFrame(index=["s1", "s2"]))
+        adata.uns["emo"] = io.provenance(seed=0)
+        adata.write_h5ad(path)
+        return path
+
+    a = write(tmp_path / "a.h5ad", [[1.0], [2.0]])
+    time.sleep(1.1)  # a later `created` and mtime
+    b = write(tmp_path / "b.h5ad", [[1.0], [2.0]])
+    c = write(tmp_path / "c.h5ad", [[1.0], [2.5]])
+    assert io.file_fingerprint(a) != io.file_fingerprint(b)
+    assert io.content_hash(a) == io.content_hash(b) != io.content_hash(c)
+    io.write_json_atomic(tmp_path / "a.json", {"kind": "ridge", "created": "2026-01-01", "provenance": {"created": 1}})
+    (tmp_path / "b.json").write_text(json.dumps({"provenance": {"created": 2}, "kind": "ridge"}))
+    assert io.content_hash(tmp_path / "a.json") == io.content_hash(tmp_path / "b.json")

@@ -10,6 +10,7 @@ from training_cohort import cmu_tile_stores, write_targets
 
 from emo.errors import EmoError
 from emo.features import FeatureStore, embed, extract_features
+from emo.features.config import ExtractionConfig
 from emo.models import MODEL_KINDS, EmoModel, MLPConfig, load
 from emo.slides import TileStore
 
@@ -20,7 +21,7 @@ def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
     rng = np.random.default_rng(0)
     slides = cmu_tile_stores(root, 5, 8, rng, tile_ids=[f"{i}x{i % 3}" for i in range(8)])
-    feature_dir = extract_features(root / "tiles", root, backbone="efficientnet_lite0", workers=0, progress=False)
+    feature_dir = extract_features(root / "tiles", root / "features", ExtractionConfig(workers=0), progress=False)
     write_targets(root / "targets.h5ad", rng.normal(size=(5, 3)), ["ESR1", "MKI67", "ERBB2"], slides,
                   ["train", "train", "train", "tune", "tune"])
     return {"root": root, "tiles": root / "tiles", "features": feature_dir, "slides": slides}

@@ -17,6 +17,9 @@ from emo.training.paper import PaperProtocolConfig
 from training_cohort import cmu_tile_stores, write_targets
 
 
+pytestmark = pytest.mark.slow  # trains per-gene CNNs on CPU
+
+
 def _stop_epoch(losses, min_delta, patience):
     stopper = EarlyStopping(min_delta, patience)
     for epoch, loss in enumerate(losses):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import anndata
 import h5py
@@ -85,9 +86,10 @@ def _check_qupath_tiles(geo: dict, ad: anndata.AnnData, size: float, path) -> No
     assert {p["objectType"] for p in props} == {"tile"}
     values = ad[:, "PLANT0"].X.ravel()
     classes = [p["classification"]["name"] for p in props]
-    assert set(classes) == {"PLANT0 low", "PLANT0 medium", "PLANT0 high"}
+    names = [f"PLANT0: {third} third in this slide" for third in ("bottom", "middle", "top")]
+    assert set(classes) == set(names)
     assert all(len(p["classification"]["color"]) == 3 for p in props)
-    high, low = values[np.array(classes) == "PLANT0 high"], values[np.array(classes) == "PLANT0 low"]
+    high, low = values[np.array(classes) == names[2]], values[np.array(classes) == names[0]]
     assert high.min() >= low.max()  # classes are tertiles of the predicted value
     w, h = ad.obs[["x_px", "y_px"]].to_numpy().max(axis=0) + size
     roi = load_roi(path, (int(w), int(h)))
@@ -98,6 +100,35 @@ def _check_qupath_tiles(geo: dict, ad: anndata.AnnData, size: float, path) -> No
     boxes = shapely.union_all([shapely.box(x, y, x + size, y + size) for x, y in ad.obs[["x_px", "y_px"]].to_numpy()])
     assert roi.geometry.symmetric_difference(boxes).area < 1e-6 * boxes.area  # same region as the tiles
     assert not roi.contains(np.array([-size]), np.array([-size])).any()
+
+
+def test_geojson_without_genes_measures_the_best_tuned_genes_and_cohort_classes(trained, tmp_path):
+    out = predict(trained["model"], trained["feature_dir"], tmp_path, classes="cohort")
+    tuning = pd.read_csv(trained["model"] / "tuning.csv").sort_values("tune_spearman", ascending=False)
+    best = tuning["gene"].head(5).tolist()
+    values, names = [], []
+    for slide_id in trained["slides"]:
+        geo = json.loads((out / "geojson" / f"{slide_id}.geojson").read_text())
+        props = [f["properties"] for f in geo["features"]]
+        assert all(list(p["measurements"]) == best for p in props)
+        values += [p["measurements"][best[0]] for p in props]
+        names += [p["classification"]["name"] for p in props]
+    assert not (out / "heatmaps").exists()  # heatmaps stay for chosen genes only
+    values, names = np.array(values), np.array(names)
+    # thirds of all slides' tiles together, named as such
+    top, bottom = values[names == f"{best[0]}: top third in the cohort"], values[names == f"{best[0]}: bottom third in the cohort"]
+    assert len(top) == pytest.approx(len(values) / 3, abs=2) and top.min() >= bottom.max()
+    with pytest.raises(EmoError, match="classes 'patient'"):
+        predict(trained["model"], trained["feature_dir"], tmp_path, classes="patient")
+
+
+def test_tile_size_note_names_both_sizes():
+    from emo.prediction.slides import tile_size_note
+
+    spot = {"kind": "spot_ridge", "config": {"tile_sizes_um": [448.0, 224.0]}}
+    assert tile_size_note(Path("spot"), spot, {271.0}) == (
+        "spot was trained on 224 µm tiles but predicts 271 µm tiles here; re-tile with --tile-um 224 to match")
+    assert tile_size_note(Path("m"), {"tile_geometry": {"tile_size_um": 271.0}}, {271.0, 272.0}) is None
 
 
 def test_predict_streams_in_chunks(trained, tmp_path, monkeypatch):
@@ -171,6 +202,7 @@ def test_outputs_of_another_model_are_redone(trained, tmp_path):
     assert anndata.read_h5ad(tmp_path / "average.h5ad").shape == (len(trained["slides"]), 2)
 
 
+@pytest.mark.slow
 def test_cli_train_then_predict(trained, tmp_path):
     import subprocess
     import sys

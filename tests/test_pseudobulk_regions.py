@@ -13,6 +13,9 @@ import pytest
 from emo.errors import EmoError
 from emo.expression import read_her2st, region_of_spots, region_pseudobulk
 
+pytestmark = pytest.mark.slow  # region features of real her2st sections
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -62,7 +62,7 @@ def test_report_is_self_contained_with_every_section(run_dir, tmp_path):
     assert all(base64.b64decode(s.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for s in srcs)
     for title in ("Tiling QC", "Training targets", "Model", "Validation and test", "Spatial validation", "Analyses"):
         assert f"<h2>{title}" in page, title
-    assert "efficientnet_lite0" in page and "scores.csv" in page and "null (permuted labels)" in page
+    assert "efficientnet_lite0" in page and "scores.csv" in page and "null 95 % interval" in page
     # The spatial-validation folder sits under analyze/ but is reported once, by its own section.
     assert page.count("analyze/spatial-validation</h3>") + page.count("<code>analyze/spatial-validation</code>") == 1
 

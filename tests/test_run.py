@@ -84,6 +84,7 @@ def test_slide_globs_resolve_relative_to_the_study_file(tmp_path):
         parse_study({"slides": {"paths": ["*.ndpi"]}}, base_dir=tmp_path).slide_paths()
 
 
+@pytest.mark.slow
 def test_cli_init_then_run_reports_a_typo_in_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     study = tmp_path / "study.yaml"
@@ -147,16 +148,17 @@ class Toy:
             self._run("side", lambda: "independent")
 
         return [
-            Stage("words", words, lambda ctx: [self.inputs], lambda ctx: dict(ctx.config), lambda ctx: [self.out("words")]),
-            Stage("side", side, outputs=lambda ctx: [self.out("side")]),
-            Stage("lengths", lengths, lambda ctx: [self.out("words")], outputs=lambda ctx: [self.out("lengths")], after=("words",)),
-            Stage("total", total, lambda ctx: [self.out("lengths")], outputs=lambda ctx: [self.out("total")], after=("lengths",)),
+            Stage(name="words", run=words, inputs=lambda ctx: [self.inputs], params=lambda ctx: dict(ctx.config),
+                  outputs=lambda ctx: [self.out("words")]),
+            Stage(name="side", run=side, outputs=lambda ctx: [self.out("side")]),
+            Stage(name="lengths", run=lengths, inputs=lambda ctx: [self.out("words")], outputs=lambda ctx: [self.out("lengths")], after=("words",)),
+            Stage(name="total", run=total, inputs=lambda ctx: [self.out("lengths")], outputs=lambda ctx: [self.out("total")], after=("lengths",)),
         ]
 
     def run(self, **kw) -> dict[str, str]:
         self.calls.clear()
         ctx = StudyContext(config=self.config, out_dir=self.root / "out")
-        return run_stages(self.stages(), ctx, log=lambda msg: None, **kw)
+        return run_stages(self.stages(), ctx, **kw)
 
 
 @pytest.fixture
@@ -214,9 +216,9 @@ def test_from_deletes_the_forced_stages_outputs_inside_the_run_folder(tmp_path):
         if not (out / "cache" / "item.txt").exists():
             (out / "cache" / "item.txt").write_text(f"computed {ctx.config['version']}")
 
-    stages = [Stage("cache", cached_stage, outputs=lambda ctx: [out / "cache", outside])]
-    run_stages(stages, StudyContext(config={"version": 1}, out_dir=out), log=lambda m: None)
-    run_stages(stages, StudyContext(config={"version": 2}, out_dir=out), from_stage="cache", log=lambda m: None)
+    stages = [Stage(name="cache", run=cached_stage, outputs=lambda ctx: [out / "cache", outside])]
+    run_stages(stages, StudyContext(config={"version": 1}, out_dir=out))
+    run_stages(stages, StudyContext(config={"version": 2}, out_dir=out), from_stage="cache")
     assert (out / "cache" / "item.txt").read_text() == "computed 2"
     assert outside.read_text() == "user data"
 
@@ -236,7 +238,7 @@ def test_missing_input_is_a_one_line_error_naming_stage_and_path(toy):
     stages = toy.stages()[2:]  # without the stage that would remake it
     ctx = StudyContext(config=toy.config, out_dir=toy.root / "out")
     with pytest.raises(EmoError, match=rf"stage lengths: input {toy.out('words')} does not exist"):
-        run_stages(stages, ctx, log=lambda m: None)
+        run_stages(stages, ctx)
 
 
 def test_a_stage_api_missing_from_the_install_is_a_one_line_error(tmp_path):
@@ -244,7 +246,7 @@ def test_a_stage_api_missing_from_the_install_is_a_one_line_error(tmp_path):
         from emo.no_such_stage import run  # noqa: F401
 
     with pytest.raises(EmoError, match="stage predict: emo.no_such_stage is missing from this emo install"):
-        run_stages([Stage("predict", needs_missing)], StudyContext(config={}, out_dir=tmp_path), log=lambda m: None)
+        run_stages([Stage(name="predict", run=needs_missing)], StudyContext(config={}, out_dir=tmp_path))
     assert not record_path(tmp_path, "predict").exists()
 
 
@@ -274,7 +276,47 @@ def test_null_baseline_is_its_own_stage_for_the_features_protocol(tmp_path):
     default = ctx({})
     assert null.enabled(default) and null.outputs(default) == [tmp_path / "evaluate" / "null"]
     assert evaluate.outputs(default) == [tmp_path / "evaluate" / "validation", tmp_path / "evaluate" / "test"]
-    assert tmp_path / "evaluate" / "null" / "predictions" / "average.h5ad" in evaluate.inputs(default)
-    for data in ({"training": {"protocol": "paper"}}, {"evaluation": {"null_baseline": False}}):
+    nulls = [tmp_path / "evaluate" / "null" / f"perm_{k:02d}" / "predictions" / "average.h5ad" for k in range(10)]
+    assert all(p in evaluate.inputs(default) for p in nulls)  # evaluation.null_permutations: 10 by default
+    assert null.params(ctx({"evaluation": {"null_permutations": 3}}))["null_permutations"] == 3
+    with pytest.raises(EmoError, match="null_permutations"):
+        ctx({"evaluation": {"null_permutations": 1}})
+    for data in ({"training": {"protocol": "paper", "genes": "ESR1"}}, {"evaluation": {"null_baseline": False}}):
         assert not null.enabled(ctx(data))
         assert all("null" not in p.parts for p in evaluate.inputs(ctx(data)))
+
+
+def test_a_run_killed_after_from_is_finished_by_a_plain_run(tmp_path):
+    """`--from` forgets the records of the stages it redoes before running them: a stage killed after
+    writing part of its output folder is redone by the next plain run, and so is what reads it."""
+    out, crash = tmp_path / "out", [False]
+
+    def source(ctx):
+        out.mkdir(exist_ok=True)
+        (out / "source.txt").write_text("abc")
+
+    def predict(ctx):  # writes its folder slide by slide, like the predict stage
+        (out / "pred").mkdir(parents=True, exist_ok=True)
+        for i, letter in enumerate((out / "source.txt").read_text()):
+            if crash[0] and i == 1:
+                raise KeyboardInterrupt  # stands for kill -9 (the runner cannot react to either)
+            (out / "pred" / f"{letter}.txt").write_text(letter.upper())
+
+    def average(ctx):
+        (out / "average.txt").write_text("".join(p.read_text() for p in sorted((out / "pred").glob("*.txt"))))
+
+    stages = [
+        Stage(name="source", run=source, outputs=lambda ctx: [out / "source.txt"]),
+        Stage(name="predict", run=predict, inputs=lambda ctx: [out / "source.txt"], outputs=lambda ctx: [out / "pred"], after=("source",)),
+        Stage(name="average", run=average, inputs=lambda ctx: [out / "pred"], outputs=lambda ctx: [out / "average.txt"], after=("predict",)),
+    ]
+    run = lambda **kw: run_stages(stages, StudyContext(config={}, out_dir=out), **kw)  # noqa: E731
+    run()
+    crash[0] = True
+    with pytest.raises(KeyboardInterrupt):
+        run(from_stage="predict")
+    assert sorted(p.name for p in (out / "pred").iterdir()) == ["a.txt"]  # half redone
+    assert not record_path(out, "predict").exists() and not record_path(out, "average").exists()
+    crash[0] = False
+    assert run() == {"source": "skipped", "predict": "ran", "average": "ran"}
+    assert (out / "average.txt").read_text() == "ABC"

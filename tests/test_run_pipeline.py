@@ -9,6 +9,8 @@ import h5py
 import pytest
 
 
+pytestmark = pytest.mark.slow  # tiles and embeds a real slide through emo run
+
 
 @pytest.fixture
 def study(tmp_path, demo_source_slide):

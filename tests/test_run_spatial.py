@@ -13,6 +13,9 @@ from emo.errors import EmoError
 from emo.expression import read_her2st
 from emo.run import SPOT_TEMPLATE, load_study, parse_study, run_study
 
+pytestmark = pytest.mark.slow  # a spot-level study on real her2st sections
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

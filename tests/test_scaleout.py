@@ -20,6 +20,9 @@ from emo.errors import EmoError
 from emo.slides import TilingConfig, tile_slides
 from emo.training.paper import PaperProtocolConfig, train_paper_protocol
 
+pytestmark = pytest.mark.slow  # tiling and features through Ray/SLURM executors
+
+
 TILING = TilingConfig(tile_size_um=100, target_mpp=2.0, normalize=True)
 PROTOCOL = PaperProtocolConfig(
     backbone="timm:resnet10t", weights="none", input_size=75, batch_size=4, steps_per_epoch=2, tuning_batches=1,
@@ -84,7 +87,7 @@ def slides(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiled_locally(slides, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiles-local")
-    return out, tile_slides(slides, out, TILING, workers=2)
+    return out, tile_slides(slides, out / "tiles", TILING, workers=2)
 
 
 def _store_content(path):
@@ -112,14 +115,14 @@ def _check_same_tiles(reference, summary, out):
 
 
 def test_tiling_on_ray_gives_the_local_tile_stores(slides, tiled_locally, ray_executor, tmp_path):  # noqa: F811
-    summary = tile_slides(slides, tmp_path, TILING, executor=ray_executor)
+    summary = tile_slides(slides, tmp_path / "tiles", TILING, executor=ray_executor)
     _check_same_tiles(tiled_locally, summary, tmp_path)
     assert pd.read_csv(tmp_path / "tiles" / "summary.csv")["status"].tolist() == ["ok", "ok", "failed"]
 
 
 def test_tiling_on_slurm_gives_the_local_tile_stores(slides, tiled_locally, slurm_folder, tmp_path):  # noqa: F811
     options = {"partition": _partition(), "time_min": 5, "mem_gb": 1, "poll_s": 0.3, "chunk_size": 2, "progress": False}
-    summary = tile_slides(slides, tmp_path, TILING, executor="slurm", executor_options=options)
+    summary = tile_slides(slides, tmp_path / "tiles", TILING, executor="slurm", executor_options=options)
     _check_same_tiles(tiled_locally, summary, tmp_path)
     assert len(list((tmp_path / "tiles" / ".slurm").glob("*_submission.sh"))) == 1  # one job array
 
@@ -236,7 +239,7 @@ def test_failing_gene_is_reported_while_the_others_finish(paper_inputs, trained_
 # ---------------------------------------------------------------- features
 
 
-FEATURES = dict(backbone="timm:resnet10t", weights="none", input_size=64, batch_size=32, workers=0, progress=False)
+FEATURES = dict(backbone="timm:resnet10t", weights="none", input_size=64, batch_size=32, workers=0)
 
 
 def _features(folder):
@@ -247,17 +250,19 @@ def _features(folder):
 
 def test_features_fan_out_over_ray_in_slide_jobs(tiled_locally, ray_executor, tmp_path):  # noqa: F811
     from emo.features import extract_features
+    from emo.features.config import ExtractionConfig
 
     tiles = tiled_locally[0] / "tiles"
-    local = _features(extract_features(tiles, tmp_path / "local", **FEATURES))
+    local = _features(extract_features(tiles, tmp_path / "local", ExtractionConfig(**FEATURES), progress=False))
     seen = []
-    folder = extract_features(tiles, tmp_path / "ray", executor=ray_executor, slides_per_job=1,
-                              on_slide_done=lambda sid, path, status: seen.append((sid, status)), **FEATURES)
+    folder = extract_features(tiles, tmp_path / "ray", ExtractionConfig(**FEATURES, slides_per_job=1), executor=ray_executor,
+                              progress=False, on_slide_done=lambda sid, path, status: seen.append((sid, status)))
     assert sorted(seen) == [("A", "computed"), ("B", "computed")]
     ray = _features(folder)
     assert local.keys() == ray.keys() == {"A", "B"}
     for sid in local:
         np.testing.assert_array_equal(local[sid], ray[sid])
     seen.clear()  # finished slides are not sent out again
-    extract_features(tiles, tmp_path / "ray", executor=ray_executor, on_slide_done=lambda s, p, st: seen.append(st), **FEATURES)
+    extract_features(tiles, tmp_path / "ray", ExtractionConfig(**FEATURES), executor=ray_executor, progress=False,
+                     on_slide_done=lambda s, p, st: seen.append(st))
     assert seen == ["cached", "cached"]

@@ -64,6 +64,10 @@ def test_roi_geojson_with_hole(monkeypatch, capfd, pyramid, tmp_path):
     assert centres == expected - {(600, 600), (1000, 600), (600, 1000), (1000, 1000)}  # the hole is respected
     assert store.attrs["n_dropped_roi"] in (4, 8)  # the hole, plus the half-tissue column x = 1600–2000 if kept by tissue
     assert store.roi.all()
+    # A re-run finds the slide finished and says so.
+    code, out, err = run_cli(monkeypatch, capfd, pyramid, "--out", tmp_path / "o", "--roi", tmp_path, *GRID)
+    assert code == 0, err
+    assert "0 tiled, 1 already done;" in out
 
 
 def test_roi_mask_image(monkeypatch, capfd, pyramid, tmp_path):
@@ -137,6 +141,8 @@ def test_bad_input_gives_one_line(monkeypatch, capfd, pyramid, tmp_path, case, w
         extra = ["--roi", _geojson(tmp_path / "roi.geojson", [ring])]
     code, _, err = run_cli(monkeypatch, capfd, slide, "--out", tmp_path / "o", *GRID, *extra)
     assert_one_line_error(code, err, *words)
+    if case == "missing":  # nothing is written for a slide that is not there
+        assert not (tmp_path / "o" / "tiles" / "summary.csv").exists()
 
 
 def test_tile_prints_where_mpp_came_from_and_warns_on_a_disagreeing_mpp(monkeypatch, capfd, pyramid, tmp_path):

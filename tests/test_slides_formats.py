@@ -46,8 +46,8 @@ def assert_same_tiles(store: TileStore, reference: TileStore, atol: float) -> No
 @pytest.mark.parametrize(
     "codec, served",
     [
-        ("aperio-jpeg2000", "tifffile"),  # the TCGA case: libvips opens the header, has no JPEG 2000 decoder
-        ("zstd", "tifffile"),  # libvips' libtiff lacks zstd; tifffile (imagecodecs) and OpenSlide have it
+        ("aperio-jpeg2000", "cucim"),  # the TCGA case: libvips opens the header, has no JPEG 2000 decoder
+        ("zstd", "tifffile"),  # libvips' and cuCIM's libtiff lack zstd; tifffile (imagecodecs) and OpenSlide have it
         ("jpegxl", "tifffile"),  # neither libvips nor OpenSlide decode it
     ],
 )
@@ -89,10 +89,14 @@ def test_no_reader_decodes_names_each(image, tmp_path):
 
 def test_cmu_slide_is_claimed_by_the_fast_reader(shared_data):
     slide = shared_data("slides/CMU-1-Small-Region.svs")
-    for name in ("pyvips", "tifffile", "openslide"):  # every reader decodes the real slide
+    regions = {}
+    for name in ("pyvips", "cucim", "tifffile", "openslide"):  # every reader decodes the real slide, alike
         reader = READERS[name](slide)
         reader.probe([0, len(reader.level_dimensions) - 1])
         assert reader.mpp == pytest.approx(0.499)
+        regions[name] = reader.read_region(0, 1000, 1200, 300, 200)
+    for name in ("pyvips", "cucim", "tifffile"):
+        np.testing.assert_array_equal(regions[name], regions["openslide"])
     reader = open_slide(slide, target_mpp=0.453)
     assert reader.name == "pyvips" and reader.mpp_source == "Aperio ImageDescription MPP"
 
@@ -174,3 +178,72 @@ def test_mpp_disagreeing_with_the_file_is_noted(image, tmp_path):
     reader = open_slide(path, mpp=0.3)
     assert reader.mpp == 0.3 and reader.mpp_source.startswith("--mpp (the file says 0.25, TIFF XResolution")
     assert len(reader.warnings) == 1 and "--mpp 0.3" in reader.warnings[0] and "0.25 µm/px" in reader.warnings[0]
+
+
+# --- image modes of real H&E -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cmu_rgb(demo_source_slide):
+    """The real CMU H&E, 8-bit RGB (0.499 µm/px)."""
+    reader = open_slide(demo_source_slide)
+    rgb = reader.read_region(0, 0, 0, *reader.dimensions)
+    reader.close()
+    return rgb
+
+
+MODES_CONFIG = TilingConfig(mpp=0.499, tile_size_um=200, normalize=False)
+
+
+def _tiled(path, rgb, mode):
+    """`rgb` written in `mode` to `path` (16-bit modes as TIFF, the full 0-65535 range), tiled."""
+    import tifffile
+
+    if "16" in mode:
+        pixels = rgb.astype(np.uint16) * 257
+        if mode.startswith("RGBA"):
+            pixels = np.dstack([pixels, np.full(rgb.shape[:2], 65535, np.uint16)])
+        tifffile.imwrite(path, pixels, photometric="rgb", extrasamples=[2] if mode.startswith("RGBA") else None)
+    else:
+        Image.fromarray(rgb).convert(mode, **({"palette": Image.Palette.ADAPTIVE} if mode == "P" else {})).save(path)
+    tile_slide(path, path.with_suffix(".h5"), MODES_CONFIG)
+    return TileStore(path.with_suffix(".h5"))
+
+
+@pytest.mark.parametrize("mode, suffix", [("RGBA", ".png"), ("P", ".png"), ("RGB16", ".tif"), ("RGBA16", ".tif")])
+def test_images_of_any_colour_mode_tile_as_8_bit_rgb(cmu_rgb, tmp_path, mode, suffix):
+    reference = _tiled(tmp_path / f"rgb{suffix}", cmu_rgb, "RGB")  # 8-bit RGB in the same container
+    store = _tiled(tmp_path / f"slide{suffix}", cmu_rgb, mode)
+    if mode == "P":  # a 256-colour palette shifts the tissue mask at the edges: compare the tiles both kept
+        common = sorted(set(store.tile_ids) & set(reference.tile_ids))
+        assert len(common) >= 0.9 * len(reference)
+        ours, theirs = (s.read_tiles([s.tile_ids.index(t) for t in common]).astype(int) for s in (store, reference))
+        assert np.abs(ours - theirs).mean() < 6
+    else:
+        assert_same_tiles(store, reference, atol=0.5)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_grayscale_image_is_refused_saying_so(cmu_rgb, tmp_path, suffix):
+    path = tmp_path / f"gray{suffix}"
+    Image.fromarray(cmu_rgb[0]).convert("L").save(path)
+    with pytest.raises(EmoError, match=rf"^{path}: a grayscale image; emo needs a colour \(RGB\) H&E scan"):
+        tile_slide(path, tmp_path / "s.h5", MODES_CONFIG)
+
+
+@pytest.mark.parametrize("mpp, says", [
+    (1e6, "--mpp 1e+06 (the file says 0.499 µm/px) makes a 271 µm tile 0.000271 px of the slide: over 100 µm/px, beyond any microscope"),
+    (150, "--mpp 150 (the file says 0.499 µm/px) makes a 271 µm tile 1.81 px of the slide: over 100 µm/px, beyond any microscope"),
+    (0.0499, "--mpp 0.0499 (the file says 0.499 µm/px) makes a 271 µm tile 5.43e+03 px of the slide: larger than the "
+             "slide (2220 × 2967 px)"),
+])
+def test_absurd_mpp_names_mpp_the_files_value_and_the_tile_size(demo_source_slide, tmp_path, mpp, says):
+    with pytest.raises(EmoError) as err:
+        tile_slide(demo_source_slide, tmp_path / "s.h5", TilingConfig(mpp=mpp))
+    assert str(err.value) == f"{demo_source_slide}: {says}; check --mpp"
+
+
+def test_slide_smaller_than_a_tile_at_its_own_mpp_says_so(demo_source_slide, tmp_path):
+    with pytest.raises(EmoError, match=r"0.499 µm/px from Aperio ImageDescription MPP \(the file says 0.499 µm/px\) makes "
+                                       r"a 2000 µm tile 4.01e\+03 px of the slide: larger than the slide"):
+        tile_slide(demo_source_slide, tmp_path / "s.h5", TilingConfig(tile_size_um=2000))

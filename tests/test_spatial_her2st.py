@@ -13,6 +13,9 @@ from emo.spot_models.ridge import target_basis
 from emo.spot_models.targets import spot_targets
 
 
+pytestmark = pytest.mark.slow  # spot features of real her2st sections
+
+
 def test_gene_correlations_match_scipy():
     from scipy import stats
     from statsmodels.stats.multitest import multipletests

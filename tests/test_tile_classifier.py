@@ -16,6 +16,9 @@ from emo.models.tile_classifier import load_tile_classifier
 from emo.training.tile_classifier import labels_from_geojson, train_tile_classifier
 from training_cohort import project, tile_stats, write_feature_store
 
+pytestmark = pytest.mark.slow  # trains a tile classifier on real her2st sections
+
+
 OTHER = {c: "other" for c in ("cancer in situ", "connective tissue", "adipose tissue", "immune infiltrate", "undetermined")}
 
 

@@ -23,13 +23,13 @@ def validation_message(exc: ValidationError, source: str) -> str:
     where = ".".join(str(x) for x in err["loc"])
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown option '{where}'"
-    return f"{source}: {where}: {err['msg']}"
+    return f"{source}: {where}: {err['msg'].removeprefix('Value error, ')}"
 
 
 class StageConfig(BaseModel):
-    """A stage's validated options (unknown keys are errors)."""
+    """A stage's validated, immutable options (unknown keys are errors)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     @classmethod
     def build(cls: type[C], config: C | None = None, what: str | None = None, **options: Any) -> C:

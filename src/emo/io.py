@@ -1,21 +1,85 @@
 """Atomic writes, content hashes and provenance shared by every stage.
 
-Every artifact is written to a temporary file beside its destination and renamed into place, so a
-killed run never leaves a half-written file that a re-run would mistake for a finished one.
+Every artifact is written to a uniquely named temporary file beside its destination and renamed
+into place, so a killed run never leaves a half-written file that a re-run would mistake for a
+finished one; a full, read-only or forbidden folder surfaces as one `StorageError` line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from emo.errors import EmoError
+
+#: errnos that are the storage's fault, not the input's
+STORAGE_CAUSES = {
+    errno.ENOSPC: "no space left on the device; free space",
+    errno.EDQUOT: "disk quota exceeded; free space or raise the quota",
+    errno.EROFS: "read-only file system; choose a writable output folder",
+    errno.EACCES: "permission denied; make it writable or choose another output folder",
+    errno.EPERM: "operation not permitted; make it writable or choose another output folder",
+}
+#: what a temporary file or folder of `atomic_path`/`atomic_dir` is named: `.<target name>.<random>.tmp`
+TEMP_SUFFIX = ".tmp"
+
+
+class StorageError(EmoError):
+    """The output folder cannot be written (full, read-only, no permission): the run stops, the input is fine."""
+
+    def __init__(self, folder: Path, exc: OSError):
+        self.folder, self.errno = folder, exc.errno
+        super().__init__(f"{folder}: cannot write ({STORAGE_CAUSES[exc.errno]}), then re-run: finished outputs are kept")
+
+
+def storage_error(exc: BaseException, folder: str | os.PathLike[str] | None = None) -> StorageError | None:
+    """`exc` as a `StorageError` naming `folder` (else the file the OS names) when the storage is at fault."""
+    if isinstance(exc, StorageError):
+        return exc
+    if not isinstance(exc, OSError) or exc.errno not in STORAGE_CAUSES:
+        return None
+    if folder is not None and exc.filename and not Path(exc.filename).absolute().is_relative_to(Path(folder).absolute()):
+        return None  # e.g. an input that may not be read: not the output folder's fault
+    if folder is None:
+        name = exc.filename or next(iter(re.findall(r"name = '([^']+)'", str(exc))), None)
+        folder = Path(name).parent if name else Path.cwd()
+    return StorageError(Path(folder), exc)
+
+
+@contextlib.contextmanager
+def storage_errors(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a storage failure while writing into `folder` into a one-line `StorageError`."""
+    try:
+        yield
+    except OSError as exc:
+        error = storage_error(exc, folder)
+        if error is None:
+            raise
+        raise error from None
+
+
+def remove_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files and folders a killed run left under `folder` (call while holding its lock)."""
+    import shutil
+
+    left = [Path(root) / name for root, dirs, files in os.walk(folder) for name in (*dirs, *files)
+            if name.startswith(".") and name.endswith(TEMP_SUFFIX)]
+    for path in sorted(left, key=lambda p: len(p.parts)):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink()
+    return left
 
 
 def _umask() -> int:
@@ -48,20 +112,41 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     0600) so colleagues sharing the folder can read it; file and folder are fsynced around the rename.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
+    with storage_errors(dest.parent):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        if tmp_path.is_file():
-            os.chmod(tmp_path, 0o666 & ~_umask())
-            _fsync(tmp_path)
-        os.replace(tmp_path, dest)
+        with storage_errors(dest.parent):
+            yield tmp_path
+            if tmp_path.is_file():
+                os.chmod(tmp_path, 0o666 & ~_umask())
+                _fsync(tmp_path)
+            os.replace(tmp_path, dest)
         _fsync(dest.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """`atomic_path` for a folder: fill the yielded temporary folder; on success it replaces `dest`."""
+    import shutil
+
+    dest = Path(dest)
+    with storage_errors(dest.parent):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent))
+    try:
+        with storage_errors(dest.parent):
+            yield tmp
+            os.chmod(tmp, 0o777 & ~_umask())
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text_atomic(dest: str | os.PathLike[str], text: str) -> Path:
@@ -103,6 +188,50 @@ def file_fingerprint(path: str | os.PathLike[str]) -> str:
         if st.st_size > 2 << 20:
             fh.seek(-(1 << 20), os.SEEK_END)
             h.update(fh.read())
+    return h.hexdigest()
+
+
+#: keys that say when an artifact was written, not what it holds (left out of `content_hash`)
+TIME_KEYS = frozenset({"created", "finished"})
+
+
+def without_times(value: Any) -> Any:
+    """A JSON-like value less its `TIME_KEYS` at every depth (what it says, not when)."""
+    if isinstance(value, dict):
+        return {k: without_times(v) for k, v in value.items() if k not in TIME_KEYS}
+    if isinstance(value, list):
+        return [without_times(v) for v in value]
+    return value
+
+
+def content_hash(path: str | os.PathLike[str]) -> str:
+    """Identity of what a file holds, not of when it was written: an HDF5 file's datasets and
+    attributes and a JSON file's values, both less their `TIME_KEYS`; any other file's bytes.
+    Two identical runs therefore give their artifacts equal hashes (size + mtime would not)."""
+    path = Path(path)
+    if path.suffix == ".json":
+        return params_hash(without_times(json.loads(path.read_text())))
+    if path.suffix not in {".h5", ".h5ad", ".hdf5"}:
+        return file_sha256(path)
+    import h5py
+    import numpy as np
+
+    h = hashlib.sha256()
+
+    def add(name: str, obj: Any) -> None:
+        if name.rsplit("/", 1)[-1] in TIME_KEYS:
+            return
+        h.update(f"{name}\0".encode())
+        for key in sorted(set(obj.attrs) - TIME_KEYS):
+            h.update(f"@{key}={plain_attr(obj.attrs[key], arrays_as_lists=True)!r}\0".encode())
+        if isinstance(obj, h5py.Dataset):
+            data = obj.asstr()[()] if h5py.check_string_dtype(obj.dtype) else obj[()]
+            h.update(f"{obj.dtype}{obj.shape}".encode())
+            h.update(np.asarray(data).tobytes() if np.asarray(data).dtype != object else repr(np.asarray(data).tolist()).encode())
+
+    with h5py.File(path, "r") as f:
+        add("/", f)
+        f.visititems(add)
     return h.hexdigest()
 
 

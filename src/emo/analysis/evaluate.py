@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from emo.analysis import stats
 from emo.analysis.bulk import predictions_by_sample, subtype_column
@@ -26,12 +26,16 @@ from emo.panels import get_panel
 
 __all__ = [
     "EvaluateConfig", "EvaluateThresholds", "Evaluation", "compute_evaluation", "evaluate", "gene_table",
-    "plot_evaluation", "read_gene_list", "write_evaluation",
+    "null_summary", "plot_evaluation", "read_gene_list", "write_evaluation",
 ]
 
 GENE_COLUMNS = ["gene", "n", "spearman_rho", "spearman_p", "fdr_bh", "pearson_r", "r2", "selected"]
 TEST_COLUMNS = ["p_bonferroni", "validated"]
 PANELS = ("pam50", "oncotype_dx", "endopredict")
+NULL_DEFINITION = (
+    "The null: the same head fitted {k} times on labels exchanged between whole patients, each predicting the same "
+    "slides; its gene counts show how many genes pass by chance and through the features' own structure."
+)
 
 
 class EvaluateThresholds(StageConfig):
@@ -54,8 +58,14 @@ class EvaluateConfig(EvaluateThresholds):
 
     test: bool | None = None  # None: a split named test* is a test split
     selected: Path | None = None  # gene list from the validation run (test splits)
-    null_predictions: Path | None = None  # predictions of a model trained on permuted labels
+    null_predictions: tuple[Path, ...] = ()  # EMO-average of each permuted-label head (one per permutation)
     validation_genes: Path | None = None  # genes.csv of the validation run, for ρ concordance
+
+    @field_validator("null_predictions", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        """One path (the single-permutation form) or none is accepted as a tuple of them."""
+        return () if value is None else (value,) if isinstance(value, (str, Path)) else value
 
 
 def read_gene_list(path: Path) -> list[str]:
@@ -95,9 +105,10 @@ def _counts(table: pd.DataFrame, cfg: EvaluateConfig) -> dict[str, int]:
     out = {"n_genes": int(len(table)), f"fdr_lt_{cfg.fdr_report:g}": int((table["fdr_bh"] < cfg.fdr_report).sum())}
     for t in cfg.r2_report:
         out[f"r2_gt_{t:g}"] = int((table["r2"] > t).sum())
-    out["selected"] = int(table["selected"].sum())
-    if "validated" in table:
+    if "validated" in table:  # a test split: every gene in it was tested, none selected here
         out["validated"] = int(table["validated"].sum())
+    else:
+        out["selected"] = int(table["selected"].sum())
     return out
 
 
@@ -159,7 +170,8 @@ class Evaluation:
     predicted: pd.DataFrame
     panels: pd.DataFrame
     summary: dict[str, Any]
-    null_table: pd.DataFrame | None = None
+    null_table: pd.DataFrame | None = None  # per permutation and gene (`permutation` + the table's columns)
+    null_counts: pd.DataFrame | None = None  # per permutation the gene counts of `_counts`
     concordance: pd.DataFrame | None = None
     proliferation: dict[str, Any] | None = None
     figures: list[str] = field(default_factory=list)
@@ -189,22 +201,41 @@ def _split_samples(ad: Any, targets: Path, split: str, cfg: EvaluateConfig) -> t
     return obs, in_split
 
 
-def _null_comparison(cfg: EvaluateConfig, obs: pd.DataFrame, measured: pd.DataFrame, r2_mask: np.ndarray,
-                     is_test: bool) -> pd.DataFrame:
-    """The same statistics for the permuted-label model's predictions of the same samples."""
+def _null_tables(cfg: EvaluateConfig, obs: pd.DataFrame, measured: pd.DataFrame, r2_mask: np.ndarray,
+                 is_test: bool) -> pd.DataFrame:
+    """The same statistics for each permuted-label head's predictions of the same samples, stacked."""
     from emo.prediction.average import read_average
 
     samples, genes = list(measured.index), list(measured.columns)
-    null_pred = predictions_by_sample(read_average(cfg.null_predictions), obs, what=str(cfg.null_predictions))
-    missing = [s for s in samples if s not in null_pred.index]
-    null_genes = [g for g in genes if g in null_pred.columns]
-    if missing or not null_genes:
-        raise EmoError(
-            f"{cfg.null_predictions}: null predictions lack {len(missing)} samples / all genes of the evaluated "
-            "split; predict the same slides with the permuted-label model"
-        )
-    null_table = gene_table(measured[null_genes], null_pred.loc[samples, null_genes], r2_mask=r2_mask)
-    return _apply_rules(null_table, cfg, is_test, select=True)
+    tables = []
+    for k, path in enumerate(cfg.null_predictions):
+        null_pred = predictions_by_sample(read_average(path), obs, what=str(path))
+        missing = [s for s in samples if s not in null_pred.index]
+        null_genes = [g for g in genes if g in null_pred.columns]
+        if missing or not null_genes:
+            raise EmoError(
+                f"{path}: null predictions lack {len(missing)} samples / all genes of the evaluated split; "
+                "predict the same slides with the permuted-label model"
+            )
+        table = gene_table(measured[null_genes], null_pred.loc[samples, null_genes], r2_mask=r2_mask)
+        tables.append(_apply_rules(table, cfg, is_test, select=True).assign(permutation=k))
+    stacked = pd.concat(tables, ignore_index=True)
+    return stacked[["permutation", *[c for c in stacked.columns if c != "permutation"]]]
+
+
+def null_summary(model_counts: dict[str, int], null_counts: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Per count: the model's, the null's mean and 95 % interval over permutations, and the empirical P
+    of a count at least the model's, (1 + #{null ≥ model}) / (K + 1)."""
+    out = {}
+    for key in null_counts.columns:
+        if key == "n_genes" or key not in model_counts:
+            continue
+        values = null_counts[key].to_numpy(np.float64)
+        low, high = np.percentile(values, [2.5, 97.5])
+        out[key] = {"model": int(model_counts[key]), "null_mean": float(values.mean()), "null_low": float(low),
+                    "null_high": float(high),
+                    "p_empirical": float(stats.permutation_p(model_counts[key], values[:, None])[0])}
+    return out
 
 
 def _concordance(table: pd.DataFrame, validation_genes: Path) -> tuple[pd.DataFrame, dict[str, Any]] | None:
@@ -286,9 +317,18 @@ def compute_evaluation(
         "provenance": provenance(predictions=str(predictions), targets=str(targets), split=split, **recorded),
     }
     result = Evaluation(cfg, bool(is_test), table, measured, predicted, _panel_summary(table, is_test), summary)
-    if cfg.null_predictions is not None:
-        result.null_table = _null_comparison(cfg, obs, measured, r2_mask, is_test)
-        summary["null"] = {"predictions": str(cfg.null_predictions), "counts": _counts(result.null_table, cfg)}
+    if cfg.null_predictions:
+        result.null_table = _null_tables(cfg, obs, measured, r2_mask, is_test)
+        rho = result.null_table.pivot(index="permutation", columns="gene", values="spearman_rho")
+        rho = rho.reindex(columns=table["gene"]).to_numpy(np.float64)
+        table.insert(table.columns.get_loc("spearman_p") + 1, "permutation_p",
+                     stats.permutation_p(np.abs(table["spearman_rho"].to_numpy(np.float64)), np.abs(rho)))
+        result.null_counts = pd.DataFrame([_counts(t, cfg) for _, t in result.null_table.groupby("permutation")])
+        k = len(cfg.null_predictions)
+        summary["null"] = {"definition": NULL_DEFINITION.format(k=k), "n_permutations": k,
+                           "predictions": [str(p) for p in cfg.null_predictions],
+                           "counts": null_summary(summary["counts"], result.null_counts),
+                           "per_permutation": result.null_counts.to_dict(orient="list")}
     if cfg.validation_genes is not None:
         found = _concordance(table, cfg.validation_genes)
         if found is not None:
@@ -304,28 +344,35 @@ def plot_evaluation(result: Evaluation, out_dir: Path) -> list[str]:
     """Figures like the paper's Figs. 1, 2 and 5 into `out_dir`; returns their file names."""
     from emo.analysis import plots
 
-    cfg, prolif = result.config, result.proliferation
-    figs = {
-        "histograms.png": lambda: plots.metric_histograms(result.table, result.null_table, cfg.fdr_report),
-        "top_genes.png": lambda: plots.top_gene_scatter(result.table, result.measured, result.predicted, cfg.top),
-    }
+    from emo.prediction.render import expression_unit
+
+    cfg, prolif, table = result.config, result.proliferation, result.table
+    passing = table[table["validated" if result.is_test else "selected"]].sort_values("spearman_rho", ascending=False)
+    unit = expression_unit(result.summary.get("targets_emo"))
+    figs = {"histograms.png": lambda: plots.metric_histograms(table, result.null_table, cfg.fdr_report)}
+    if result.null_counts is not None:
+        figs["null_distribution.png"] = lambda: plots.null_distribution(result.summary["null"]["counts"], result.null_counts)
+    if len(passing):
+        figs["top_genes.png"] = lambda: plots.top_gene_scatter(passing, result.measured, result.predicted, cfg.top, unit)
     if prolif is not None:
-        figs["proliferation.png"] = lambda: plots.proliferation_scatter(prolif)
+        figs["proliferation.png"] = lambda: plots.proliferation_scatter(prolif, unit)
         if "subtype" in prolif["scores"]:
-            figs["proliferation_subtypes.png"] = lambda: plots.proliferation_subtypes(prolif)
+            figs["proliferation_subtypes.png"] = lambda: plots.proliferation_subtypes(prolif, unit)
     if result.concordance is not None:
         figs["concordance.png"] = lambda: plots.concordance_scatter(result.concordance)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     for name, make in figs.items():
         plots.save(make(), Path(out_dir) / name)
+    for stale in {"null_distribution.png", "top_genes.png"} - set(figs):  # from an earlier run of this folder
+        (Path(out_dir) / stale).unlink(missing_ok=True)
     result.figures = sorted(figs)
     result.summary["figures"] = result.figures
     return result.figures
 
 
 def write_evaluation(result: Evaluation, out_dir: Path) -> None:
-    """genes.csv/.parquet, panels.csv, genes_null.csv, proliferation.csv, selected_genes.txt (validation
-    splits) and, last, summary.json."""
+    """genes.csv/.parquet, panels.csv, genes_null.csv + null_counts.csv (per permutation), proliferation.csv,
+    selected_genes.txt (validation splits) and, last, summary.json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = result.table
@@ -334,6 +381,7 @@ def write_evaluation(result: Evaluation, out_dir: Path) -> None:
     write_table_atomic(out_dir / "panels.csv", result.panels)
     if result.null_table is not None:
         write_table_atomic(out_dir / "genes_null.csv", result.null_table)
+        write_table_atomic(out_dir / "null_counts.csv", result.null_counts.rename_axis("permutation"), index=True)
     if result.proliferation is not None:
         write_table_atomic(out_dir / "proliferation.csv", result.proliferation["scores"], index=True)
     if not result.is_test:

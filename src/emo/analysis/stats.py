@@ -97,3 +97,12 @@ def adjust_pvalues(p: ArrayLike, method: str = "fdr_bh") -> np.ndarray:
     if ok.any():
         out[ok] = multipletests(p[ok], method=method)[1]
     return out
+
+
+def permutation_p(observed: ArrayLike, null: ArrayLike) -> np.ndarray:
+    """Empirical P per column, (1 + #{null ≥ observed}) / (K + 1) over the K rows of `null` (Phipson &
+    Smyth 2010: never 0, as the observed labelling is one of the permutations); NaN where observed is."""
+    observed = np.atleast_1d(np.asarray(observed, dtype=np.float64))
+    null = np.asarray(null, dtype=np.float64).reshape(-1, observed.size)
+    p = (1 + (null >= observed).sum(axis=0)) / (len(null) + 1)
+    return np.where(np.isfinite(observed), p, np.nan)

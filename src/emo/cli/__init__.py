@@ -50,12 +50,20 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 2.
 
-    Usage errors (missing/invalid options) are reported by click itself in standalone mode.
+    Storage failures (full, read-only, forbidden folder) are one line too; usage errors (missing/invalid
+    options) are reported by click itself in standalone mode.
     """
     try:
         app()
     except EmoError as exc:
         typer.echo(f"emo: error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:  # a write outside `emo.io`'s helpers: a full, read-only or forbidden folder
+        from emo.io import storage_error
+
+        if (error := storage_error(exc)) is None:
+            raise
+        typer.echo(f"emo: error: {error}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("emo: interrupted; finished outputs are kept, re-run to resume", err=True)

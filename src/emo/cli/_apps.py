@@ -8,6 +8,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # click's help: wraps at any width, never truncates an option name
 )
 expression_app = typer.Typer(help="RNA-seq matrices → training targets.", no_args_is_help=True)
 analyze_app = typer.Typer(help="Statistics and analyses of predicted expression.", no_args_is_help=True)

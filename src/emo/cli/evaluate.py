@@ -22,7 +22,7 @@ def evaluate(
     alpha: float = typer.Option(0.05, "--alpha", help="Test splits: Bonferroni-adjusted P below this (and ρ > 0) validates a gene."),
     external_cohort: list[str] = typer.Option([], "--external-cohort", help="Cohort whose R²pred is not computed (repeatable; adds to obs['external'])."),
     cohort: list[str] = typer.Option([], "--cohort", help="Evaluate only these cohorts of the split (repeatable)."),
-    null_predictions: Optional[Path] = typer.Option(None, "--null-predictions", help="Predictions of the same head trained on permuted labels: counts reported side by side."),
+    null_predictions: list[Path] = typer.Option([], "--null-predictions", help="Predictions of the same head trained on permuted labels, one per permutation (repeatable): the null distribution of gene counts and per-gene permutation P."),
     validation_genes: Optional[Path] = typer.Option(None, "--validation-genes", help="genes.csv of the validation run: concordance of ρ validation vs this split."),
     subtype_column: Optional[str] = typer.Option(None, "--subtype-column", help="obs column with intrinsic subtypes (default: subtype/pam50_subtype if present)."),
     test: Optional[bool] = typer.Option(None, "--test/--no-test", help="Force test-split (Bonferroni) or validation-split (selection) handling."),
@@ -32,12 +32,14 @@ def evaluate(
     gene panels; proliferation score; figures like the paper's Figs. 1, 2 and 5."""
     from emo.analysis.evaluate import EvaluateConfig
     from emo.analysis.evaluate import evaluate as run
+    from emo.run.lock import hold_folder
 
     cfg = EvaluateConfig.build(
         r2_min=r2_min, fdr_max=fdr_max, alpha=alpha, test=test, selected=selected,
-        external_cohorts=tuple(external_cohort), cohorts=tuple(cohort), null_predictions=null_predictions,
+        external_cohorts=tuple(external_cohort), cohorts=tuple(cohort), null_predictions=tuple(null_predictions),
         validation_genes=validation_genes, subtype_column=subtype_column, top=top,
     )
+    hold_folder(out, "emo evaluate")
     table = run(predictions, targets, split, out, config=cfg)
     n_sel = int(table["selected"].sum())
     msg = f"{len(table)} genes evaluated on {split}; "

@@ -35,6 +35,7 @@ def prepare(
     from emo.errors import EmoError
     from emo.expression import prepare_targets
     from emo.expression.prepare import PrepareConfig, summary_paths
+    from emo.run.lock import hold_folder
 
     try:
         parts = [float(f) for f in fractions.split(",")]
@@ -46,6 +47,7 @@ def prepare(
         min_variance=min_variance, seed=seed, stratify=stratify, orientation=orientation, on_duplicate=on_duplicate,
         fractions=tuple(p / total for p in parts) if total > 0 else tuple(parts),
     )
+    hold_folder(out.parent, "emo expression prepare")
     adata = prepare_targets(matrix, samples, config.reference_cohort, out, counts_matrices=counts_matrix, slides=slides,
                             **config.options())
     summary = adata.uns["emo_summary"]

@@ -16,7 +16,7 @@ def info(backbones: bool = typer.Option(False, "--backbones", help="List every r
     import platform
 
     if backbones:
-        from emo.models.backbones import backbone_table
+        from emo.models.backbone_specs import backbone_table
 
         for row in backbone_table():
             typer.echo(f"{row['name']:<22} dim {row['dim']:>5}  {row['input_size']:>3} px  {row['output']:<11} "

@@ -19,6 +19,8 @@ def predict(
     panel: Optional[str] = typer.Option(None, "--panel", help="Gene panel to draw (pam50, oncotype_dx, endopredict, ...)."),
     tiles: Optional[Path] = typer.Option(None, "--tiles", help="Tile-store folder: thumbnails and exact tile geometry (pixels for paper-protocol models)."),
     chunk_tiles: int = typer.Option(2048, "--chunk-tiles", help="Tiles predicted per chunk (bounds memory)."),
+    geojson_top: int = typer.Option(5, "--geojson-top", min=0, help="Without --genes/--panel: GeoJSON measurements of the model's best genes by tuning ρ."),
+    classes: str = typer.Option("slide", "--classes", help="GeoJSON classes by thirds of the first gene: slide (each slide's own cut-offs) or cohort (cut-offs over all slides)."),
 ) -> None:
     """Predict expression of every gene for every tile (EMO-spatial) and slide (EMO-average).
 
@@ -26,6 +28,9 @@ def predict(
     choose which genes get heatmap PNGs and GeoJSON measurements.
     """
     from emo.prediction import predict as run_predict
+    from emo.run.lock import hold_folder
 
-    path = run_predict(model, features, out, genes=genes, panel=panel, tiles=tiles, chunk_tiles=chunk_tiles)
+    hold_folder(out, "emo predict")
+    path = run_predict(model, features, out, genes=genes, panel=panel, tiles=tiles, chunk_tiles=chunk_tiles,
+                       geojson_top=geojson_top, classes=classes)
     typer.echo(f"predictions written to {path}")

@@ -8,16 +8,16 @@ from typing import Optional
 import typer
 
 from emo.cli._apps import app
+from emo.run.pipeline import stage_names
 
 
 @app.command()
 def run(
     study: Path = typer.Argument(..., help="study YAML (write one with `emo init`)"),
     from_stage: Optional[str] = typer.Option(
-        None, "--from", help="redo this stage and every later one: tile, features, expression, train, predict, evaluate, analyze, report "
-        "(spot studies: spot_train, spot_predict, spot_evaluate, report)"
-    ),
+        None, "--from", help=f"redo this stage and every later one: {', '.join(stage_names())}"),
     executor: Optional[str] = typer.Option(None, "--executor", help="local | ray | slurm (overrides the study file)"),
+    wait: bool = typer.Option(False, "--wait", help="if another run holds the output folder, wait for it instead of refusing"),
 ) -> None:
     """Run a study: tile → features → expression → train → predict → evaluate → analyze → report.
 
@@ -28,7 +28,7 @@ def run(
     from emo.run import load_study, run_study
 
     config = load_study(study)
-    status = run_study(config, from_stage=from_stage, executor=executor)
+    status = run_study(config, from_stage=from_stage, executor=executor, wait=wait)
     ran = [s for s, v in status.items() if v == "ran"]
     typer.echo(f"{config.out_dir}: {len(ran)} stage(s) ran ({', '.join(ran) or 'none'}), others up to date")
     report = config.out_dir / "report.html"

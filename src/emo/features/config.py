@@ -5,13 +5,19 @@ from __future__ import annotations
 from pydantic import Field
 
 from emo.config import StageConfig
+from emo.models.backbone_specs import BackboneName
 
 
 class ExtractionConfig(StageConfig):
-    """Backbone and loader settings of one feature extraction; `extract_features(tiles, out, **config.model_dump())`."""
+    """Backbone and loader settings of one feature extraction: `extract_features(tiles, out_dir, config)`."""
 
-    backbone: str = Field("efficientnet_lite0", description="registered name, or timm:<arch> / torchvision:<arch>")
-    weights: str = Field("default", description="default | imagenet | none | hf-hub:<repo id> | path to a checkpoint")
+    backbone: BackboneName = Field("efficientnet_lite0", description="Registered name (efficientnet_lite0, …, or a pathology encoder preset such as "
+                                        "uni, uni2_h, virchow2, h_optimus_1, conch_v15; `emo info --backbones` lists "
+                                        "them) or timm:<arch> / torchvision:<arch>.")
+    weights: str = Field("default", description="default | imagenet (downloaded once and cached) | none (random init) | "
+                                      "hf-hub:<repo id> (token from HF_TOKEN) | path to .pth/.pt/.bin/.safetensors, or for an "
+                                      "encoder preset the folder holding its published checkpoint "
+                                      "(default for presets: ~/.config/emo/weights.yaml, then the HF cache).")
     batch_size: int = Field(64, ge=1, description="tiles per forward pass")
     device: str | None = Field(None, description="cpu or cuda (null: cuda when available)")
     workers: int = Field(2, ge=0, description="loader processes reading and normalising tiles (0: in-process)")

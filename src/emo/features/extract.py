@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from emo.errors import EmoError
+from emo.features.config import ExtractionConfig
 from emo.features.preprocess import normalize_stains
 from emo.models.inputs import to_model_input
 from emo.features.store import FeatureStore, tile_store_params_hash, write_feature_store
@@ -134,30 +135,27 @@ def loader_context(workers: int):
     return ctx
 
 
-def extract_features(tile_dir: Path | Sequence[Path], out_dir: Path, backbone: str = "efficientnet_lite0",
-                     weights: str = "default", batch_size: int = 64, device: str | None = None, workers: int = 2, *,
-                     pooling: str | None = None, input_size: int | None = None, progress: bool = True,
+def extract_features(tile_dir: Path | Sequence[Path], out_dir: Path, config: ExtractionConfig | None = None, *,
+                     executor: str | Executor | None = None, progress: bool = True,
                      on_slide_done: Callable[[str, Path, str], None] | None = None,
                      on_tiles: Callable[[int], None] | None = None,
-                     executor: str | Executor | None = None, slides_per_job: int = 8,
                      executor_options: dict[str, Any] | None = None) -> Path:
-    """Write `<out_dir>/features/<backbone>/<slide_id>.h5` for every tile store; return that folder.
+    """Write `<out_dir>/<backbone>/<slide_id>.h5` for every tile store; return that folder. `out_dir` is
+    the stage's folder (`<run>/features`), so backbones sit side by side.
 
     `tile_dir` is a folder of tile stores (or its parent, or one store, or a list of stores).
     `on_slide_done(slide_id, path, status)` is called after each slide with status `computed` or
     `cached` (finished earlier with the same backbone and tile store); `on_tiles(n)` after each batch
     of n tiles (a caller's own progress bar). One process with a loader
     feeding one device is the fastest on a machine; for a cluster, `executor` = `ray` or `slurm`
-    (or such an Executor) splits the unfinished slides into jobs of `slides_per_job` slides, each
-    running this function on its slides where it lands (a local executor keeps the single loader).
+    (or such an Executor) splits the unfinished slides into jobs of `config.slides_per_job` slides,
+    each running this function on its slides where it lands (a local executor keeps the single loader).
     """
     from emo.models import create_backbone
 
-    if batch_size < 1:
-        raise EmoError(f"--batch-size must be ≥ 1 (got {batch_size})")
-    if workers < 0:
-        raise EmoError(f"--workers must be ≥ 0 (got {workers})")
+    c = config or ExtractionConfig()
     fan_out = _fans_out(executor)
+    device = c.device
     if not fan_out:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -166,17 +164,16 @@ def extract_features(tile_dir: Path | Sequence[Path], out_dir: Path, backbone: s
         tile_paths = find_tile_stores(Path(tile_dir))
     else:
         tile_paths = [Path(p) for p in tile_dir]
-    model = create_backbone(backbone, weights, pooling=pooling, input_size=input_size)
+    model = create_backbone(c.backbone, c.weights, pooling=c.pooling, input_size=c.input_size)
     identity = model.identity() | {"preprocess": PREPROCESS}
-    out_folder = Path(out_dir) / "features" / backbone_dir_name(model.name)
+    out_folder = Path(out_dir) / backbone_dir_name(model.name)
     jobs = _pending_slides(tile_paths, out_folder, identity, on_slide_done)
     if not jobs:
         return out_folder
     if fan_out:
-        options = dict(batch_size=batch_size, device=device, workers=workers, pooling=pooling, input_size=input_size)
-        _fan_out(jobs, out_dir, backbone, weights, options, executor, slides_per_job, executor_options, on_slide_done)
+        _fan_out(jobs, out_dir, c, executor, executor_options, on_slide_done)
     else:
-        _embed_slides(jobs, model, identity, device, batch_size, workers, progress, on_slide_done, on_tiles)
+        _embed_slides(jobs, model, identity, device, c.batch_size, c.workers, progress, on_slide_done, on_tiles)
     return out_folder
 
 
@@ -304,22 +301,20 @@ def _fans_out(executor: str | Executor | None) -> bool:
 def _extract_job(job: dict[str, Any]) -> list[tuple[str, str]]:
     """One cluster job: features for its slides (a picklable top-level function for the executors)."""
     done: list[tuple[str, str]] = []
-    extract_features([Path(p) for p in job["tile_stores"]], Path(job["out_dir"]), job["backbone"], job["weights"],
-                     progress=False, on_slide_done=lambda sid, path, status: done.append((sid, status)), **job["options"])
+    extract_features([Path(p) for p in job["tile_stores"]], Path(job["out_dir"]), ExtractionConfig(**job["config"]),
+                     progress=False, on_slide_done=lambda sid, path, status: done.append((sid, status)))
     return done
 
 
-def _fan_out(jobs: list[_SlideJob], out_dir: Path, backbone: str, weights: str, options: dict[str, Any],
-             executor: str | Executor, slides_per_job: int, executor_options: dict[str, Any] | None,
-             on_slide_done: Callable[[str, Path, str], None] | None) -> None:
+def _fan_out(jobs: list[_SlideJob], out_dir: Path, config: ExtractionConfig, executor: str | Executor,
+             executor_options: dict[str, Any] | None, on_slide_done: Callable[[str, Path, str], None] | None) -> None:
     from emo.executors import stage_executor
 
-    if slides_per_job < 1:
-        raise EmoError(f"slides_per_job must be ≥ 1 (got {slides_per_job})")
+    slides_per_job = config.slides_per_job
     chunks = [jobs[k : k + slides_per_job] for k in range(0, len(jobs), slides_per_job)]
     items = [{"tile_stores": [str(j.tile_store.resolve()) for j in chunk], "out_dir": str(Path(out_dir).resolve()),
-              "backbone": backbone, "weights": weights, "options": options} for chunk in chunks]
-    folder = Path(out_dir) / "features" / ".slurm"
+              "config": config.model_dump()} for chunk in chunks]
+    folder = Path(out_dir) / ".slurm"
     with stage_executor(executor, folder=folder, options=executor_options) as ex:
         results = ex.map(_extract_job, items, desc="feature jobs")
     if on_slide_done:

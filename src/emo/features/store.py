@@ -10,9 +10,21 @@ from typing import Any
 
 import h5py
 import numpy as np
+from pydantic import Field
 
 from emo.errors import EmoError
+from emo.formats import ArtifactAttrs
 from emo.io import params_hash, plain_attr
+
+
+class FeatureStoreAttrs(ArtifactAttrs):
+    """The attributes a feature store is read back by (the rest are kept as written)."""
+
+    WHAT = "feature store"
+    FIX = "delete it and re-extract with `emo features`"
+
+    backbone: str
+    dim: int = Field(gt=0)
 
 
 def tile_store_params_hash(store: Any) -> str:
@@ -41,7 +53,7 @@ def write_feature_store(path: str | Path, features: np.ndarray, coords_px: np.nd
         h5.create_dataset("coords", data=np.asarray(coords_px, dtype=np.int64).reshape(-1, 2)).attrs.update(coords_attrs or {})
         h5.create_dataset("coords_um", data=np.asarray(coords_um, dtype=np.float64).reshape(-1, 2))
         h5.create_dataset("tile_id", data=np.asarray(list(tile_ids), dtype=object), dtype=h5py.string_dtype())
-        h5.attrs.update(attrs)
+        h5.attrs.update({"format_version": FeatureStoreAttrs.FORMAT, **attrs})
     return path
 
 
@@ -63,6 +75,10 @@ class FeatureStore:
         except (OSError, KeyError) as exc:
             raise EmoError(f"{self.path}: not a readable emo feature store ({exc}); delete it and re-run "
                            "`emo features`") from None
+        FeatureStoreAttrs.check(self.path, self.attrs)
+        if int(self.attrs["dim"]) != self.dim:
+            raise EmoError(f"{self.path}: feature store field dim={self.attrs['dim']} but its features are "
+                           f"{self.dim} wide; {FeatureStoreAttrs.FIX}")
         self._features: np.ndarray | None = None
 
     def _dataset(self, name: str) -> np.ndarray:

@@ -1,29 +1,16 @@
 """Model registries: image backbones, heads on cached features, and every trained-model kind
 behind one interface (`EmoModel`; `load(model_dir)` → `.genes`, `.backbone`, `.predict(source, embed)`, `.save`, `.model_id`)."""
 
-from emo.models.attention_mil import AttentionMILConfig, AttentionMILHead
-from emo.models.backbones import BACKBONES, Backbone, create_backbone, list_backbones
-from emo.models.heads import HEADS, LinearHead, MLPConfig, MLPHead, fit_ridge_path, get_head_class
-from emo.models.model import Model, save_model
-from emo.models.registry import MODEL_KINDS, EmoModel, load, load_kind
+import lazy_loader
 
-__all__ = [
-    "AttentionMILConfig",
-    "AttentionMILHead",
-    "BACKBONES",
-    "HEADS",
-    "MODEL_KINDS",
-    "Backbone",
-    "EmoModel",
-    "LinearHead",
-    "MLPConfig",
-    "MLPHead",
-    "Model",
-    "create_backbone",
-    "fit_ridge_path",
-    "get_head_class",
-    "list_backbones",
-    "load",
-    "load_kind",
-    "save_model",
-]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "attention_mil": ["AttentionMILConfig", "AttentionMILHead"],
+        "backbone_specs": ["BACKBONES", "list_backbones"],
+        "backbones": ["Backbone", "create_backbone"],
+        "heads": ["HEADS", "LinearHead", "MLPConfig", "MLPHead", "fit_ridge_path", "get_head_class"],
+        "model": ["Model", "save_model"],
+        "registry": ["EmoModel", "MODEL_KINDS", "load", "load_kind"],
+    },
+)

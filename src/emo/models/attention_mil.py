@@ -9,24 +9,25 @@ predictions (EMO-spatial) are the instance predictions s_i; EMO-average uses the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
+from pydantic import Field
 
+from emo.config import StageConfig
 from emo.errors import EmoError
 
 
-@dataclass
-class AttentionMILConfig:
-    hidden: int = 128
-    attention: int = 64
-    dropout: float = 0.25
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 16  # bags per step
-    max_epochs: int = 200
-    patience: int = 20
-    tiles_per_slide: int = 256  # tiles sampled (once, seeded) per slide for training
+class AttentionMILConfig(StageConfig):
+    """Gated-attention MIL head: a slide's prediction is its tiles' attention-weighted embedding."""
+
+    hidden: int = Field(128, ge=1, description="tile embedding units")
+    attention: int = Field(64, ge=1, description="attention units")
+    dropout: float = Field(0.25, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(16, ge=1, description="bags per step")
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(20, ge=1, description="early-stopping patience in epochs")
+    tiles_per_slide: int = Field(256, ge=1, description="tiles sampled (once, seeded) per slide for training")
     seed: int = 0
 
 
@@ -78,7 +79,7 @@ class AttentionMILHead:
         return config.attention_mil_config().tiles_per_slide
 
     def head_config(self) -> dict:
-        return {k: getattr(self.config, k) for k in self.config.__dataclass_fields__}
+        return self.config.model_dump()
 
     @property
     def dim(self) -> int:

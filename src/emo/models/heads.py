@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from pydantic import Field
 
+from emo.config import StageConfig
 from emo.errors import EmoError
 
 
@@ -233,18 +235,17 @@ class LinearHead:
         return cls(tensors["weight"], tensors["bias"])
 
 
-@dataclass
-class MLPConfig:
+class MLPConfig(StageConfig):
     """Small per-tile MLP; a slide's prediction is the mean of its tiles' outputs."""
 
-    hidden: int = 256
-    dropout: float = 0.1
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 16  # slides (or tiles in tile mode) per step
-    max_epochs: int = 200
-    patience: int = 20
-    tiles_per_slide: int = 256  # tiles sampled (once, seeded) per slide for training
+    hidden: int = Field(256, ge=1, description="hidden units")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(16, ge=1, description="slides (or tiles in tile mode) per step")
+    max_epochs: int = Field(200, ge=1)
+    patience: int = Field(20, ge=1, description="early-stopping patience in epochs")
+    tiles_per_slide: int = Field(256, ge=1, description="tiles sampled (once, seeded) per slide for training")
     seed: int = 0
 
 
@@ -314,7 +315,7 @@ class MLPHead:
         return config.mlp_config().tiles_per_slide
 
     def head_config(self) -> dict:
-        return {k: getattr(self.config, k) for k in self.config.__dataclass_fields__}
+        return self.config.model_dump()
 
     @classmethod
     def fit(cls, x_train, y_train, x_tune, y_tune, *, groups_train=None, groups_tune=None, config,

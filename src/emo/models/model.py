@@ -9,12 +9,27 @@ from pathlib import Path
 import numpy as np
 
 from emo.errors import EmoError
+from emo.formats import ArtifactAttrs
 from emo.io import atomic_path, write_json_atomic
 from emo.models.heads import HEADS
 from emo.models.registry import Embedder, EmoModel
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
+
+
+class ModelManifest(ArtifactAttrs):
+    """What every model folder's manifest must say (each kind's loader checks the rest)."""
+
+    WHAT = "model manifest"
+    FIX = "retrain the model with this emo (`emo train`)"
+
+    kind: str
+
+
+def write_manifest(model_dir: str | Path, manifest: dict) -> Path:
+    """Write a model folder's manifest (atomically, last: a folder with one is complete), format version stamped."""
+    return write_json_atomic(Path(model_dir) / MANIFEST, {"format_version": ModelManifest.FORMAT, **manifest})
 
 
 def _major(version: str) -> str:
@@ -84,7 +99,7 @@ def save_model(out_dir: Path, manifest: dict, tensors: dict[str, np.ndarray]) ->
     with atomic_path(out_dir / WEIGHTS) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
     manifest = {k: (asdict(v) if is_dataclass(v) else v) for k, v in manifest.items()}
-    write_json_atomic(out_dir / MANIFEST, manifest)
+    write_manifest(out_dir, manifest)
     return out_dir
 
 
@@ -98,6 +113,7 @@ def read_manifest(model_dir: Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise EmoError(f"{path}: not valid JSON ({exc}); re-run `emo train`") from None
+    ModelManifest.check(path, manifest)
     version = str(manifest.get("emo_version", "?"))
     if _major(version) != _major(__version__):
         raise EmoError(

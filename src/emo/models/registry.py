@@ -60,12 +60,14 @@ class EmoModel:
 
     @property
     def model_id(self) -> str:
-        """Identity of the exact weights: outputs of another model are never mistaken for finished."""
-        from emo.io import file_fingerprint, params_hash
+        """Identity of the exact weights, by content (identical trainings are one model): outputs of
+        another model are never mistaken for finished."""
+        from emo.io import content_hash, params_hash, without_times
 
         files = [] if self.path is None else [self.path / "weights.safetensors", self.path / "done.json",
                                               *sorted(self.path.glob("genes/*/done.json"))]
-        return params_hash({"manifest": self.manifest, "weights": [file_fingerprint(p) for p in files if p.exists()]})
+        manifest = {k: v for k, v in without_times(self.manifest).items() if k != "targets"}  # where targets were read from
+        return params_hash({"manifest": manifest, "weights": [content_hash(p) for p in files if p.exists()]})
 
     def predict(self, source: Any, embed: Embedder | None = None) -> np.ndarray:
         raise NotImplementedError

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 from pydantic import ConfigDict, Field, field_validator
-from scipy.spatial import cKDTree
 
 from emo.config import StageConfig
 from emo.errors import EmoError
-from emo.io import atomic_path, provenance, write_json_atomic
+from emo.models.backbone_specs import BackboneName
+from emo.io import atomic_path, provenance
 from emo.models.registry import Embedder, EmoModel
 
 
@@ -32,7 +32,7 @@ class SpotModelConfig(StageConfig):
     tile_sizes_um: tuple[float, ...] = Field((224.0, 100.0, 448.0), min_length=1,
                                              description="spot-centred tile sizes in µm, features concatenated")
     tile_px: int = Field(224, ge=16, description="pixels a side of every spot tile")
-    backbone: str = Field("efficientnet_lite0_ms", description="frozen feature backbone (emo.models.list_backbones())")
+    backbone: BackboneName = Field("efficientnet_lite0_ms", description="frozen feature backbone (emo.models.list_backbones())")
     alpha: float = Field(3.0, gt=0, description="ridge penalty per feature (λ = alpha × n_features)")
     n_components: int | None = Field(10, ge=0, description="target principal components (0 or null: every gene directly)")
     section_standardize: bool = True
@@ -62,6 +62,8 @@ def section_design(features: np.ndarray, xy: np.ndarray, config: SpotModelConfig
         f = (f - f.mean(0)) / (f.std(0) + 1e-6)
     radius = config.context_radius if radius is None else radius
     if config.context_radius > 0 and len(f):
+        from scipy.spatial import cKDTree  # imported here: `emo spatial --help` reads this module's config
+
         neighbours = cKDTree(xy).query_ball_point(xy, radius)
         ctx = np.stack([f[nb].mean(0) for nb in neighbours])
         f = np.concatenate([f, ctx], axis=1)
@@ -142,7 +144,9 @@ class SpotModel(EmoModel):
             tensors["basis"] = self.basis
         with atomic_path(model_dir / "weights.safetensors") as tmp:
             save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()}, str(tmp))
-        write_json_atomic(model_dir / "manifest.json", self.manifest)
+        from emo.models.model import write_manifest
+
+        write_manifest(model_dir, self.manifest)
         self.path = model_dir
         return model_dir
 

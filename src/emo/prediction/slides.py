@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import h5py
 import numpy as np
@@ -18,9 +19,10 @@ import pandas as pd
 
 from emo.errors import EmoError
 from emo.io import atomic_path, plain_attr
+from emo.log import warn
 from emo.features.store import FeatureStore, feature_identity, open_feature_stores
 from emo.prediction.average import write_average
-from emo.prediction.render import heatmap_png, qupath_geojson
+from emo.prediction.render import CLASS_SCOPES, heatmap_png, model_unit, qupath_geojson, tertile_cuts
 from emo.slides.spatial_uns import image_spatial_uns
 
 
@@ -40,6 +42,61 @@ def _chosen_genes(model_genes: list[str], genes, panel) -> list[str]:
             raise EmoError(f"panel {panel!r}: none of its genes is predicted by this model; train it with --genes {panel}")
         chosen += [g for g in members if g not in chosen]
     return chosen
+
+
+def tile_size_note(model_dir: Path, manifest: dict, store_sizes_um: set[float]) -> str | None:
+    """One line when the tiles predicted differ (> 5 %) in size from those the model was trained on
+    (spot models: their smallest, the spot's, tile)."""
+    sizes = (manifest.get("config") or {}).get("tile_sizes_um") or [(manifest.get("tile_geometry") or {}).get("tile_size_um")]
+    trained = min((float(v) for v in sizes if v), default=None)
+    other = sorted(v for v in store_sizes_um if trained and abs(v - trained) > 0.05 * trained)
+    if not other:
+        return None
+    return (f"{Path(model_dir).name} was trained on {trained:g} µm tiles but predicts "
+            f"{', '.join(f'{v:g}' for v in other)} µm tiles here; re-tile with --tile-um {trained:g} to match")
+
+
+def geojson_genes(model, chosen: list[str], n: int) -> list[str]:
+    """The GeoJSON measurements: the chosen genes, else the model's `n` best by tuning-split ρ
+    (`tuning.csv`, the split the model was selected on); none when the model records no such ρ."""
+    tuning = Path(model.path) / "tuning.csv"
+    if chosen or n == 0 or not tuning.is_file():
+        return chosen
+    per_gene = pd.read_csv(tuning)
+    if "tune_spearman" not in per_gene:
+        return []
+    best = per_gene.dropna(subset=["tune_spearman"]).sort_values("tune_spearman", ascending=False)
+    return [g for g in best["gene"].astype(str) if g in model.genes][:n]
+
+
+def spatial_columns(path: Path, genes: list[str]) -> dict:
+    """`genes`' columns of one EMO-spatial file with its tile ids, corners, centres, tile size and
+    `uns['emo']`, read with h5py (the rest of X stays on disk)."""
+    import anndata
+
+    with h5py.File(path, "r") as f:
+        names = [plain_attr(g) for g in f["var"][f["var"].attrs["_index"]][...]]
+        cols = [names.index(g) for g in genes]
+        order = np.argsort(cols)
+        values = np.empty((f["X"].shape[0], len(cols)), np.float32)
+        if cols:
+            values[:, order] = f["X"][:, sorted(cols)]
+        obs = f["obs"]
+        return {"tile_ids": [plain_attr(t) for t in obs[obs.attrs["_index"]][...]],
+                "coords_px": np.stack([obs["x_px"][...], obs["y_px"][...]], axis=1),
+                "centres": f["obsm/spatial"][...], "values": values,
+                "uns": anndata.io.read_elem(f["uns/emo"]) if "uns/emo" in f else {},
+                "spatial": anndata.io.read_elem(f["uns/spatial"]) if "uns/spatial" in f else {}}
+
+
+def write_geojson(out_dir: Path, slide_ids: list[str], genes: list[str], classes: str = "slide") -> None:
+    """`<out>/geojson/<slide>.geojson` for every slide from its EMO-spatial file; `classes` "cohort" cuts
+    the thirds on all slides' tiles together, "slide" on each slide's own."""
+    data = {s: spatial_columns(out_dir / "spatial" / f"{s}.h5ad", genes) for s in slide_ids}
+    cuts = tertile_cuts(np.concatenate([d["values"] for d in data.values()])) if classes == "cohort" and genes else None
+    for slide_id, d in data.items():
+        qupath_geojson(out_dir / "geojson" / f"{slide_id}.geojson", slide_id, d["tile_ids"], d["coords_px"],
+                       float(d["uns"]["tile_size_level0"]), genes, d["values"], cuts, classes)
 
 
 def _tile_store_info(tiles: Path | None, store) -> tuple[dict, np.ndarray | None]:
@@ -144,27 +201,27 @@ def _tile_sources(model, tiles: Path) -> dict[str, Callable[[], _SlideSource]]:
 
 def _write_spatial(dest: Path, genes: list[str], src: _SlideSource, obs: pd.DataFrame, centres: np.ndarray,
                    uns: dict, chunk_tiles: int, chosen: list[str], spatial: dict) -> np.ndarray:
-    """Write the slide's AnnData skeleton with anndata, then fill X in float32 chunks with h5py."""
+    """Write the slide's AnnData skeleton with anndata, then fill X in float32 chunks with h5py (into the
+    caller's temporary `dest`)."""
     import anndata
 
     var = pd.DataFrame({"mean": np.zeros(len(genes))}, index=pd.Index(genes, name="gene"))
     skeleton = anndata.AnnData(obs=obs, var=var, obsm={"spatial": centres}, uns={"emo": uns, "spatial": spatial})
     col = [genes.index(g) for g in chosen]
     picked = np.zeros((len(obs), len(col)), dtype=np.float32)
-    with atomic_path(dest) as tmp:
-        skeleton.write_h5ad(tmp)
-        total = np.zeros(len(genes), dtype=np.float64)
-        with h5py.File(tmp, "a") as f:
-            ds = f.create_dataset("X", shape=(len(obs), len(genes)), dtype="float32",
-                                  chunks=(max(1, min(len(obs), 256)), min(len(genes), 2048)))
-            ds.attrs["encoding-type"] = "array"
-            ds.attrs["encoding-version"] = "0.2.0"
-            for start in range(0, len(obs), chunk_tiles):
-                pred = np.asarray(src.predict_rows(slice(start, start + chunk_tiles)), dtype=np.float32)
-                ds[start : start + len(pred)] = pred
-                total += pred.sum(axis=0, dtype=np.float64)
-                picked[start : start + len(pred)] = pred[:, col]
-            f["var/mean"][...] = src.pool() if src.pool is not None else total / max(len(obs), 1)
+    skeleton.write_h5ad(dest)
+    total = np.zeros(len(genes), dtype=np.float64)
+    with h5py.File(dest, "a") as f:
+        ds = f.create_dataset("X", shape=(len(obs), len(genes)), dtype="float32",
+                              chunks=(max(1, min(len(obs), 256)), min(len(genes), 2048)))
+        ds.attrs["encoding-type"] = "array"
+        ds.attrs["encoding-version"] = "0.2.0"
+        for start in range(0, len(obs), chunk_tiles):
+            pred = np.asarray(src.predict_rows(slice(start, start + chunk_tiles)), dtype=np.float32)
+            ds[start : start + len(pred)] = pred
+            total += pred.sum(axis=0, dtype=np.float64)
+            picked[start : start + len(pred)] = pred[:, col]
+        f["var/mean"][...] = src.pool() if src.pool is not None else total / max(len(obs), 1)
     return picked
 
 
@@ -177,8 +234,12 @@ def predict(
     *,
     tiles: Path | None = None,
     chunk_tiles: int = 2048,
+    geojson_top: int = 5,
+    classes: Literal["slide", "cohort"] = "slide",
 ) -> Path:
-    """Predict every gene for every tile of every slide; `genes`/`panel` choose heatmaps and GeoJSON.
+    """Predict every gene for every tile of every slide; `genes`/`panel` choose heatmaps and GeoJSON
+    measurements (none chosen: the `geojson_top` best by tuning ρ are measured); `classes` says whether
+    the GeoJSON's thirds are cut per slide or on the whole cohort.
 
     Any model `emo.models.load` reads: models on cached features read `feature_dir` (or, given only
     `tiles`, embed the tiles with their backbone); models that read pixels (paper-protocol CNNs,
@@ -198,9 +259,13 @@ def predict(
     else:
         sources = _feature_sources(model, feature_dir, tiles)
     chosen = _chosen_genes(model.genes, genes, panel)
+    if classes not in CLASS_SCOPES:
+        raise EmoError(f"classes {classes!r}: choose slide or cohort")
     model_id = model.model_id
+    unit = model_unit(manifest)
     from emo.progress import track
 
+    store_sizes: set[float] = set()
     for slide_id in track(sorted(sources), "predicting slides", "slide"):
         dest = out_dir / "spatial" / f"{slide_id}.h5ad"
         if dest.exists() and _finished_with(dest, model_id):
@@ -211,23 +276,28 @@ def predict(
             raise EmoError(f"{src.path}: coordinates differ from the tile store of slide {slide_id}; "
                            "re-run `emo features` on this tile store")
         size = _tile_level0(manifest, src.path, src.coords_px, src.coords_um, tile_attrs)
+        if "tile_size_um" in tile_attrs:
+            store_sizes.add(float(tile_attrs["tile_size_um"]))
         obs = pd.DataFrame({"x_px": src.coords_px[:, 0], "y_px": src.coords_px[:, 1],
                             "x_um": src.coords_um[:, 0], "y_um": src.coords_um[:, 1]},
                            index=pd.Index(src.tile_ids, name="tile_id"))
         uns = {"slide_id": slide_id, "emo_version": __version__, "model": str(Path(model_dir).resolve()),
                "model_kind": manifest["kind"], "model_hash": model_id,
                "backbone": str(model.backbone.get("name")), "tile_size_level0": size,
-               "mpp": float(tile_attrs.get("mpp", src.mpp)), "spatial_units": "level-0 px (tile centres)"}
-        part = dest.with_name(f".{dest.name}.part")
+               "mpp": float(tile_attrs.get("mpp", src.mpp)), "spatial_units": "level-0 px (tile centres)",
+               "unit": unit}
         spatial = image_spatial_uns(slide_id, tile_attrs.get("slide_path"), tile_attrs.get("slide_width"), size,
                                     {"mpp": uns["mpp"]}, fallback=thumb)
-        picked = _write_spatial(part, model.genes, src, obs, src.coords_px + size / 2.0, uns, chunk_tiles, chosen,
-                                spatial)
-        for j, gene in enumerate(chosen):
-            heatmap_png(out_dir / "heatmaps" / slide_id / f"{gene}.png", gene, picked[:, j], src.coords_px + size / 2.0,
-                        spatial[slide_id], slide_id, uns["mpp"])
-        qupath_geojson(out_dir / "geojson" / f"{slide_id}.geojson", slide_id, src.tile_ids, src.coords_px, size, chosen, picked)
-        part.replace(dest)  # the slide's completion marker
+        with atomic_path(dest) as part:  # renamed onto dest last: the slide's completion marker
+            picked = _write_spatial(part, model.genes, src, obs, src.coords_px + size / 2.0, uns, chunk_tiles, chosen,
+                                    spatial)
+            for j, gene in enumerate(chosen):
+                heatmap_png(out_dir / "heatmaps" / slide_id / f"{gene}.png", gene, picked[:, j], src.coords_px + size / 2.0,
+                            spatial[slide_id], slide_id, uns["mpp"], unit)
+    note = tile_size_note(model_dir, manifest, store_sizes)
+    if note:
+        warn(note)
+    write_geojson(out_dir, sorted(sources), geojson_genes(model, chosen, geojson_top), classes)
     return write_average(out_dir, model.genes, sorted(sources))
 
 

@@ -69,10 +69,11 @@ def targets(path: Path, run_dir: Path) -> str:
 
 # ------------------------------------------------------------------------------------ model
 def _manifests(run_dir: Path) -> list[Path]:
-    """Model folders, the study's own first and the permuted-label null model (evaluate/null/) last."""
+    """Model folders, the study's own first and one permuted-label null model (the first of evaluate/null/) last."""
     found = [p for p in _glob(run_dir, "**/manifest.json")
              if any(part.startswith("model") or part.endswith("_model") for part in p.relative_to(run_dir).parts[:-1])]
-    return sorted(found, key=lambda p: (bool(_json(p).get("permuted_labels")), str(p)))
+    null = sorted(p for p in found if _json(p).get("permuted_labels"))
+    return sorted(set(found) - set(null)) + null[:1]
 
 
 def _penalty_range(m: dict) -> str:
@@ -161,44 +162,27 @@ def _top_genes(run_dir: Path, averages: pd.DataFrame, n: int = 3) -> tuple[list[
     return averages.var().sort_values(ascending=False).index[:n].tolist(), "most variable predictions across slides"
 
 
-def _spatial_columns(path: Path, genes: list[str]):
-    """Tile centres, predictions of `genes`, the thumbnail block and µm/px of one EMO-spatial file."""
-    import anndata
-    import h5py
-
-    from emo.io import plain_attr
-
-    with h5py.File(path, "r") as f:
-        names = [plain_attr(g) for g in f["var"][f["var"].attrs["_index"]][...]]
-        cols = [names.index(g) for g in genes]
-        order = np.argsort(cols)
-        values = np.empty((f["X"].shape[0], len(cols)), np.float32)
-        values[:, order] = f["X"][:, sorted(cols)]
-        centres = f["obsm/spatial"][...]
-        slide = plain_attr(f["uns/emo/slide_id"][()]) if "uns/emo/slide_id" in f else path.stem
-        lib = anndata.io.read_elem(f["uns/spatial"]).get(slide) if "uns/spatial" in f else None
-        mpp = float(plain_attr(f["uns/emo/mpp"][()])) if "uns/emo/mpp" in f else None
-    return centres, values, lib, mpp
-
-
 def prediction_maps(folder: Path, genes: list[str], slides: list[str], note: str) -> str:
     """Grid of predicted-expression maps (rows: slides, columns: genes; one colour scale per gene)."""
     import matplotlib.pyplot as plt
 
     from emo.prediction.render import expression_map
+    from emo.prediction.slides import spatial_columns
 
     files = [folder / "spatial" / f"{s}.h5ad" for s in slides]
-    data = [_spatial_columns(p, genes) for p in files]
+    data = [spatial_columns(p, genes) for p in files]
+    unit = data[0]["uns"].get("unit", "target scale")
     fig, axes = plt.subplots(len(slides), len(genes), figsize=(4.2 * len(genes), 3.6 * len(slides)), squeeze=False)
     for j, gene in enumerate(genes):
-        allv = np.concatenate([d[1][:, j] for d in data])
+        allv = np.concatenate([d["values"][:, j] for d in data])
         clim = tuple(np.nanpercentile(allv, [2, 98])) if len(allv) else None
-        for i, (slide, (centres, values, lib, mpp)) in enumerate(zip(slides, data)):
-            expression_map(axes[i, j], lib, centres, values[:, j], square=True, mpp=mpp, label=f"predicted {gene}",
+        for i, (slide, d) in enumerate(zip(slides, data)):
+            expression_map(axes[i, j], d["spatial"].get(d["uns"].get("slide_id", slide)), d["centres"], d["values"][:, j],
+                           square=True, mpp=d["uns"].get("mpp"), label=f"predicted {gene}\n({unit})",
                            title=f"{slide}: {gene}", clim=clim)
     fig.tight_layout()
     caption = (f"Predicted expression per tile over the H&E of three slides (highest, median and lowest EMO-average of "
-               f"{genes[0]}); genes {note}; one colour scale per gene")
+               f"{genes[0]}); genes {note}; one colour scale per gene, in {unit}")
     return h.plot(fig, caption, files)
 
 
@@ -211,7 +195,7 @@ def predictions(folder: Path, run_dir: Path) -> str:
     spatial = sorted((folder / "spatial").glob("*.h5ad")) if (folder / "spatial").is_dir() else []
     body += (f"; EMO-spatial (one value per tile) for {len(spatial)} slides. Each <code>spatial/*.h5ad</code> opens in "
              "scanpy/squidpy (<code>sc.pl.spatial(adata, color=GENE)</code>) and each <code>geojson/*.geojson</code> in "
-             "QuPath (tiles classified by predicted level).</p>")
+             "QuPath (tiles carry the measured genes and are classified by thirds of the first one).</p>")
     have = {p.stem for p in spatial}
     if have and len(avg.columns):
         genes, note = _top_genes(run_dir, avg)
@@ -232,17 +216,44 @@ def _evaluate_dirs(run_dir: Path) -> list[Path]:
     return [p.parent for p in _glob(run_dir, "**/genes.csv") if "split" in _json(p.parent / "summary.json")]
 
 
+def _counts_table(s: dict) -> pd.DataFrame:
+    """Gene counts of the model beside the null's mean, 95 % interval and the model's empirical P."""
+    counts = pd.DataFrame({"model": s.get("counts", {})})
+    null = s.get("null", {}).get("counts", {})
+    if null:
+        k = s["null"].get("n_permutations", "?")
+        counts[f"null mean ({k} permutations)"] = pd.Series({key: c["null_mean"] for key, c in null.items()})
+        counts["null 95 % interval"] = pd.Series({key: f"{c['null_low']:.3g} – {c['null_high']:.3g}" for key, c in null.items()})
+        counts["P (model count vs null)"] = pd.Series({key: c["p_empirical"] for key, c in null.items()})
+    counts.index = [h.plain_label(k) for k in counts.index]
+    return counts.reset_index(names="genes")
+
+
+def best_genes(genes: pd.DataFrame, s: dict) -> tuple[pd.DataFrame, str]:
+    """Genes passing the split's rule (selected on validation, validated on test), by ρ, negative ρ
+    flagged; and the caption that names the rule."""
+    cfg = s.get("config", {})
+    rule, label = (("validated", f"Bonferroni P < {cfg.get('alpha', 0.05):g} and ρ > 0") if s.get("test") else
+                   ("selected", f"R² > {cfg.get('r2_min', 0.2):g} and FDR < {cfg.get('fdr_max', 0.001):g}"))
+    passing = genes[genes[rule].astype(bool)] if rule in genes else genes.iloc[:0]
+    passing = passing.sort_values("spearman_rho", ascending=False).drop(columns=["selected", "validated"], errors="ignore")
+    if (passing["spearman_rho"] < 0).any():
+        passing.insert(1, "direction", np.where(passing["spearman_rho"] < 0, "negative ρ: predicted against measured", ""))
+    return passing, f"best genes: {rule} ({label}), by Spearman ρ"
+
+
 @register_section("evaluate", title="Validation and test (emo evaluate)", order=50, find=_evaluate_dirs)
 def evaluate(folder: Path, run_dir: Path) -> str:
     s = _json(folder / "summary.json")
     kind = "test split (Bonferroni)" if s.get("test") else "selection split"
     body = f"<p><code>{_rel(folder, run_dir)}</code>: split <b>{h.esc(s.get('split'))}</b>, {kind}, {s.get('n_samples')} samples"
     body += f" ({s.get('n_external_samples', 0)} external, R² not computed on them).</p>" if s.get("n_external_samples") else ".</p>"
-    counts = pd.DataFrame({"model": s.get("counts", {})})
+    if s.get("test") and not s.get("selected_list"):
+        body += ("<p class=note>No validation split selected genes before this test: every gene is tested, with "
+                 "Bonferroni over all of them, so no gene is marked as selected.</p>")
     if "null" in s:
-        counts["null (permuted labels)"] = pd.Series(s["null"]["counts"])
-    counts.index = [h.plain_label(k) for k in counts.index]
-    body += h.table(counts.reset_index(names="genes"), caption="gene counts")
+        body += f"<p>{h.esc(s['null'].get('definition', ''))}</p>"
+    body += h.table(_counts_table(s), caption="gene counts")
     if "concordance" in s:
         body += h.mapping(s["concordance"], caption="concordance of ρ with the validation run")
     if (folder / "panels.csv").exists():
@@ -259,9 +270,13 @@ def evaluate(folder: Path, run_dir: Path) -> str:
         if "by_subtype" in s["proliferation"]:
             by = pd.DataFrame(s["proliferation"]["by_subtype"]).T.reset_index(names="subtype")
             body += h.table(by, caption="proliferation score by subtype")
-    genes = pd.read_csv(folder / "genes.csv").sort_values("spearman_p")
-    body += h.table(genes, max_rows=20, caption="best genes (measured vs predicted over samples)", source=folder / "genes.csv")
-    body += h.images(sorted(folder.glob("*.png")))
+    passing, caption = best_genes(pd.read_csv(folder / "genes.csv"), s)
+    body += h.table(passing, max_rows=20, caption=caption, source=folder / "genes.csv",
+                    empty="No gene passes the rule on this split.")
+    captions = {folder / "null_distribution.png": "genes passing each threshold: the permuted-label heads (grey, "
+                "95 % interval shaded) against the model (red)",
+                folder / "top_genes.png": "measured vs predicted for the genes passing the rule, by ρ"}
+    body += h.images(sorted(folder.glob("*.png")), captions=captions)
     if "config" in s:
         body += h.details("parameters", h.mapping(s["config"]))
     if "provenance" in s:

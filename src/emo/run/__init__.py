@@ -1,21 +1,13 @@
 """`emo run`: a whole study from one validated YAML file, resumable stage by stage."""
 
-from emo.run.config import StudyConfig, load_study, parse_study
-from emo.run.pipeline import STAGE_NAMES, STAGES, run_study
-from emo.run.runner import Stage, StudyContext, run_stages
-from emo.run.template import SPOT_TEMPLATE, STUDY_TEMPLATE, write_template
+import lazy_loader
 
-__all__ = [
-    "SPOT_TEMPLATE",
-    "STAGES",
-    "STAGE_NAMES",
-    "STUDY_TEMPLATE",
-    "Stage",
-    "StudyConfig",
-    "StudyContext",
-    "load_study",
-    "parse_study",
-    "run_stages",
-    "run_study",
-    "write_template",
-]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "config": ["StudyConfig", "load_study", "parse_study"],
+        "pipeline": ["STAGES", "STAGE_NAMES", "run_study"],
+        "runner": ["Stage", "StudyContext", "run_stages"],
+        "template": ["SPOT_TEMPLATE", "STUDY_TEMPLATE", "write_template"],
+    },
+)

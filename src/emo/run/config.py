@@ -15,25 +15,23 @@ import glob
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 
 from emo.analysis.clustering import ClustersConfig
 from emo.analysis.de import DEConfig
 from emo.analysis.enrichment import EnrichConfig
 from emo.analysis.evaluate import EvaluateThresholds
-from emo.config import validation_message
+from emo.config import StageConfig, validation_message
 from emo.errors import EmoError
 from emo.expression.her2st import DESCRIPTION as HER2ST_LAYOUT
 from emo.expression.her2st import Her2stLayout
 from emo.expression.prepare import PrepareConfig
 from emo.features.config import ExtractionConfig
-from emo.slides import TilingConfig
+from emo.slides.config import TilingConfig
 from emo.models.spot import SpotModelConfig
 from emo.training.config import TrainConfig
 
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+GENE_FILE_SUFFIXES = (".txt", ".tsv", ".csv", ".list")
 
 
 class SlidesConfig(TilingConfig):
@@ -64,20 +62,33 @@ class ExpressionConfig(PrepareConfig):
 
 
 
-class PredictionConfig(Section):
-    genes: str | list[str] | None = None
-    panel: str | None = None
+class PredictionConfig(StageConfig):
+    genes: str | list[str] | None = Field(None, description="genes/panels (or a gene file) for heatmaps and GeoJSON")
+    panel: str | None = Field(None, description="a shipped gene panel for heatmaps and GeoJSON")
+
+    @field_validator("panel")
+    @classmethod
+    def _known_panel(cls, v: str | None) -> str | None:
+        from emo.panels import panel_info
+
+        if v is not None:
+            try:
+                panel_info(v)
+            except EmoError as exc:
+                raise ValueError(str(exc)) from None
+        return v
 
 
-class EvaluationConfig(Section):
+class EvaluationConfig(StageConfig):
     splits: list[str] = Field(default_factory=lambda: ["validation", "test"], min_length=1,
                               description="each evaluated into evaluate/<split>/ (a test split after validation adds ρ concordance)")
     thresholds: EvaluateThresholds = Field(default_factory=EvaluateThresholds,
                                            description="`emo evaluate`'s rules, e.g. r2_min, fdr_max, alpha")
-    null_baseline: bool = Field(True, description="also fit the head on permuted slide labels and report it beside the model")
+    null_baseline: bool = Field(True, description="also fit the head on permuted patient labels and report it beside the model")
+    null_permutations: int = Field(10, ge=2, description="permuted-label heads fitted: the null distribution of gene counts")
 
 
-class AnalysesConfig(Section):
+class AnalysesConfig(StageConfig):
     """Each analysis runs when its section is given (`{}` = its defaults)."""
 
     clusters: ClustersConfig | None = None
@@ -86,7 +97,7 @@ class AnalysesConfig(Section):
     gmt: list[str] = Field(default_factory=list, description="gene-set files (GMT)")
 
 
-class ExecutorConfig(Section):
+class ExecutorConfig(StageConfig):
     name: Literal["local", "ray", "slurm"] = "local"
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -125,7 +136,7 @@ class SpotStudyConfig(SpotModelConfig):
         return v
 
 
-class StudyConfig(Section):
+class StudyConfig(StageConfig):
     out: str = "emo-study"
     spots: SpotStudyConfig | None = Field(None, validation_alias=AliasChoices("spots", "spatial"),
                                           description="spot-level study instead of slides → bulk targets "
@@ -172,8 +183,9 @@ class StudyConfig(Section):
 
 
     def check_files(self) -> None:
-        """Every input the study names exists, and preparing targets has what it needs; else one
-        EmoError naming the key (e.g. `expression.matrices[1]`)."""
+        """Every input the study names exists (slides, files, gene lists), and preparing targets has what
+        it needs; else one EmoError naming the key (e.g. `expression.matrices[1]`). Names (backbones,
+        heads, panels) were checked when the file was parsed, so nothing is left to fail late."""
         if self.spots is not None:
             return self._check_spots()
         self.slide_paths()
@@ -185,6 +197,12 @@ class StudyConfig(Section):
         for key, value in named:
             if value and not self.path(value).exists():
                 raise EmoError(f"{key}: {self.path(value)} does not exist; fix the path in the study file")
+        a = self.analyses
+        for key, spec in (("training.genes", self.training.genes), ("prediction.genes", self.prediction.genes),
+                          ("analyses.clusters.genes", a.clusters.genes if a.clusters else None),
+                          ("analyses.differential_expression.genes",
+                           a.differential_expression.genes if a.differential_expression else None)):
+            self._check_genes(key, spec)
         if not e.targets:
             if not (e.matrices or e.counts_matrices):
                 raise EmoError("expression.matrices: no expression matrix given; list one (or counts_matrices), or set expression.targets")
@@ -195,6 +213,28 @@ class StudyConfig(Section):
                 raise EmoError("expression.reference_cohort: not set; name the cohort (sample sheet `cohort` column) "
                                "the others are aligned to")
 
+
+    def gene_spec(self, spec: str | Path | list[str] | None) -> str | Path | list[str] | None:
+        """A gene spec with a gene-list file resolved against the study's folder (panels and genes as they are)."""
+        if isinstance(spec, (str, Path)) and "," not in str(spec) and self.path(spec).is_file():
+            return self.path(spec)
+        return spec
+
+    def _check_genes(self, key: str, spec: str | Path | list[str] | None) -> None:
+        from emo.panels import resolve_genes
+
+        if spec is None:
+            return
+        text = str(spec)
+        if isinstance(spec, (str, Path)) and "," not in text and ("/" in text or Path(text).suffix in GENE_FILE_SUFFIXES) \
+                and not self.path(text).is_file():
+            raise EmoError(f"{key}: gene list {self.path(text)} does not exist; fix the path (relative to the study file)")
+        try:
+            genes = resolve_genes(self.gene_spec(spec))
+        except EmoError as exc:
+            raise EmoError(f"{key}: {exc}") from None
+        if not genes:
+            raise EmoError(f"{key}: names no gene; list genes or panels, or remove the key")
 
     def spot_genes_file(self) -> Path | None:
         g = self.spots.genes if self.spots else None

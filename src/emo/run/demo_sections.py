@@ -28,10 +28,18 @@ def _demo_evaluations(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "evaluate").glob("*/genes.csv"))
 
 
+def _null(folder: Path) -> pd.DataFrame | None:
+    """The permuted-label heads' per-gene rows (all permutations, indexed by gene), when the run has them."""
+    path = folder / "genes_null.csv"
+    return pd.read_csv(path).set_index("gene") if path.exists() else None
+
+
 def recovery_table(folder: Path, planted: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per planted gene its held-out ρ (model and null); per group (planted / noise) a summary."""
+    """Per planted gene its held-out ρ (model, and the null's mean over permutations); per group
+    (planted / noise) a summary over genes (and, for the null, permutations)."""
     genes = pd.read_csv(folder / "genes.csv").set_index("gene")
-    null = pd.read_csv(folder / "genes_null.csv").set_index("gene") if (folder / "genes_null.csv").exists() else None
+    null = _null(folder)
+    null_mean = null.groupby(level="gene")[["spearman_rho", "r2"]].mean() if null is not None else None
     spec = planted["planted_genes"]
     rows = []
     for gene, s in spec.items():
@@ -39,9 +47,9 @@ def recovery_table(folder: Path, planted: dict) -> tuple[pd.DataFrame, pd.DataFr
             continue
         row = {"gene": gene, "driven by": s["measurement"], "weight": s["weight"], "expected |r|": s["expected_abs_r"],
                "ρ model": genes.at[gene, "spearman_rho"], "P model": genes.at[gene, "spearman_p"], "R² model": genes.at[gene, "r2"]}
-        if null is not None and gene in null.index:
-            row["ρ null"] = null.at[gene, "spearman_rho"]
-            row["R² null"] = null.at[gene, "r2"]
+        if null_mean is not None and gene in null_mean.index:
+            row["ρ null (mean)"] = null_mean.at[gene, "spearman_rho"]
+            row["R² null (mean)"] = null_mean.at[gene, "r2"]
         rows.append(row)
     per_gene = pd.DataFrame(rows)
     groups = {"planted": [g for g in spec if g in genes.index], "noise": [g for g in planted["noise_genes"] if g in genes.index]}
@@ -50,7 +58,7 @@ def recovery_table(folder: Path, planted: dict) -> tuple[pd.DataFrame, pd.DataFr
         for label, table in (("model", genes), ("null (permuted labels)", null)):
             if table is None or not members:
                 continue
-            rows_ = table.loc[[g for g in members if g in table.index]]
+            rows_ = table[table.index.isin(members)]
             rho, r2 = rows_["spearman_rho"].astype(float), rows_["r2"].astype(float)
             summary.append({"genes": name, "fit": label, "n": len(rho), "mean ρ": rho.mean(), "median ρ": rho.median(),
                             "min ρ": rho.min(), "max ρ": rho.max(), "median R²": r2.median(), "max R²": r2.max()})
@@ -62,7 +70,7 @@ def _figure(folder: Path, planted: dict) -> str:
 
     genes = pd.read_csv(folder / "genes.csv").set_index("gene")
     null_path = folder / "genes_null.csv"
-    null = pd.read_csv(null_path).set_index("gene") if null_path.exists() else None
+    null = _null(folder)
     planted_genes = [g for g in planted["planted_genes"] if g in genes.index]
     noise_genes = [g for g in planted["noise_genes"] if g in genes.index]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -72,7 +80,7 @@ def _figure(folder: Path, planted: dict) -> str:
     rng = np.random.default_rng(0)
     for ax, metric, label in ((axes[0], "spearman_rho", "Spearman ρ"), (axes[1], "r2", "R²pred")):
         for x, (_, table, members, colour) in enumerate(columns):
-            values = table[metric].reindex(members).dropna().to_numpy(float)
+            values = table.loc[table.index.isin(members), metric].dropna().to_numpy(float)
             ax.boxplot([values], positions=[x], widths=0.5, showfliers=False)
             ax.scatter(x + rng.uniform(-0.15, 0.15, len(values)), values, s=18, color=colour, zorder=3)
         ax.axhline(0, color="k", lw=0.6)
@@ -81,9 +89,9 @@ def _figure(folder: Path, planted: dict) -> str:
     axes[0].set_ylim(-1, 1)
     axes[1].set_ylim(max(-1.5, axes[1].get_ylim()[0]), 1)
     fig.tight_layout()
-    caption = ("each dot a gene, over the held-out slides; R²pred below 0 means worse than predicting the mean. "
-               "The null head's ρ can stray far from 0 because ρ ignores scale: a tiny chance slope along a strong image "
-               "signal still ranks slides in that signal's order; its R²pred stays near 0")
+    caption = ("each dot a gene (null: a gene in one permutation), over the held-out slides; R²pred below 0 means worse "
+               "than predicting the mean. A null head's ρ can stray far from 0 because ρ ignores scale: a tiny chance slope "
+               "along a strong image signal still ranks slides in that signal's order; its R²pred stays near 0")
     sources = [folder / "genes.csv"] + ([null_path] if null is not None else [])
     return f'<div class="figs">{h.plot(fig, caption, sources)}</div>'
 
@@ -96,7 +104,8 @@ def demo(genes_csv: Path, run_dir: Path) -> str:
     per_gene, groups = recovery_table(folder, planted)
     body = f"<p><b>{SYNTHETIC_NOTE}</b></p>"
     body += (f"<p>Held-out split <b>{h.esc(folder.name)}</b>: {summary.get('n_samples', '?')} slides never used for "
-             "fitting or tuning. The null fit is the same head trained on permuted slide labels.</p>")
+             "fitting or tuning. The null fits are the same head trained on labels permuted between whole patients, "
+             "once per permutation.</p>")
     body += _figure(folder, planted)
     body += h.table(groups, caption="planted vs noise genes (Spearman ρ on held-out slides)")
     body += h.table(per_gene, max_rows=50, caption="planted genes")
@@ -112,10 +121,10 @@ def _stage_records(run_dir: Path) -> list[Path]:
 @register_section("stages", title="Study run (emo run)", order=5, find=_stage_records)
 def stages(folder: Path, run_dir: Path) -> str:
     from emo.run.pipeline import STAGE_NAMES
-    from emo.run.spot_study import SPATIAL_STAGES
+    from emo.run.spot_study import SPOT_STAGES
 
     records = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
-    known = [s.name for s in SPATIAL_STAGES[:-1]] + list(STAGE_NAMES)
+    known = [s.name for s in SPOT_STAGES[:-1]] + list(STAGE_NAMES)
     order = [s for s in known if s in records] + sorted(set(records) - set(known))
     rows = pd.DataFrame([{"stage": s, "finished": records[s].get("finished"), "inputs": len(records[s].get("inputs", {})),
                           "emo": records[s].get("emo_version")} for s in order])

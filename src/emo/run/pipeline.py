@@ -1,38 +1,33 @@
 """The stages of `emo run`, in order: tile → features → expression → train → predict → null →
-evaluate → analyze → report. Each calls one public stage API with the config object that stage owns
-(imported inside, so this module imports on its own).
+evaluate → analyze → report. Each calls one public stage API, `verb(inputs…, out_dir, config, *,
+executor=…)`, with the stage's own folder and the config object that stage owns (imported inside, so
+this module imports on its own).
 
 Paths inside `<out>`: tiles/, features/<backbone>/, targets.h5ad, model/, predictions/,
-evaluate/null/ (the permuted-label baseline), evaluate/<split>/, analyze/, report.html.
+evaluate/null/perm_<k>/ (the permuted-label null heads), evaluate/<split>/, analyze/, report.html.
 """
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from emo.errors import EmoError
-from emo.run.config import StudyConfig
 from emo.run.runner import Stage, StudyContext
+
+if TYPE_CHECKING:
+    from emo.run.config import StudyConfig
 
 
 def _cfg(ctx: StudyContext) -> StudyConfig:
     return ctx.config
 
 
-def _with_executor(fn: Any, ctx: StudyContext, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Hand the study's executor to stage APIs that fan out through one (`executor=` keyword)."""
-    if "executor" in inspect.signature(fn).parameters:
-        # Local: the stage builds its own pool sized by its `workers` setting; Ray/SLURM: one shared executor.
-        kwargs["executor"] = "local" if ctx.executor_name == "local" else ctx.executor()
-    return kwargs
-
-
-def _genes(spec: str | list[str] | None) -> list[str] | None:
+def _genes(ctx: StudyContext, spec: str | list[str] | None) -> list[str] | None:
+    """A study gene spec (panels, genes or a gene-list file relative to the study) as a gene list."""
     from emo.panels import resolve_genes
 
-    return resolve_genes(spec) if spec else None
+    return resolve_genes(_cfg(ctx).gene_spec(spec)) if spec else None
 
 
 def _paths(ctx: StudyContext, names: list[str]) -> list[Path]:
@@ -52,11 +47,15 @@ def tiling_config(ctx: StudyContext):
     return _cfg(ctx).slides.tiling(_cfg(ctx).path)
 
 
+def tile_dir(ctx: StudyContext) -> Path:
+    return ctx.out_dir / "tiles"
+
+
 def run_tile(ctx: StudyContext) -> None:
     from emo.slides import tile_slides
 
-    kwargs = _with_executor(tile_slides, ctx, {"workers": _cfg(ctx).slides.workers})
-    tile_slides(_cfg(ctx).slide_paths(), ctx.out_dir, tiling_config(ctx), **kwargs)
+    tile_slides(_cfg(ctx).slide_paths(), tile_dir(ctx), tiling_config(ctx), executor=ctx.stage_executor(),
+                workers=_cfg(ctx).slides.workers)
 
 
 def tile_inputs(ctx: StudyContext) -> list[Path]:
@@ -77,8 +76,7 @@ def feature_dir(ctx: StudyContext) -> Path:
 def run_features(ctx: StudyContext) -> None:
     from emo.features import extract_features
 
-    kwargs = _cfg(ctx).features.model_dump()
-    extract_features(ctx.out_dir / "tiles", ctx.out_dir, **_with_executor(extract_features, ctx, kwargs))
+    extract_features(tile_dir(ctx), ctx.out_dir / "features", _cfg(ctx).features, executor=ctx.stage_executor())
 
 
 # ---------------------------------------------------------------- expression
@@ -111,24 +109,25 @@ def model_dir(ctx: StudyContext) -> Path:
     return ctx.out_dir / "model"
 
 
-def run_train(ctx: StudyContext) -> None:
+def training_config(ctx: StudyContext):
+    """The study's `TrainConfig` with its genes resolved (gene-list files relative to the study)."""
     t = _cfg(ctx).training
-    if t.protocol == "paper":
-        from emo.training.paper import train_paper_protocol
+    return t.model_copy(update={"genes": _genes(ctx, t.genes)})
 
-        train_paper_protocol(
-            ctx.out_dir / "tiles", targets_path(ctx), model_dir(ctx), _genes(t.genes), t.paper_config(),
-            **_with_executor(train_paper_protocol, ctx, {}),
-        )
-    else:
-        from emo.training import train_model
 
-        train_model(feature_dir(ctx), targets_path(ctx), model_dir(ctx), t.model_copy(update={"genes": _genes(t.genes)}))
+def model_input(ctx: StudyContext) -> Path:
+    """What the model learns from and predicts: tile stores (CNN protocols) or cached features."""
+    return tile_dir(ctx) if _cfg(ctx).training.reads_tiles else feature_dir(ctx)
+
+
+def run_train(ctx: StudyContext) -> None:
+    from emo.training import train_protocol
+
+    train_protocol(model_input(ctx), targets_path(ctx), model_dir(ctx), training_config(ctx), executor=ctx.stage_executor())
 
 
 def train_inputs(ctx: StudyContext) -> list[Path]:
-    upstream = ctx.out_dir / "tiles" if _cfg(ctx).training.protocol == "paper" else feature_dir(ctx)
-    return [upstream, targets_path(ctx)]
+    return [model_input(ctx), targets_path(ctx)]
 
 
 # ---------------------------------------------------------------- predict → evaluate → analyze → report
@@ -137,11 +136,9 @@ def train_inputs(ctx: StudyContext) -> list[Path]:
 def run_predict(ctx: StudyContext) -> None:
     from emo.prediction import predict
 
-    p = _cfg(ctx).prediction
-    if _cfg(ctx).training.protocol == "paper":  # one CNN per gene: predicts from tile pixels
-        predict(model_dir(ctx), None, ctx.out_dir / "predictions", genes=_genes(p.genes), panel=p.panel, tiles=ctx.out_dir / "tiles")
-    else:
-        predict(model_dir(ctx), feature_dir(ctx), ctx.out_dir / "predictions", genes=_genes(p.genes), panel=p.panel)
+    p, pixels = _cfg(ctx).prediction, _cfg(ctx).training.reads_tiles
+    predict(model_dir(ctx), None if pixels else model_input(ctx), ctx.out_dir / "predictions", genes=_genes(ctx, p.genes),
+            panel=p.panel, tiles=model_input(ctx) if pixels else None)
 
 
 def predictions_path(ctx: StudyContext) -> Path:
@@ -156,19 +153,23 @@ def null_dir(ctx: StudyContext) -> Path:
     return ctx.out_dir / "evaluate" / "null"
 
 
-def null_predictions_path(ctx: StudyContext) -> Path:
-    return null_dir(ctx) / "predictions" / "average.h5ad"
+def null_predictions_paths(ctx: StudyContext) -> list[Path]:
+    """EMO-average of each permuted-label head: evaluate/null/perm_<k>/predictions/average.h5ad."""
+    return [null_dir(ctx) / f"perm_{k:02d}" / "predictions" / "average.h5ad"
+            for k in range(_cfg(ctx).evaluation.null_permutations)]
 
 
 def run_null(ctx: StudyContext) -> None:
-    """The null baseline: the study's head refitted on permuted slide labels, predicting the same slides."""
+    """The null distribution: the study's head refitted on K permutations of the patients' labels (seeds
+    seed … seed + K − 1), each predicting the same slides."""
     from emo.prediction import predict
     from emo.training import train_model
 
-    t = _cfg(ctx).training
-    train_model(feature_dir(ctx), targets_path(ctx), null_dir(ctx) / "permuted_model",
-                t.model_copy(update={"genes": _genes(t.genes), "permute_labels": True}))
-    predict(null_dir(ctx) / "permuted_model", feature_dir(ctx), null_dir(ctx) / "predictions")
+    t = training_config(ctx)
+    for k, predictions in enumerate(null_predictions_paths(ctx)):
+        model = predictions.parent.parent / "permuted_model"
+        train_model(feature_dir(ctx), targets_path(ctx), model, t.model_copy(update={"permute_labels": True, "seed": t.seed + k}))
+        predict(model, feature_dir(ctx), predictions.parent)
 
 
 def evaluate_dir(ctx: StudyContext, split: str) -> Path:
@@ -183,7 +184,7 @@ def run_evaluate(ctx: StudyContext) -> None:
     v = _cfg(ctx).evaluation
     base = EvaluateConfig.build(**v.thresholds.model_dump())
     if _has_null(ctx):
-        base = base.model_copy(update={"null_predictions": null_predictions_path(ctx)})
+        base = base.model_copy(update={"null_predictions": tuple(null_predictions_paths(ctx))})
     validation_genes = None
     for split in v.splits:
         is_test = split.startswith("test")
@@ -194,7 +195,7 @@ def run_evaluate(ctx: StudyContext) -> None:
 
 
 def evaluate_inputs(ctx: StudyContext) -> list[Path]:
-    return [predictions_path(ctx), targets_path(ctx)] + ([null_predictions_path(ctx)] if _has_null(ctx) else [])
+    return [predictions_path(ctx), targets_path(ctx)] + (null_predictions_paths(ctx) if _has_null(ctx) else [])
 
 
 def _enrich_table(ctx: StudyContext) -> Path:
@@ -243,44 +244,49 @@ def _has_expression(ctx: StudyContext) -> bool:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("tile", run_tile, tile_inputs, _dump("slides"), lambda ctx: [ctx.out_dir / "tiles"]),
-    Stage("features", run_features, lambda ctx: [ctx.out_dir / "tiles"], _dump("features"), lambda ctx: [feature_dir(ctx)], ("tile",)),
-    Stage("expression", run_expression, expression_inputs, _dump("expression"), lambda ctx: [targets_path(ctx)], enabled=_has_expression),
-    Stage("train", run_train, train_inputs, _dump("training"), lambda ctx: [model_dir(ctx)], ("features", "expression")),
-    Stage(
-        "predict", run_predict, lambda ctx: [model_dir(ctx), train_inputs(ctx)[0]], _dump("prediction"),
-        lambda ctx: [ctx.out_dir / "predictions"], ("train",),
-    ),
-    Stage(
-        "null", run_null, lambda ctx: [feature_dir(ctx), targets_path(ctx)], _dump("training"), lambda ctx: [null_dir(ctx)],
-        ("features", "expression"), enabled=_has_null,
-    ),
-    Stage(
-        "evaluate", run_evaluate, evaluate_inputs, _dump("evaluation"),
-        lambda ctx: [evaluate_dir(ctx, split) for split in _cfg(ctx).evaluation.splits], ("predict", "null"),
-    ),
-    Stage(
-        "analyze", run_analyze, analyze_inputs, _dump("analyses"), lambda ctx: [ctx.out_dir / "analyze"], ("predict", "evaluate"),
-        enabled=_has_analyses,
-    ),
-    Stage("report", run_report, lambda ctx: [], lambda ctx: {}, lambda ctx: [ctx.out_dir / "report.html"], ("evaluate", "analyze")),
+    Stage(name="tile", run=run_tile, inputs=tile_inputs, params=_dump("slides"), outputs=lambda ctx: [tile_dir(ctx)]),
+    Stage(name="features", run=run_features, inputs=lambda ctx: [tile_dir(ctx)], params=_dump("features"),
+          outputs=lambda ctx: [feature_dir(ctx)], after=("tile",)),
+    Stage(name="expression", run=run_expression, inputs=expression_inputs, params=_dump("expression"),
+          outputs=lambda ctx: [targets_path(ctx)], enabled=_has_expression),
+    Stage(name="train", run=run_train, inputs=train_inputs, params=_dump("training"), outputs=lambda ctx: [model_dir(ctx)],
+          after=("features", "expression")),
+    Stage(name="predict", run=run_predict, inputs=lambda ctx: [model_dir(ctx), model_input(ctx)], params=_dump("prediction"),
+          outputs=lambda ctx: [ctx.out_dir / "predictions"], after=("train",)),
+    Stage(name="null", run=run_null, inputs=lambda ctx: [feature_dir(ctx), targets_path(ctx)],
+          params=lambda ctx: {**_dump("training")(ctx), "null_permutations": _cfg(ctx).evaluation.null_permutations},
+          outputs=lambda ctx: [null_dir(ctx)], after=("features", "expression"), enabled=_has_null),
+    Stage(name="evaluate", run=run_evaluate, inputs=evaluate_inputs, params=_dump("evaluation"),
+          outputs=lambda ctx: [evaluate_dir(ctx, split) for split in _cfg(ctx).evaluation.splits], after=("predict", "null")),
+    Stage(name="analyze", run=run_analyze, inputs=analyze_inputs, params=_dump("analyses"),
+          outputs=lambda ctx: [ctx.out_dir / "analyze"], after=("predict", "evaluate"), enabled=_has_analyses),
+    Stage(name="report", run=run_report, outputs=lambda ctx: [ctx.out_dir / "report.html"], after=("evaluate", "analyze")),
 )
 
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
+def stage_names() -> list[str]:
+    """Every stage name `--from` takes: the bulk stages, then the spot-level ones not among them."""
+    from emo.run.spot_study import SPOT_STAGES
+
+    return [*STAGE_NAMES, *(s.name for s in SPOT_STAGES if s.name not in STAGE_NAMES)]
+
+
 def study_stages(config: StudyConfig) -> tuple[Stage, ...]:
     """Bulk stages, or the spot-level ones (`emo.run.spot_study`) when the study has a `spots:` section."""
     if config.spots is not None:
-        from emo.run.spot_study import SPATIAL_STAGES
+        from emo.run.spot_study import SPOT_STAGES
 
-        return SPATIAL_STAGES
+        return SPOT_STAGES
     return STAGES
 
 
-def run_study(config: StudyConfig, from_stage: str | None = None, executor: str | None = None) -> dict[str, str]:
-    """Run (or resume) a whole study; returns each stage's status. `executor` overrides the config's."""
+def run_study(config: StudyConfig, from_stage: str | None = None, executor: str | None = None, wait: bool = False) -> dict[str, str]:
+    """Run (or resume) a whole study; returns each stage's status. `executor` overrides the config's.
+    The output folder is locked for the run (`emo.run.lock`): another run on it refuses, or waits with `wait`."""
     from emo.executors import executor_names
+    from emo.run.lock import folder_lock
     from emo.run.runner import run_stages
 
     name = executor or config.executor.name
@@ -289,4 +295,5 @@ def run_study(config: StudyConfig, from_stage: str | None = None, executor: str 
     options = config.executor.options if name == config.executor.name else {}
     config.check_files()
     ctx = StudyContext(config=config, out_dir=config.out_dir, executor_name=name, executor_options=options)
-    return run_stages(study_stages(config), ctx, from_stage=from_stage)
+    with folder_lock(config.out_dir, "emo run", wait=wait):
+        return run_stages(study_stages(config), ctx, from_stage=from_stage)

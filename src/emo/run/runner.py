@@ -4,8 +4,10 @@ Each stage that finishes writes `<out>/.emo/stages/<stage>.json` (atomically) wi
 its inputs' fingerprints. A re-run skips a stage whose record matches and whose outputs exist, redoes
 one whose record differs, and then everything that depends on it; `from_stage` forces a stage and
 every stage after it, deleting their outputs first (only those inside the output folder) so that the
-stage APIs' own per-slide caches cannot hand back the old results. A killed run leaves no record for the stage in flight, so it is redone — and
-the stage APIs themselves resume per slide or gene, so only the item in flight is lost.
+stage APIs' own per-slide caches cannot hand back the old results. Before a stage runs, its record and
+those of every stage depending on it are deleted, so a run killed at any point (`--from` included)
+leaves no record claiming a half-redone stage is finished: a plain re-run redoes it — and the stage
+APIs themselves resume per slide or gene, so only the item in flight is lost.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class StudyContext:
             self._executor = get_executor(self.executor_name, **self.executor_options)
         return self._executor
 
+    def stage_executor(self):
+        """What a stage API's `executor=` gets: None locally (the stage sizes its own pool from its
+        `workers` setting), else the study's one shared Ray/SLURM executor."""
+        return None if self.executor_name == "local" else self.executor()
+
     def close(self) -> None:
         if self._executor is not None:
             self._executor.close()
@@ -62,10 +69,11 @@ def _always(ctx: StudyContext) -> bool:
     return True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Stage:
     """One step: `run(ctx)` reads `inputs(ctx)`, is configured by `params(ctx)`, writes `outputs(ctx)`;
-    `after` names the stages whose outputs it reads; `enabled(ctx)` False leaves it out of this study."""
+    `after` names the stages whose outputs it reads; `enabled(ctx)` False leaves it out of this study.
+    `run` calls its stage API as `verb(inputs…, out_dir, config, *, executor=ctx.stage_executor())`."""
 
     name: str
     run: Callable[[StudyContext], Any]
@@ -77,13 +85,15 @@ class Stage:
 
 
 def fingerprint(path: Path) -> str:
-    """File: `emo.io.file_fingerprint`; folder: hash of every file's relative path and fingerprint."""
+    """File: `emo.io.file_fingerprint`; folder: hash of every file's relative path and fingerprint
+    (files in hidden folders left out)."""
     path = Path(path)
     if path.is_file():
         return file_fingerprint(path)
     if path.is_dir():
         h = hashlib.sha256()
-        for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        files = (p for p in path.rglob("*") if p.is_file())  # hidden ones (temporaries, locks) are no content
+        for f in sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(path).parts)):
             h.update(f"{f.relative_to(path)}\0{file_fingerprint(f)}\n".encode())
         return h.hexdigest()
     raise FileNotFoundError(path)
@@ -153,6 +163,7 @@ def run_stages(
                 status[stage.name] = "skipped"
                 continue
             log.info("stage %s: running (%s)", stage.name, why)
+            _forget(stages, stage.name, ctx)
             if position >= forced_from:
                 _remove_outputs(stage, ctx)
             try:
@@ -176,6 +187,17 @@ def run_stages(
     finally:
         ctx.close()
     return status
+
+
+def _forget(stages: Sequence[Stage], name: str, ctx: StudyContext) -> None:
+    """Delete the records of stage `name` and of every stage that reads its outputs, directly or not,
+    before it runs: a run killed from here on leaves them to be redone, never to be skipped."""
+    stale = {name}
+    for stage in stages:  # in order, so dependants of dependants are found in one pass
+        if stale.intersection(stage.after):
+            stale.add(stage.name)
+    for stage in stale:
+        record_path(ctx.out_dir, stage).unlink(missing_ok=True)
 
 
 def _remove_outputs(stage: Stage, ctx: StudyContext) -> None:

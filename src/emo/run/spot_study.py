@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from emo.errors import EmoError
-from emo.run.config import SpotStudyConfig, StudyConfig
 from emo.run.runner import Stage, StudyContext
 
 if TYPE_CHECKING:
+    from emo.run.config import SpotStudyConfig, StudyConfig
     import pandas as pd
 
 
@@ -243,10 +243,12 @@ def _run_report(ctx: StudyContext) -> None:
     build_report(ctx.out_dir, ctx.out_dir / "report.html")
 
 
-SPATIAL_STAGES: tuple[Stage, ...] = (
-    Stage("spot_train", run_train, train_inputs, train_params, lambda ctx: [model_dir(ctx)]),
-    Stage("spot_predict", run_predict, predict_inputs, lambda ctx: {"test_sections": _sp(ctx).test_sections},
-          lambda ctx: [predictions_dir(ctx)], ("spot_train",)),
-    Stage("spot_evaluate", run_evaluate, evaluate_inputs, evaluate_params, lambda ctx: [evaluate_dir(ctx)], ("spot_predict",)),
-    Stage("report", _run_report, lambda ctx: [], lambda ctx: {}, lambda ctx: [ctx.out_dir / "report.html"], ("spot_evaluate",)),
+SPOT_STAGES: tuple[Stage, ...] = (
+    Stage(name="spot_train", run=run_train, inputs=train_inputs, params=train_params, outputs=lambda ctx: [model_dir(ctx)]),
+    Stage(name="spot_predict", run=run_predict, inputs=predict_inputs,
+          params=lambda ctx: {"test_sections": _sp(ctx).test_sections}, outputs=lambda ctx: [predictions_dir(ctx)],
+          after=("spot_train",)),
+    Stage(name="spot_evaluate", run=run_evaluate, inputs=evaluate_inputs, params=evaluate_params,
+          outputs=lambda ctx: [evaluate_dir(ctx)], after=("spot_predict",)),
+    Stage(name="report", run=_run_report, outputs=lambda ctx: [ctx.out_dir / "report.html"], after=("spot_evaluate",)),
 )

@@ -21,7 +21,6 @@ slides:                         # `emo tile`'s options (TilingConfig), plus whic
   mpp: null                     # level-0 µm/px, only for slides without scale metadata
   roi: null                     # folder of <slide_id>.geojson regions to keep (null: whole tissue)
   min_roi: null                 # keep tiles with at least this fraction inside the ROI (null: centre inside)
-  roi_classes: null             # QuPath classes whose annotations make the ROI (null: all but Ignore*)
   roi_classes: null             # QuPath annotation classes that make the ROI (null: every class but Ignore*)
   tile_size_um: 271             # tile edge in µm (the paper: 598 px at 0.453 µm/px)
   target_mpp: 0.453             # tiles are resampled to this µm/px
@@ -53,7 +52,7 @@ expression:
   on_duplicate: error           # a patient with several samples / a slide of several samples: error, first, all
 
 features:                       # `emo features`' options (ExtractionConfig)
-  backbone: efficientnet_lite0  # `emo models` lists the registry
+  backbone: efficientnet_lite0  # `emo info --backbones` lists the registry (or timm:<arch>, torchvision:<arch>)
   weights: default              # default | imagenet | none | hf-hub:<repo id> | checkpoint file
   batch_size: 64
   device: null                  # null: cuda when available, else cpu
@@ -63,15 +62,19 @@ features:                       # `emo features`' options (ExtractionConfig)
   slides_per_job: 8             # slides per job when the executor is ray or slurm
 
 training:
-  protocol: features            # features: one shared backbone pass + multi-output head; paper: per-gene CNNs
+  protocol: features            # features: heads on cached features (one backbone pass); paper: one CNN per
+                                #   gene (the paper's protocol); finetune: one network for all genes, end to end
   head: ridge                   # head for protocol features: ridge | mlp | attention_mil
-  genes: null                   # panel names and/or genes, e.g. "pam50,ESR1"; null: all kept genes
-  seed: 0                       # seeds every random choice (MLP, tile sampling, the paper's CNNs)
+  genes: null                   # panel names and/or genes, e.g. "pam50,ESR1", or a gene-list file; null: all
+                                #   kept genes (the paper protocol needs genes: one CNN each)
+  seed: 0                       # seeds every random choice of every protocol (sub-configs' seed is this one)
   level: slide                  # slide: bulk targets, slide = mean of tiles; tile: per-tile/spot targets
   alphas: null                  # ridge penalties searched; null: n_train × logspace(-4, 3, 15)
   mlp: null                     # MLP head options, e.g. {hidden: 256, max_epochs: 200}; null: defaults
   attention_mil: null           # attention-MIL head options, e.g. {hidden: 128, tiles_per_slide: 256}; null: defaults
   paper: null                   # paper-protocol options, e.g. {max_epochs: 500, lr: 1.0e-6}; null: the paper's
+  finetune: null                # fine-tuning options for protocol finetune, e.g. {backbone: efficientnet_lite0,
+                                #   max_epochs: 30, n_components: 10, hed_jitter: 0.05}; null: defaults
   allow_missing_features: false # skip train/tune slides without features
   permute_labels: false         # fit on shuffled labels (a null model); the study's null stage does this itself
 
@@ -94,7 +97,8 @@ evaluation:
     subtype_column: null        # obs column of intrinsic subtypes (null: pam50_subtype, subtype, … if present)
     top: 25                     # genes in the measured-vs-predicted scatter grid
     figures: true
-  null_baseline: true           # also fit the head on permuted slide labels, reported beside the model
+  null_baseline: true           # also fit the head on permuted patient labels, reported beside the model
+  null_permutations: 10         # permuted-label heads (patients permuted whole): the null distribution
 
 analyses:                       # each analysis runs when its options are given ({} = defaults); the
                                 #   options are those of `emo analyze <name>` (ClustersConfig, DEConfig, EnrichConfig)

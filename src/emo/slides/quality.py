@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-DEFAULT_MIN_SHARPNESS = 10.0
+from emo.slides.config import TilingConfig
+
+DEFAULT_MIN_SHARPNESS = TilingConfig.model_fields["min_sharpness"].default
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:

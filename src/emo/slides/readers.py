@@ -1,10 +1,14 @@
 """Slide readers behind one small interface, tried in the order of an explicit registry.
 
 `READERS` lists them fastest first: pyvips (TIFF-family pyramids: .svs, .tif, generic tiled TIFF,
-multi-threaded decode and resampling), tifffile (+zarr, any TIFF pyramid tifffile parses),
+multi-threaded decode and resampling), cuCIM's CPU reader (the same pyramids, Aperio JPEG 2000 too;
+decodes regions as fast as libvips, bit for bit like OpenSlide, but resamples through PIL, so it
+serves what libvips cannot decode; docs/benchmarks.md), tifffile (+zarr, any TIFF pyramid tifffile parses),
 OpenSlide (the universal fallback: .ndpi, .mrxs, .scn, .vms, .bif, DICOM WSI .dcm, ...), then plain RGB images
 (JPEG/PNG/non-pyramidal TIFF photographs) whose µm/px their resolution tag or the user supplies. Coordinates given to
-`read_scaled` are in the pixels of the chosen level; everything returns uint8 RGB arrays.
+`read_scaled` are in the pixels of the chosen level; everything returns uint8 RGB arrays: 16-bit
+pixels are scaled to 8 bits, alpha is flattened onto white, palettes are expanded, and grayscale
+images are refused with a message (tissue detection and stain estimation need colour).
 
 A reader claims a slide only after it decodes a small region of level 0 and of the level tiling
 will read (`SlideReader.probe`): libvips opens the header of, e.g., a JPEG 2000 Aperio SVS or a
@@ -56,6 +60,7 @@ class SlideReader:
     level_dimensions: list[tuple[int, int]]  # (width, height) per level
     mpp: float | None  # level-0 µm/px from the file, None when absent
     mpp_source: str = ""  # where `mpp` came from (a tag, the OME-XML, --mpp)
+    file_mpp: float | None = None  # the file's own level-0 µm/px, also when --mpp overrides it
     warnings: list[str]  # problems worth telling the user (e.g. --mpp disagreeing with the file)
 
     @property
@@ -189,6 +194,22 @@ def _vips_scaled(img, out_w: int, out_h: int) -> np.ndarray:
     return img.numpy()
 
 
+def _rgb8(img, path: Path):
+    """A libvips image as 8-bit RGB: 16-bit scaled (not clipped to 255), alpha flattened onto white;
+    grayscale and float images refused (tissue detection and stain estimation need H&E colour)."""
+    if img.bands in (1, 2):
+        raise EmoError(f"{path}: a grayscale image; emo needs a colour (RGB) H&E scan; re-export it in colour")
+    if img.format not in ("uchar", "ushort"):
+        raise EmoError(f"{path}: {img.format} pixels; emo reads 8- and 16-bit RGB; re-export as 8-bit RGB")
+    if img.bands == 4:  # onto white of the image's own depth (libvips scales alpha by it)
+        img = img.flatten(background=[65535 if img.format == "ushort" else 255] * 3)
+    if img.format == "ushort":
+        img = (img >> 8).cast("uchar")
+    if img.bands != 3:
+        raise EmoError(f"{path}: {img.bands} colour channels; emo reads RGB (or RGBA); re-export as RGB")
+    return img
+
+
 class PyvipsReader(SlideReader):
     """TIFF-family pyramids decoded by libvips (threaded JPEG decode, fast resampling)."""
 
@@ -212,13 +233,7 @@ class PyvipsReader(SlideReader):
         if img is None or (decode and level not in self._decoded):
             page = self._pages[level]
             kwargs = {"page": page} if isinstance(page, int) else {"page": page[0], "subifd": page[1]}
-            img = self._pyvips.Image.new_from_file(str(self.path), access="random", fail=True, **kwargs)
-            if img.bands == 4:
-                img = img.flatten(background=[255, 255, 255])
-            elif img.bands == 1:
-                img = img.bandjoin([img, img])
-            if img.format != "uchar":
-                img = img.cast("uchar")
+            img = _rgb8(self._pyvips.Image.new_from_file(str(self.path), access="random", fail=True, **kwargs), self.path)
             if decode and img.width * img.height <= SMALL_LEVEL_PX:  # decode once: thumbnail and tiles share it
                 img = img.copy_memory()
             if decode:
@@ -253,8 +268,8 @@ class TifffileReader(SlideReader):
         self._arrays = [zarr.open(series.aszarr(level=i), mode="r") for i in range(len(series.levels))]
 
     def read_region(self, level, x, y, w, h):
-        arr = np.asarray(self._arrays[level][y : y + h, x : x + w])
-        return arr[..., :3].astype(np.uint8, copy=False)
+        arr = np.asarray(self._arrays[level][y : y + h, x : x + w])[..., :3]
+        return (arr >> 8).astype(np.uint8) if arr.dtype == np.uint16 else arr.astype(np.uint8, copy=False)
 
     def close(self):
         self._tif.close()
@@ -296,6 +311,35 @@ class OpenSlideReader(SlideReader):
         self._slide.close()
 
 
+class CucimReader(SlideReader):
+    """TIFF-family pyramids decoded by cuCIM's CPU reader (libjpeg-turbo, OpenJPEG: Aperio JPEG 2000 too)."""
+
+    name = "cucim"
+    suffixes = TIFF_SUFFIXES
+
+    def __init__(self, path: Path):
+        from cucim import CuImage
+
+        self.path, self.warnings = path, []
+        self.level_dimensions, _, self.mpp, self.mpp_source = _tiff_levels(path)  # cuCIM's spacing misses Aperio MPP
+        self._img = CuImage(str(path))
+        levels = self._img.resolutions
+        if [tuple(map(int, d)) for d in levels["level_dimensions"]] != self.level_dimensions:
+            raise ValueError("cuCIM and tifffile disagree on the pyramid levels")
+        self._downsamples = [float(d) for d in levels["level_downsamples"]]
+
+    @property
+    def level_downsamples(self):
+        return self._downsamples
+
+    def read_region(self, level, x, y, w, h):
+        ds = self._downsamples[level]  # cuCIM places regions in level-0 pixels, as OpenSlide does
+        return np.asarray(self._img.read_region((round(x * ds), round(y * ds)), (w, h), level))[..., :3]
+
+    def close(self):
+        self._img.close()
+
+
 class ImageReader(SlideReader):
     """A plain RGB photograph (JPEG/PNG/flat TIFF): one level, µm/px from the user."""
 
@@ -308,11 +352,7 @@ class ImageReader(SlideReader):
         self.path, self.warnings = path, []
         self._pyvips = pyvips
         img = pyvips.Image.new_from_file(str(path), access="random", fail=True)
-        if img.bands in (2, 4):
-            img = img.flatten(background=[255, 255, 255] if img.bands == 4 else [255])
-        if img.bands == 1:
-            img = img.bandjoin([img, img])
-        self._img = img.cast("uchar") if img.format != "uchar" else img
+        self._img = _rgb8(img, path)
         self.level_dimensions = [(img.width, img.height)]
         # libvips reads PNG pHYs, JPEG JFIF/EXIF and TIFF resolution as px/mm (1.0 when absent);
         # screen densities (72, 300 dpi) are far outside MPP_RANGE and give None
@@ -328,16 +368,12 @@ class ImageReader(SlideReader):
         return _vips_scaled(self._img.crop(x, y, w, h), out_w, out_h)
 
     def thumbnail(self, max_size):
-        img = self._pyvips.Image.thumbnail(str(self.path), max_size, height=max_size)
-        if img.bands == 4:
-            img = img.flatten(background=[255, 255, 255])
-        if img.bands == 1:
-            img = img.bandjoin([img, img])
-        return img.numpy()[..., :3]
+        return _rgb8(self._pyvips.Image.thumbnail(str(self.path), max_size, height=max_size), self.path).numpy()
 
 
 READERS: dict[str, type[SlideReader]] = {
     "pyvips": PyvipsReader,
+    "cucim": CucimReader,
     "tifffile": TifffileReader,
     "openslide": OpenSlideReader,
     "image": ImageReader,
@@ -373,9 +409,12 @@ def open_slide(
     for name in names:
         try:
             reader = READERS[name](path)
+        except EmoError:  # the file is read, and what it holds is unusable (e.g. a grayscale image)
+            raise
         except Exception as exc:  # each library words failure differently; the next one may succeed
             errors.append(f"{name}: {_first_line(exc)}")
             continue
+        reader.file_mpp = reader.mpp
         if mpp is not None:
             _override_mpp(reader, float(mpp))
         if reader.mpp is None:

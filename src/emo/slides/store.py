@@ -11,13 +11,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from emo.errors import EmoError
+from emo.formats import ArtifactAttrs
 from emo.io import plain_attr
 from emo.slides.geometry import TileGeometry, read_tiles_at
 from emo.slides.stain import StainParams, apply_normalization, normalization_matrix
 
 DATASETS = ("coords_px", "coords_um", "tile_id", "tissue", "sharpness", "roi")
+
+
+class TileStoreAttrs(ArtifactAttrs):
+    """The attributes a tile store is read back by (the rest are kept as written)."""
+
+    WHAT = "tile store"
+    FIX = "delete it and re-tile the slide with `emo tile`"
+
+    slide_id: str
+    slide_path: str
+    mpp: float = Field(gt=0)
+    target_mpp: float = Field(gt=0)
+    tile_size_um: float = Field(gt=0)
+    tile_size_px: int = Field(gt=0)
+    tile_size_level0: float = Field(gt=0)
+    level: int = Field(0, ge=0)
 
 
 def write_store(path: Path, data: dict[str, np.ndarray], attrs: dict[str, Any]) -> Path:
@@ -32,6 +50,7 @@ def write_store(path: Path, data: dict[str, np.ndarray], attrs: dict[str, Any]) 
                 f.create_dataset(name, data=np.asarray(values, dtype=object), dtype=h5py.string_dtype())
             else:
                 f.create_dataset(name, data=values)
+        f.attrs["format_version"] = TileStoreAttrs.FORMAT
         for key, value in attrs.items():
             if value is not None:
                 f.attrs[key] = value
@@ -58,6 +77,11 @@ class TileStore:
                 self.roi = f["roi"][()]
         except (OSError, KeyError) as exc:
             raise EmoError(f"{self.path}: not a valid tile store ({exc}); delete it and re-run `emo tile`") from None
+        TileStoreAttrs.check(self.path, self.attrs)
+        rows = {len(self.coords_px), len(self.coords_um), len(self.tile_ids), len(self.tissue), len(self.sharpness), len(self.roi)}
+        if len(rows) > 1:
+            raise EmoError(f"{self.path}: tile store datasets disagree on the number of tiles ({sorted(rows)}); "
+                           f"{TileStoreAttrs.FIX}")
         self.slide_path = Path(slide_path or self.attrs["slide_path"])
         self._reader = None
         self._geometry = None

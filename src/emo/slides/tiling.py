@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
-
 from emo.errors import EmoError
 from emo.slides.geometry import TileGeometry, iter_tile_runs, plan_geometry
-from emo.slides.quality import DEFAULT_MIN_SHARPNESS, sharpness
+from emo.slides.config import TilingConfig
+from emo.slides.quality import sharpness
 from emo.slides.readers import SUPPORTED_SUFFIXES, SlideReader, _suffix, open_slide
 from emo.slides.stain import estimate_stains, load_reference
 from emo.slides.store import write_store
@@ -37,38 +36,7 @@ SUMMARY_COLUMNS = [
 STAIN_SAMPLE_PX = 100_000  # pixels the stain estimate uses (64 sampled tiles hold ~1.4 M; 300 k took 80 ms)
 # no scanner is this much coarser than the target, or finer than MIN_SCAN_MPP: a wrong µm/px
 MAX_UPSAMPLE, MIN_SCAN_MPP = 2.0, 0.1
-
-
-class TilingConfig(BaseModel):
-    """Parameters of `emo tile` (validated; stored in each tile store as `params_json`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tile_size_um: float = Field(271.0, gt=0)
-    target_mpp: float = Field(0.453, gt=0)
-    mpp: float | None = Field(None, gt=0, description="level-0 µm/px when the file has none (plain images)")
-    min_tissue: float = Field(0.5, ge=0, le=1)
-    min_sharpness: float = Field(DEFAULT_MIN_SHARPNESS, ge=0)
-    normalize: bool = True
-    stain_reference: str | None = None
-    stain_sample_tiles: int = Field(64, ge=1)
-    roi: Path | None = None
-    roi_classes: list[str] | None = Field(None, description="QuPath classes whose annotations make the ROI; default: all but Ignore*")
-    min_roi: float | None = Field(None, gt=0, le=1, description="keep tiles with ≥ this fraction inside; default: centre inside")
-    thumbnail_mpp: float = Field(8.0, gt=0)
-    save_tiles: bool = False
-    seed: int = 0
-
-    def store_params(self) -> dict[str, Any]:
-        """Parameters that change the store's content (a re-run with the same ones skips the slide)."""
-        params = self.model_dump(mode="json", exclude={"save_tiles"})
-        if self.stain_reference:
-            params["stain_reference"] = str(Path(self.stain_reference).resolve())
-        if self.roi:
-            params["roi"] = str(Path(self.roi).resolve())
-        if self.roi_classes is None:  # absent, so stores made before the option existed keep their hash
-            params.pop("roi_classes")
-        return params
+MAX_MPP = 100.0  # µm/px beyond any microscope (a 271 µm tile would be under 3 px): a wrong --mpp
 
 
 def slide_id_of(path: Path) -> str:
@@ -137,6 +105,22 @@ def _all_dropped(slide: Path, reader: SlideReader, geom: TileGeometry, what: str
             f"{geom.tile_size_px} px: implausible for a slide scan, so the µm/px is probably wrong; check --mpp"
         )
     return EmoError(f"{slide}: {what}; {scale}; {fix}")
+
+
+def _check_scale(slide: Path, reader: SlideReader, geom: TileGeometry, whole_tiles: bool = True) -> None:
+    """Refuse a µm/px no slide has (over MAX_MPP) or one making a tile larger than the slide, naming
+    --mpp, the file's own value and the tile size it implies — before any grid is allocated."""
+    w0, h0 = reader.dimensions
+    if geom.mpp > MAX_MPP:
+        problem = f"over {MAX_MPP:g} µm/px, beyond any microscope"
+    elif whole_tiles and geom.tile_size_level0 > min(w0, h0):
+        problem = f"larger than the slide ({w0} × {h0} px)"
+    else:
+        return
+    scale = f"--mpp {geom.mpp:g}" if reader.mpp_source.startswith("--mpp") else f"{geom.mpp:g} µm/px from {reader.mpp_source}"
+    own = f"the file says {reader.file_mpp:g} µm/px" if reader.file_mpp else "the file has no µm/px"
+    raise EmoError(f"{slide}: {scale} ({own}) makes a {geom.tile_size_um:g} µm tile {geom.tile_size_level0:.3g} px "
+                   f"of the slide: {problem}; check --mpp")
 
 
 def _read_qc(reader, geom, coords, sample: set[int]):
@@ -227,11 +211,10 @@ def tile_slide(slide: str | Path, out_path: str | Path, config: TilingConfig | N
     reader = open_slide(slide, mpp=config.mpp, target_mpp=config.target_mpp)
     try:
         geom = plan_geometry(reader, config.tile_size_um, config.target_mpp)
+        _check_scale(slide, reader, geom)
         w0, h0 = reader.dimensions
         step = geom.tile_size_level0
         nx, ny = int(w0 // step), int(h0 // step)
-        if nx == 0 or ny == 0:
-            raise EmoError(f"{slide}: slide ({w0} × {h0} px at {geom.mpp} µm/px) is smaller than one {config.tile_size_um} µm tile")
         gx, gy = np.meshgrid(np.arange(nx), np.arange(ny))
         coords = np.stack([gx.ravel(), gy.ravel()], axis=1) * step
 
@@ -314,6 +297,7 @@ def tile_slide_at(
     reader = open_slide(slide, mpp=config.mpp, target_mpp=config.target_mpp)
     try:
         geom = plan_geometry(reader, config.tile_size_um, config.target_mpp)
+        _check_scale(slide, reader, geom, whole_tiles=False)
         coords = centres - geom.tile_size_level0 / 2
         thumb, scale = _thumbnail(reader, config)
         mask = tissue_mask(thumb, min_object_px=max(1, round((64 * scale / geom.mpp) ** 2)))
@@ -334,45 +318,53 @@ def tile_slide_at(
 
 def save_tile_jpegs(store_path: Path, quality: int = 90) -> Path:
     """Cache a store's (normalised) tiles as `<store dir>/<slide_id>/<tile_id>.jpg`, written atomically."""
-    import shutil
-
     from PIL import Image
 
+    from emo.io import atomic_dir
     from emo.slides.store import TileStore
 
     store = TileStore(store_path)
     final = store_path.parent / store.slide_id
-    tmp = store_path.parent / f".{store.slide_id}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for idx, tiles in store.iter_batches(32):
-        for i, tile in zip(idx, tiles):
-            Image.fromarray(tile).save(tmp / f"{store.tile_ids[i]}.jpg", quality=quality)
-    store.close()
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        for idx, tiles in store.iter_batches(32):
+            for i, tile in zip(idx, tiles):
+                Image.fromarray(tile).save(tmp / f"{store.tile_ids[i]}.jpg", quality=quality)
+        store.close()
     return final
 
 
 # --- batches -------------------------------------------------------------------------------------
 
 
+#: per tile folder, the storage failure (full disk, read-only) this process met: its later slides are not tried
+_STOPPED: dict[Path, str] = {}
+
+
 def _tile_one(job: tuple[Path, Path, TilingConfig, int | None]) -> dict[str, Any]:
     """Tile one slide of a batch (a picklable top-level function for the executors); never raises: a
-    failure becomes a summary row."""
+    failure becomes a summary row — `stopped` when the output folder cannot be written (the slide is
+    not at fault), `failed` otherwise."""
+    from emo.io import storage_error
+
     slide, out_path, config, vips_threads = job
     if vips_threads:  # pool workers share the cores: libvips, imported lazily, gets its share
         os.environ.setdefault("VIPS_CONCURRENCY", str(vips_threads))
     start = time.perf_counter()
     row = {c: None for c in SUMMARY_COLUMNS} | {"slide_id": slide_id_of(slide), "slide_path": str(slide.absolute()), "error": ""}
+    if out_path.parent in _STOPPED:
+        return row | {"status": "stopped", "error": _STOPPED[out_path.parent]}
     try:
         existing = _finished(out_path, config)
         if existing is not None:
             return row | existing
         return row | tile_slide(slide, out_path, config)
-    except EmoError as exc:
-        return row | {"status": "failed", "error": str(exc), "seconds": round(time.perf_counter() - start, 3)}
-    except Exception as exc:  # a library failing deep inside (corrupt data): report, never abort the batch
+    except Exception as exc:
+        if (error := storage_error(exc, out_path.parent)) is not None:
+            _STOPPED[out_path.parent] = str(error)
+            return row | {"status": "stopped", "error": str(error)}
+        if isinstance(exc, EmoError):
+            return row | {"status": "failed", "error": str(exc), "seconds": round(time.perf_counter() - start, 3)}
+        # a library failing deep inside (corrupt data): report, never abort the batch
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if os.environ.get("EMO_DEBUG"):
             traceback.print_exc()
@@ -407,29 +399,38 @@ def _finished(out_path: Path, config: TilingConfig) -> dict[str, Any] | None:
     }  # fmt: skip
 
 
-def tile_slides(slides: list[Path], out_dir: Path, config: TilingConfig | None = None, workers: int = 1, *,
-                executor: str | Executor = "local", executor_options: dict[str, Any] | None = None):
-    """Tile a batch into `<out_dir>/tiles/`; returns (and writes) the per-slide summary table.
+def tile_slides(slides: list[Path], out_dir: Path, config: TilingConfig | None = None, *,
+                executor: str | Executor | None = None, workers: int = 1,
+                executor_options: dict[str, Any] | None = None):
+    """Tile a batch into `out_dir` (the stage's folder, e.g. `<run>/tiles`); returns (and writes) the
+    per-slide summary table.
 
     Slides fan out through `emo.executors` (`executor` = local with `workers` processes, ray, slurm
-    with `executor_options`; SLURM job files go to `<out_dir>/tiles/.slurm` unless given). A slide
+    with `executor_options`; SLURM job files go to `<out_dir>/.slurm` unless given). A slide
     that fails, or whose worker crashes, becomes a `failed` row; the batch always finishes.
     """
     import pandas as pd
 
     from emo.executors import map_isolated, stage_executor
-    from emo.io import write_table_atomic
+    from emo.io import storage_errors, write_table_atomic
 
     config = config or TilingConfig()
     slides = [Path(s) for s in slides]
+    missing = [s for s in slides if not s.exists()]
+    if missing:  # before anything is written: no summary for slides that are not there
+        raise EmoError(f"{missing[0]}: slide not found{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}; "
+                       "check the path")
     ids = [slide_id_of(s) for s in slides]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise EmoError(f"slide ids must be unique, found {', '.join(dupes)} more than once; rename the files")
     if config.stain_reference:
         load_reference(config.stain_reference)  # fail once, before the batch, on a bad reference
-    tile_dir = Path(out_dir) / "tiles"
-    tile_dir.mkdir(parents=True, exist_ok=True)
+    executor = executor or "local"
+    tile_dir = Path(out_dir)
+    with storage_errors(tile_dir):
+        tile_dir.mkdir(parents=True, exist_ok=True)
+    _STOPPED.pop(tile_dir, None)
     workers = min(workers, max(1, len(slides)))
     vips_threads = max(1, (os.cpu_count() or 1) // workers) if executor == "local" and workers > 1 else None
     jobs = [(s, tile_dir / f"{i}.h5", config, vips_threads) for s, i in zip(slides, ids)]
@@ -437,6 +438,9 @@ def tile_slides(slides: list[Path], out_dir: Path, config: TilingConfig | None =
         rows, crashed = map_isolated(ex, _tile_one, jobs, desc="tiling slides")
     for i, error in crashed.items():
         rows[i] = _crashed(jobs[i], error)
+    stopped = [r for r in rows if r["status"] == "stopped"]
+    if stopped:  # the storage, not the slides: stop the run, keep the slides finished before
+        raise EmoError(f"{stopped[0]['error']} ({len(rows) - len(stopped)} of {len(rows)} slides are done)")
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     write_table_atomic(tile_dir / "summary.csv", summary)
     return summary

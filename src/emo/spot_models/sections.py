@@ -119,6 +119,7 @@ def section_features(adata: ad.AnnData, config: SpotModelConfig, cache: str | Pa
     """Frozen multi-scale features of every spot of a section: per tile size its cached spot-centred
     tile store and feature store, concatenated; a bar per section shows spots/s."""
     from emo.features import FeatureStore, extract_features
+    from emo.features.config import ExtractionConfig
     from emo.progress import progress_bar
 
     section = adata.uns[SPATIAL_KEY]["section_id"]
@@ -127,8 +128,8 @@ def section_features(adata: ad.AnnData, config: SpotModelConfig, cache: str | Pa
                       disable=not progress) as (advance, _):
         for size_um in config.tile_sizes_um:
             work = spot_tile_store(adata, size_um, config.tile_px, cache).parents[1]
-            folder = extract_features(work / "tiles", work, backbone=config.backbone, workers=0, progress=False,
-                                      on_tiles=advance,
+            folder = extract_features(work / "tiles", work / "features", ExtractionConfig(backbone=config.backbone, workers=0),
+                                      progress=False, on_tiles=advance,
                                       on_slide_done=lambda _s, _p, status: advance(adata.n_obs) if status == "cached" else None)
             parts.append(FeatureStore(next(folder.glob("*.h5"))).features)
     return np.concatenate(parts, axis=1)

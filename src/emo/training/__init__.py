@@ -1,6 +1,12 @@
 """Training: all-gene heads on cached features (default) and the paper's per-gene CNN protocol."""
 
-from emo.training.config import TrainConfig
-from emo.training.train import train_model
+import lazy_loader
 
-__all__ = ["TrainConfig", "train_model"]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "config": ["TrainConfig"],
+        "protocol": ["train_protocol"],
+        "train": ["train_model"],
+    },
+)

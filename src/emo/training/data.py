@@ -8,7 +8,7 @@ from pathlib import Path
 
 from emo.errors import EmoError
 from emo.features.store import FeatureStore
-from emo.io import file_fingerprint, params_hash
+from emo.io import content_hash, params_hash
 
 
 def source_tile_store_attrs(store: FeatureStore) -> dict:
@@ -57,11 +57,11 @@ def select_genes(adata, genes, path: Path) -> list[str]:
 
 
 def training_hash(targets: Path, stores: dict[str, FeatureStore], genes: list[str], extra: dict) -> str:
-    """Identity of the training data: targets content + every feature store + genes + options."""
+    """Identity of the training data: targets content + every feature store's content + genes + options."""
     return params_hash(
         {
-            "targets": file_fingerprint(targets),
-            "features": {s: file_fingerprint(st.path) for s, st in sorted(stores.items())},
+            "targets": content_hash(targets),
+            "features": {s: content_hash(st.path) for s, st in sorted(stores.items())},
             "genes": params_hash({"g": genes}),
             **extra,
         }

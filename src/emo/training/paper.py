@@ -15,42 +15,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from emo.errors import EmoError
 from emo.io import provenance, write_json_atomic, write_table_atomic
 from emo.models.paper_cnn import paper_cnn
+from emo.models.model import write_manifest
+from emo.training.config import PaperProtocolConfig
 
 if TYPE_CHECKING:
     from emo.executors import Executor
 
 
-class PaperProtocolConfig(BaseModel):
-    """SPEC §3 paper protocol; defaults are the paper's values."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    backbone: str = "torchvision:inception_v3"  # last layer replaced by one linear neuron
-    weights: str = "imagenet"
-    input_size: int = Field(299, ge=75)  # 598-px tiles resized to 299
-    lr: float = Field(1e-6, gt=0)
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-7  # the paper wrote "None": Keras' default epsilon
-    weight_decay: float = 0.0  # "decay = 0"
-    batch_size: int = Field(32, ge=1)
-    steps_per_epoch: int = Field(150, ge=1)
-    tuning_batches: int = Field(313, ge=1)
-    min_delta: float = Field(0.003, ge=0)
-    patience: int = Field(80, ge=1)
-    max_epochs: int = Field(500, ge=1)
-    keep_best: int = Field(10, ge=1)
-    keep_random: int = Field(10, ge=0)
-    prefetch_batches: int = Field(2, ge=1)  # background buffer of two batches
-    seed: int = 0
-    # torch CPU threads per gene job: fixed, because float sums (hence checkpoints) depend on it;
-    # more cores go to more genes at once (--workers / executor)
-    cpu_threads: int = Field(1, ge=1)
 
 
 def _labelled(gene: str, stores: list[str], labels: dict[str, float], split: str) -> tuple[list[str], dict[str, float]]:
@@ -204,7 +179,7 @@ def train_paper_protocol(
     results = [r for r in results if r is not None]
     geometry, stain_reference = tile_geometry({}, TileStore(next(iter(stores.values()))).attrs)
     prov = provenance(**config.model_dump())
-    write_json_atomic(out_dir / "manifest.json", {
+    write_manifest(out_dir, {
         "emo_version": prov["emo_version"],
         "created": prov["created"],
         "kind": "paper_cnn",

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from emo.errors import EmoError
-from emo.io import atomic_path, plain_attr, provenance, save_figure, write_json_atomic
+from emo.io import atomic_path, plain_attr, provenance, save_figure
 from emo.features.store import feature_identity, open_feature_stores
 from emo.models.tile_classifier import load_tile_classifier
+from emo.models.model import write_manifest
 
 LABEL_SUFFIXES = ("_labeled_coordinates.tsv", ".geojson", ".json", ".tsv", ".csv")
 
@@ -187,7 +188,7 @@ def train_tile_classifier(feature_dir: Path, label_files: list[Path], out_dir: P
                    "coef": coef.astype(np.float32), "intercept": intercept.astype(np.float32)}, str(tmp))
     prov = provenance(c=c, seed=seed, merge=merge, min_count=min_count, labels=[str(p) for p in label_files])
     _confusion_png(out_dir / "confusion.png", metrics)
-    write_json_atomic(out_dir / "manifest.json", {
+    write_manifest(out_dir, {
         "emo_version": prov["emo_version"], "kind": "tile_classifier", "classes": list(logreg.classes_),
         "backbone": feature_identity(stores), "metrics": metrics, "provenance": prov,
     })

@@ -122,20 +122,13 @@ def _spearman_cols(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def train_config(config: TrainConfig | None = None, **options) -> TrainConfig:
     """`config`, or one built from keyword options (`mlp_config` is the MLP options); errors are EmoError."""
-    from pydantic import ValidationError
-
     from emo.training.config import TrainConfig
 
     if config is not None:
         return config
     if "mlp_config" in options:
         options["mlp"] = options.pop("mlp_config")
-    try:
-        return TrainConfig(**{k: v for k, v in options.items() if v is not None})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "training"
-        raise EmoError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+    return TrainConfig.build(what="training", **{k: v for k, v in options.items() if v is not None})
 
 
 @dataclass
@@ -153,12 +146,32 @@ class FittedHead:
     n_tune: int
 
 
+def _patient_of_slide(obs: pd.DataFrame) -> dict[str, str]:
+    """slide id → patient id (the sample's own id where there is no `patient_id` column)."""
+    slides = _slide_of(obs)
+    patients = obs["patient_id"].astype(str) if "patient_id" in obs else pd.Series(obs.index.astype(str), index=obs.index)
+    return {s: p for s, p in zip(slides, patients) if isinstance(s, str)}
+
+
+def permute_by_patient(y: np.ndarray, patients: list, rng: np.random.Generator) -> np.ndarray:
+    """`y`'s rows with labels exchanged between whole patients, as the splits assign them: each patient
+    takes the rows of another patient with as many rows (a patient's own samples stay together)."""
+    names, inverse, sizes = np.unique(np.asarray(patients, dtype=str), return_inverse=True, return_counts=True)
+    rows = [np.flatnonzero(inverse == i) for i in range(len(names))]
+    order = np.arange(len(y))
+    for size in np.unique(sizes):
+        same = np.flatnonzero(sizes == size)
+        for a, b in zip(same, rng.permutation(same)):
+            order[rows[a]] = rows[b]
+    return y[order]
+
+
 def fit_head(stores: dict, adata, targets: Path, config: TrainConfig) -> FittedHead:
     """Fit `config.head` for all selected genes at once on the train split, tuned on the tune split.
 
-    `permute_labels` fits a null baseline: each fitting split's target rows (whole slides, or tiles at
-    tile level) are shuffled among its samples with `seed`, so the same head and features meet labels
-    that carry no image information — what chance and the architecture give.
+    `permute_labels` fits a null baseline: within each fitting split whole patients' labels are
+    exchanged (`permute_by_patient`; tiles at tile level) with `seed`, so the same head and features
+    meet labels that carry no image information — what chance and the architecture give.
     """
     from emo.models.heads import HEADS, predict_groups
 
@@ -170,10 +183,12 @@ def fit_head(stores: dict, adata, targets: Path, config: TrainConfig) -> FittedH
     else:
         data = _slide_level_data(adata, stores, genes, targets, config.allow_missing_features,
                                  head_cls.tiles_per_sample(config), seed)
-    (x_tr, y_tr, g_tr, _), (x_tu, y_tu, g_tu, _) = data["train"], data["tune"]
+    (x_tr, y_tr, g_tr, ids_tr), (x_tu, y_tu, g_tu, ids_tu) = data["train"], data["tune"]
     if config.permute_labels:
         rng = np.random.default_rng([seed, 0x9E11])
-        y_tr, y_tu = y_tr[rng.permutation(len(y_tr))], y_tu[rng.permutation(len(y_tu))]
+        patient = _patient_of_slide(adata.obs) if config.level == "slide" else {}
+        y_tr = permute_by_patient(y_tr, [patient.get(s, s) for s in ids_tr], rng)
+        y_tu = permute_by_patient(y_tu, [patient.get(s, s) for s in ids_tu], rng)
     if len(y_tr) < 2 or len(y_tu) < 1:
         raise EmoError(f"{targets}: need ≥2 train and ≥1 tune samples with features (have {len(y_tr)} train, "
                        f"{len(y_tu)} tune); check the split column and the feature folder")
@@ -241,8 +256,8 @@ def train_model(feature_dir: Path, targets: Path, out_dir: Path, config: TrainCo
     """
     config = train_config(config, **options)
     if config.protocol != "features":
-        raise EmoError("train_model: fits heads on cached features; use emo.training.paper.train_paper_protocol "
-                       "for protocol 'paper'")
+        raise EmoError(f"train_model: fits heads on cached features; use emo.training.train_protocol for protocol "
+                       f"{config.protocol!r}")
     targets, out_dir = Path(targets), Path(out_dir)
     stores = open_feature_stores(feature_dir)
     adata = read_targets(targets)
