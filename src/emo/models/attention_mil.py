@@ -12,23 +12,16 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from emo.config import StageConfig
 from emo.errors import EmoError
+from emo.models.heads import TorchHeadConfig
 
 
-class AttentionMILConfig(StageConfig):
+class AttentionMILConfig(TorchHeadConfig):
     """Gated-attention MIL head: a slide's prediction is its tiles' attention-weighted embedding."""
 
     hidden: int = Field(128, ge=1, description="tile embedding units")
     attention: int = Field(64, ge=1, description="attention units")
     dropout: float = Field(0.25, ge=0, lt=1)
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
-    weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int = Field(16, ge=1, description="bags per step")
-    max_epochs: int = Field(200, ge=1)
-    patience: int = Field(20, ge=1, description="early-stopping patience in epochs")
-    tiles_per_slide: int = Field(256, ge=1, description="tiles sampled (once, seeded) per slide for training")
-    seed: int = 0
 
 
 def _module(dim: int, n_genes: int, cfg: AttentionMILConfig):

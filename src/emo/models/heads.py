@@ -235,18 +235,23 @@ class LinearHead:
         return cls(tensors["weight"], tensors["bias"])
 
 
-class MLPConfig(StageConfig):
-    """Small per-tile MLP; a slide's prediction is the mean of its tiles' outputs."""
+class TorchHeadConfig(StageConfig):
+    """What every torch head's training loop (`fit_bag_module`) is configured by."""
 
-    hidden: int = Field(256, ge=1, description="hidden units")
-    dropout: float = Field(0.1, ge=0, lt=1)
     lr: float = Field(1e-3, gt=0, description="Adam learning rate")
     weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int = Field(16, ge=1, description="slides (or tiles in tile mode) per step")
+    batch_size: int = Field(16, ge=1, description="bags (slides, or tiles in tile mode) per step")
     max_epochs: int = Field(200, ge=1)
     patience: int = Field(20, ge=1, description="early-stopping patience in epochs")
     tiles_per_slide: int = Field(256, ge=1, description="tiles sampled (once, seeded) per slide for training")
     seed: int = 0
+
+
+class MLPConfig(TorchHeadConfig):
+    """Small per-tile MLP; a slide's prediction is the mean of its tiles' outputs."""
+
+    hidden: int = Field(256, ge=1, description="hidden units")
+    dropout: float = Field(0.1, ge=0, lt=1)
 
 
 def _mlp_module(dim: int, n_genes: int, hidden: int, dropout: float):
