@@ -198,16 +198,14 @@ def test_identical_trainings_have_identical_identities(cohort, tmp_path):
     targets (new paths, new mtimes) trained again give the same identities."""
     import shutil
 
-    from emo.prediction.slides import _model_id
-
     shutil.copytree(cohort["feature_dir"], tmp_path / "features", copy_function=shutil.copy)
     shutil.copy(cohort["targets"], tmp_path / "targets.h5ad")
     first = load(train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "m1"))
     second = load(train_model(tmp_path / "features", tmp_path / "targets.h5ad", tmp_path / "m2"))
     assert first.manifest["training_data_hash"] == second.manifest["training_data_hash"]
-    assert _model_id(tmp_path / "m1", first.manifest) == _model_id(tmp_path / "m2", second.manifest)
+    assert first.model_id == second.model_id
     other = load(train_model(cohort["feature_dir"], cohort["targets"], tmp_path / "m3", seed=1, head="mlp"))
-    assert _model_id(tmp_path / "m3", other.manifest) != _model_id(tmp_path / "m1", first.manifest)
+    assert other.model_id != first.model_id
 
 
 def test_manifest_from_other_major_version_is_one_line(cohort, tmp_path):

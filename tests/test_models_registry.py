@@ -166,7 +166,8 @@ def _stored_features(store, config, cache):
     for size in config.tile_sizes_um:
         tiles = centred_tile_store(store.slide_path, centres, store.mpp, store.tile_ids, size, config.tile_px, cache,
                                    store.slide_id)
-        folder = extract_features(tiles, tiles.parents[1], backbone=config.backbone, workers=0, progress=False)
+        folder = extract_features(tiles, tiles.parents[1] / "features", ExtractionConfig(backbone=config.backbone, workers=0),
+                                  progress=False)
         parts.append(FeatureStore(next(folder.glob("*.h5"))).features)
     return np.concatenate(parts, axis=1)
 

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field
 
 from emo.errors import EmoError
-from emo.models.heads import TorchHeadConfig
+from emo.models.head_config import TorchHeadConfig
 
 
 class AttentionMILConfig(TorchHeadConfig):

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic import Field
 
-from emo.config import StageConfig
 from emo.errors import EmoError
+from emo.models.head_config import TorchHeadConfig
 
 
 def default_alphas(n_train: int) -> np.ndarray:
@@ -233,18 +233,6 @@ class LinearHead:
     @classmethod
     def from_tensors(cls, tensors: dict[str, np.ndarray], config: dict) -> LinearHead:
         return cls(tensors["weight"], tensors["bias"])
-
-
-class TorchHeadConfig(StageConfig):
-    """What every torch head's training loop (`fit_bag_module`) is configured by."""
-
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate")
-    weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int = Field(16, ge=1, description="bags (slides, or tiles in tile mode) per step")
-    max_epochs: int = Field(200, ge=1)
-    patience: int = Field(20, ge=1, description="early-stopping patience in epochs")
-    tiles_per_slide: int = Field(256, ge=1, description="tiles sampled (once, seeded) per slide for training")
-    seed: int = 0
 
 
 class MLPConfig(TorchHeadConfig):
