@@ -36,7 +36,8 @@ for _name in _COMMAND_MODULES:
 
 
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show debug messages."),
+def _root(ctx: typer.Context,
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show debug messages."),
           quiet: bool = typer.Option(False, "--quiet", "-q", help="Show warnings and errors only.")) -> None:
     """Messages go to stderr through the `emo` logger; figures are drawn off-screen (Agg) unless MPLBACKEND says otherwise."""
     import os
@@ -45,6 +46,13 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show
 
     os.environ.setdefault("MPLBACKEND", "Agg")  # the one place the matplotlib backend is chosen
     setup(1 if verbose else -1 if quiet else 0)
+    ctx.call_on_close(_release_folders)
+
+
+def _release_folders() -> None:
+    from emo.run.lock import release_folders
+
+    release_folders()
 
 
 def main() -> None:

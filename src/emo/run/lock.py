@@ -117,14 +117,18 @@ _HELD: dict[Path, contextlib.ExitStack] = {}
 
 
 def hold_folder(folder: str | os.PathLike[str], command: str) -> None:
-    """`folder_lock` for the rest of this process (a stage command's whole run; again in the same
-    process, e.g. commands invoked in-process by tests, it is held already); released at exit."""
-    import atexit
-
+    """`folder_lock` until the command ends (`release_folders`, which the CLI calls when any command
+    closes; again in the same command it is held already)."""
     key = Path(folder).resolve()
     if key in _HELD:
         return
     stack = contextlib.ExitStack()
     stack.enter_context(folder_lock(folder, command))
     _HELD[key] = stack
-    atexit.register(stack.close)
+
+
+def release_folders() -> None:
+    """Release every folder `hold_folder` holds (a command in the same process, e.g. in-process tests,
+    may then take them again)."""
+    while _HELD:
+        _HELD.popitem()[1].close()
