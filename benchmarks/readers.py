@@ -1,8 +1,8 @@
 """Benchmark slide readers: decode-only tiles/s on the same level-0 regions, and pixels against OpenSlide's.
 
-Readers: emo's registry (`emo.slides.readers.READERS`: pyvips, cuCIM's CPU reader, tifffile + zarr,
-OpenSlide) and the PyPI readers tried as candidates that did not join it: `fastslide` and
-`microtome-wsi` (decodes stored Aperio SVS tiles; a region is stitched from its stored tiles), both
+Readers: emo's registry (`emo.slides.readers.READERS`: pyvips, tifffile + zarr, OpenSlide) and the
+PyPI readers tried as candidates that did not join it: cuCIM's CPU reader, `fastslide` and
+`microtome-wsi` (decodes stored Aperio SVS tiles; a region is stitched from its stored tiles), all
 installed with the peers (benchmarks/peers.txt). A reader that is not installed or cannot open a
 slide is reported as unavailable.
 Regions: on the real CMU-1-Small-Region.svs its whole grid of --cmu-tile px squares (117 of 224 px:
@@ -69,6 +69,15 @@ def _microtome(path: Path) -> Read:
     return read
 
 
+def _cucim(path: Path) -> Read:
+    """cuCIM's CPU reader: exact on sound files, but it conceals corrupt JPEG tiles (it prints the
+    libjpeg error and returns pixels), so it is measured here and is not one of emo's readers."""
+    from cucim import CuImage
+
+    img = CuImage(str(path))
+    return lambda x, y, s: np.asarray(img.read_region((x, y), (s, s), 0))[..., :3]
+
+
 def _fastslide(path: Path) -> Read:
     import fastslide
 
@@ -80,9 +89,9 @@ def readers() -> dict[str, Callable[[Path], Read]]:
     """Name → opener of every reader measured: emo's registry, then the PyPI readers that did not join it."""
     from emo.slides.readers import READERS, ImageReader
 
-    use_peer_dir()  # fastslide and microtome-wsi are installed with the peers (benchmarks/peers.txt)
+    use_peer_dir()  # cucim, fastslide and microtome-wsi are installed with the peers (benchmarks/peers.txt)
     found = {name: _registry(name) for name, cls in READERS.items() if cls is not ImageReader}
-    return {**found, "pyvips": _pyvips, "fastslide": _fastslide, "microtome": _microtome}
+    return {**found, "pyvips": _pyvips, "cucim": _cucim, "fastslide": _fastslide, "microtome": _microtome}
 
 
 def regions(path: Path, grid: int | None) -> tuple[np.ndarray, int]:

@@ -1,9 +1,7 @@
 """Slide readers behind one small interface, tried in the order of an explicit registry.
 
 `READERS` lists them fastest first: pyvips (TIFF-family pyramids: .svs, .tif, generic tiled TIFF,
-multi-threaded decode and resampling), cuCIM's CPU reader (the same pyramids, Aperio JPEG 2000 too;
-decodes regions as fast as libvips, bit for bit like OpenSlide, but resamples through PIL, so it
-serves what libvips cannot decode; docs/benchmarks.md), tifffile (+zarr, any TIFF pyramid tifffile parses),
+multi-threaded decode and resampling), tifffile (+zarr, any TIFF pyramid tifffile parses),
 OpenSlide (the universal fallback: .ndpi, .mrxs, .scn, .vms, .bif, DICOM WSI .dcm, ...), then plain RGB images
 (JPEG/PNG/non-pyramidal TIFF photographs) whose µm/px their resolution tag or the user supplies. Coordinates given to
 `read_scaled` are in the pixels of the chosen level; everything returns uint8 RGB arrays: 16-bit
@@ -311,35 +309,6 @@ class OpenSlideReader(SlideReader):
         self._slide.close()
 
 
-class CucimReader(SlideReader):
-    """TIFF-family pyramids decoded by cuCIM's CPU reader (libjpeg-turbo, OpenJPEG: Aperio JPEG 2000 too)."""
-
-    name = "cucim"
-    suffixes = TIFF_SUFFIXES
-
-    def __init__(self, path: Path):
-        from cucim import CuImage
-
-        self.path, self.warnings = path, []
-        self.level_dimensions, _, self.mpp, self.mpp_source = _tiff_levels(path)  # cuCIM's spacing misses Aperio MPP
-        self._img = CuImage(str(path))
-        levels = self._img.resolutions
-        if [tuple(map(int, d)) for d in levels["level_dimensions"]] != self.level_dimensions:
-            raise ValueError("cuCIM and tifffile disagree on the pyramid levels")
-        self._downsamples = [float(d) for d in levels["level_downsamples"]]
-
-    @property
-    def level_downsamples(self):
-        return self._downsamples
-
-    def read_region(self, level, x, y, w, h):
-        ds = self._downsamples[level]  # cuCIM places regions in level-0 pixels, as OpenSlide does
-        return np.asarray(self._img.read_region((round(x * ds), round(y * ds)), (w, h), level))[..., :3]
-
-    def close(self):
-        self._img.close()
-
-
 class ImageReader(SlideReader):
     """A plain RGB photograph (JPEG/PNG/flat TIFF): one level, µm/px from the user."""
 
@@ -373,7 +342,6 @@ class ImageReader(SlideReader):
 
 READERS: dict[str, type[SlideReader]] = {
     "pyvips": PyvipsReader,
-    "cucim": CucimReader,
     "tifffile": TifffileReader,
     "openslide": OpenSlideReader,
     "image": ImageReader,
