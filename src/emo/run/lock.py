@@ -14,7 +14,6 @@ import fcntl
 import json
 import os
 import socket
-import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -78,7 +77,8 @@ def folder_lock(folder: str | os.PathLike[str], command: str, wait: bool = False
     folder above it; take over a dead holder's stale lock with a note; remove a dead run's temporary
     files. Yields the lock file."""
     folder = Path(folder)
-    say = log or (lambda msg: print(msg, file=sys.stderr))
+    if log is None:
+        from emo.log import warn as log  # the library's one output channel
     for above in folder.resolve().parents:  # a run of the whole study covers the stage folders in it
         if holder := held_by(above):
             raise EmoError(f"{folder}: inside {above}, which is in use by {holder}; wait for it to finish")
@@ -93,11 +93,11 @@ def folder_lock(folder: str | os.PathLike[str], command: str, wait: bool = False
             holder = _describe(_holder(fd))
             if not wait:
                 raise EmoError(f"{folder}: in use by {holder}; wait for it to finish, or pass --wait") from None
-            say(f"{folder}: in use by {holder}; waiting for it to finish")
+            log(f"{folder}: in use by {holder}; waiting for it to finish")
             fcntl.flock(fd, fcntl.LOCK_EX)
         else:
             if stale := _holder(fd):
-                say(f"{folder}: took over the stale lock of {_describe(stale)}, which is no longer running")
+                log(f"{folder}: took over the stale lock of {_describe(stale)}, which is no longer running")
         if inside := _held_inside(folder):
             raise EmoError(f"{folder}: {inside}; wait for it to finish")
         me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
