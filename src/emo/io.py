@@ -225,9 +225,9 @@ def content_hash(path: str | os.PathLike[str]) -> str:
         for key in sorted(set(obj.attrs) - TIME_KEYS):
             h.update(f"@{key}={plain_attr(obj.attrs[key], arrays_as_lists=True)!r}\0".encode())
         if isinstance(obj, h5py.Dataset):
-            data = obj.asstr()[()] if h5py.check_string_dtype(obj.dtype) else obj[()]
+            data = np.asarray(obj.asstr()[()] if h5py.check_string_dtype(obj.dtype) else obj[()])
             h.update(f"{obj.dtype}{obj.shape}".encode())
-            h.update(np.asarray(data).tobytes() if np.asarray(data).dtype != object else repr(np.asarray(data).tolist()).encode())
+            h.update(data.tobytes() if data.dtype != object else repr(data.tolist()).encode())
 
     with h5py.File(path, "r") as f:
         add("/", f)
