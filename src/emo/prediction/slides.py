@@ -70,8 +70,8 @@ def geojson_genes(model, chosen: list[str], n: int) -> list[str]:
 
 
 def spatial_columns(path: Path, genes: list[str]) -> dict:
-    """`genes`' columns of one EMO-spatial file with its tile ids, corners, centres, tile size and
-    `uns['emo']`, read with h5py (the rest of X stays on disk)."""
+    """`genes`' columns of one EMO-spatial file with its tile ids, corners and `uns['emo']`, read with
+    h5py (the rest of X and the thumbnails stay on disk)."""
     import anndata
 
     with h5py.File(path, "r") as f:
@@ -83,18 +83,21 @@ def spatial_columns(path: Path, genes: list[str]) -> dict:
             values[:, order] = f["X"][:, sorted(cols)]
         obs = f["obs"]
         return {"tile_ids": [plain_attr(t) for t in obs[obs.attrs["_index"]][...]],
-                "coords_px": np.stack([obs["x_px"][...], obs["y_px"][...]], axis=1),
-                "centres": f["obsm/spatial"][...], "values": values,
-                "uns": anndata.io.read_elem(f["uns/emo"]) if "uns/emo" in f else {},
-                "spatial": anndata.io.read_elem(f["uns/spatial"]) if "uns/spatial" in f else {}}
+                "coords_px": np.stack([obs["x_px"][...], obs["y_px"][...]], axis=1), "values": values,
+                "uns": anndata.io.read_elem(f["uns/emo"]) if "uns/emo" in f else {}}
 
 
 def write_geojson(out_dir: Path, slide_ids: list[str], genes: list[str], classes: str = "slide") -> None:
     """`<out>/geojson/<slide>.geojson` for every slide from its EMO-spatial file; `classes` "cohort" cuts
     the thirds on all slides' tiles together, "slide" on each slide's own."""
-    data = {s: spatial_columns(out_dir / "spatial" / f"{s}.h5ad", genes) for s in slide_ids}
-    cuts = tertile_cuts(np.concatenate([d["values"] for d in data.values()])) if classes == "cohort" and genes else None
-    for slide_id, d in data.items():
+    def columns(slide_id: str) -> dict:
+        return spatial_columns(out_dir / "spatial" / f"{slide_id}.h5ad", genes)
+
+    cuts = None  # one slide in memory at a time; the cohort's cuts read only the chosen genes' columns first
+    if classes == "cohort" and genes:
+        cuts = tertile_cuts(np.concatenate([columns(s)["values"] for s in slide_ids]))
+    for slide_id in slide_ids:
+        d = columns(slide_id)
         qupath_geojson(out_dir / "geojson" / f"{slide_id}.geojson", slide_id, d["tile_ids"], d["coords_px"],
                        float(d["uns"]["tile_size_level0"]), genes, d["values"], cuts, classes)
 
