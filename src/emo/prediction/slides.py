@@ -69,9 +69,10 @@ def geojson_genes(model, chosen: list[str], n: int) -> list[str]:
     return [g for g in best["gene"].astype(str) if g in model.genes][:n]
 
 
-def spatial_columns(path: Path, genes: list[str]) -> dict:
+def spatial_columns(path: Path, genes: list[str], images: bool = False) -> dict:
     """`genes`' columns of one EMO-spatial file with its tile ids, corners and `uns['emo']`, read with
-    h5py (the rest of X and the thumbnails stay on disk)."""
+    h5py (the rest of X stays on disk); `images` adds the tile centres and `uns['spatial']` (the
+    thumbnails a map is drawn over), which the GeoJSON writer does not need."""
     import anndata
 
     with h5py.File(path, "r") as f:
@@ -82,9 +83,13 @@ def spatial_columns(path: Path, genes: list[str]) -> dict:
         if cols:
             values[:, order] = f["X"][:, sorted(cols)]
         obs = f["obs"]
-        return {"tile_ids": [plain_attr(t) for t in obs[obs.attrs["_index"]][...]],
-                "coords_px": np.stack([obs["x_px"][...], obs["y_px"][...]], axis=1), "values": values,
-                "uns": anndata.io.read_elem(f["uns/emo"]) if "uns/emo" in f else {}}
+        out = {"tile_ids": [plain_attr(t) for t in obs[obs.attrs["_index"]][...]],
+               "coords_px": np.stack([obs["x_px"][...], obs["y_px"][...]], axis=1), "values": values,
+               "uns": anndata.io.read_elem(f["uns/emo"]) if "uns/emo" in f else {}}
+        if images:
+            out["centres"] = f["obsm/spatial"][...]
+            out["spatial"] = anndata.io.read_elem(f["uns/spatial"]) if "uns/spatial" in f else {}
+        return out
 
 
 def write_geojson(out_dir: Path, slide_ids: list[str], genes: list[str], classes: str = "slide") -> None:

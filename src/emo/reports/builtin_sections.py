@@ -170,7 +170,7 @@ def prediction_maps(folder: Path, genes: list[str], slides: list[str], note: str
     from emo.prediction.slides import spatial_columns
 
     files = [folder / "spatial" / f"{s}.h5ad" for s in slides]
-    data = [spatial_columns(p, genes) for p in files]
+    data = [spatial_columns(p, genes, images=True) for p in files]
     unit = data[0]["uns"].get("unit", "target scale")
     fig, axes = plt.subplots(len(slides), len(genes), figsize=(4.2 * len(genes), 3.6 * len(slides)), squeeze=False)
     for j, gene in enumerate(genes):
