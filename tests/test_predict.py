@@ -118,7 +118,7 @@ def test_geojson_without_genes_measures_the_best_tuned_genes_and_cohort_classes(
     # thirds of all slides' tiles together, named as such
     top, bottom = values[names == f"{best[0]}: top third in the cohort"], values[names == f"{best[0]}: bottom third in the cohort"]
     assert len(top) == pytest.approx(len(values) / 3, abs=2) and top.min() >= bottom.max()
-    with pytest.raises(EmoError, match="classes 'patient'"):
+    with pytest.raises(EmoError, match="classes: Input should be 'slide' or 'cohort'"):
         predict(trained["model"], trained["feature_dir"], tmp_path, classes="patient")
 
 

@@ -8,13 +8,16 @@ into one validated object and reports a bad option as one `EmoError` line naming
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from emo.errors import EmoError
 
 C = TypeVar("C", bound="StageConfig")
+
+#: target principal components a model predicts; 0 and null both mean none (every gene directly)
+Components = Annotated[int | None, Field(ge=0), AfterValidator(lambda v: v or None)]
 
 
 def validation_message(exc: ValidationError, source: str) -> str:

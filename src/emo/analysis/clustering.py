@@ -19,24 +19,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import AliasChoices, Field
 from scipy.cluster.hierarchy import fcluster, leaves_list, linkage
 from scipy.spatial.distance import pdist, squareform
 from sklearn.metrics import adjusted_rand_score
 
 from emo.analysis.bulk import align, attach_sheet, clean_labels, load_expression, select_genes, subtype_column
-from emo.config import StageConfig
+from emo.analysis.config import ClustersConfig, Method
 from emo.errors import EmoError
-from emo.expression.readers import OrientationOption
 
 __all__ = ["ClusterAnalysis", "ClustersConfig", "ConsensusResult", "consensus_clustering", "ari_test", "hierarchical_order", "clusters",
            "report_section"]
-
-Method = Literal["hc", "kmeans"]
 
 
 @dataclass
@@ -156,25 +152,6 @@ def hierarchical_order(data: np.ndarray) -> np.ndarray:
 
 def _zscore(frame: pd.DataFrame) -> pd.DataFrame:
     return (frame - frame.mean()) / frame.std(ddof=1)
-
-
-class ClustersConfig(StageConfig):
-    """Options of `emo analyze clusters` and a study's `analyses.clusters`."""
-
-    genes: str | list[str] | None = "pam50"
-    split: str | None = None
-    k: int = Field(4, ge=2)
-    choose_k: bool = False
-    k_max: int = Field(8, ge=2)
-    n_iter: int = Field(100, ge=1)
-    item_fraction: float = Field(0.8, gt=0, le=1)
-    method: Method = "hc"
-    subtype_column: str | None = None
-    n_boot: int = Field(1000, ge=0)
-    n_perm: int = Field(1000, ge=0)
-    seed: int = 0
-    log_cpm: bool = False
-    orientation: OrientationOption = Field("auto", validation_alias=AliasChoices("orientation", "orient"))
 
 
 def clusters(

@@ -21,13 +21,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import AliasChoices, Field
 from scipy import stats
 
 from emo.analysis.bulk import Expression, align, attach_sheet, clean_labels, load_expression, select_genes
-from emo.config import StageConfig
+from emo.analysis.config import DEConfig
 from emo.errors import EmoError
-from emo.expression.readers import OrientationOption
 
 __all__ = ["DEConfig", "DEFAULT_COVARIATES", "design_matrix", "ols_contrast", "differential_expression", "report_section"]
 
@@ -192,18 +190,6 @@ def concordance(measured: pd.DataFrame, predicted: pd.DataFrame) -> pd.DataFrame
     both["concordant"] = (both["significant_measured"] & both["significant_predicted"]
                           & (np.sign(both["beta_measured"]) == np.sign(both["beta_predicted"])))
     return both.sort_values("p_measured", kind="stable").reset_index(drop=True)
-
-
-class DEConfig(StageConfig):
-    """Options of `emo analyze de` and a study's `analyses.differential_expression`."""
-
-    contrast: str = "er_status"
-    covariates: list[str] | None = None  # None: the paper's (DEFAULT_COVARIATES) where present
-    genes: str | list[str] | None = None
-    split: str | None = None
-    alpha: float = Field(0.05, gt=0, lt=1)
-    log_cpm: bool = False
-    orientation: OrientationOption = Field("auto", validation_alias=AliasChoices("orientation", "orient"))
 
 
 def differential_expression(

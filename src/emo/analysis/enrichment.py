@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
 
-from emo.config import StageConfig
+from emo.analysis.config import EnrichConfig
 from emo.errors import EmoError
 
 __all__ = ["EnrichConfig", "EnrichmentResult", "read_gmt", "ranking", "prerank", "over_representation",
@@ -173,20 +172,6 @@ def _variance(measured: str | Path | pd.DataFrame, split: str | None, log_cpm: b
         if "variance" in var.columns and split is None:
             return var["variance"].astype(float)
     return load_expression(measured, split=split, log_cpm=log_cpm).data.var(ddof=1)
-
-
-class EnrichConfig(StageConfig):
-    """Options of `emo analyze enrich` and a study's `analyses.enrich`."""
-
-    score: str = "padj"
-    split: str | None = None
-    permutations: int = Field(1000, ge=1)
-    seed: int = 0
-    min_size: int = Field(15, ge=1)
-    max_size: int = Field(500, ge=1)
-    alpha: float = Field(0.05, gt=0, lt=1)
-    threads: int = Field(1, ge=1)
-    log_cpm: bool = False
 
 
 def enrich(

@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, field_validator
 
 from emo.analysis import stats
 from emo.analysis.bulk import predictions_by_sample, subtype_column
 from emo.analysis.proliferation import proliferation_genes
-from emo.config import StageConfig
+from emo.analysis.config import EvaluateConfig, EvaluateThresholds
 from emo.errors import EmoError
 from emo.io import dense, provenance, write_json_atomic, write_table_atomic, write_text_atomic
 from emo.panels import get_panel
@@ -36,36 +35,6 @@ NULL_DEFINITION = (
     "The null: the same head fitted {k} times on labels exchanged between whole patients, each predicting the same "
     "slides; its gene counts show how many genes pass by chance and through the features' own structure."
 )
-
-
-class EvaluateThresholds(StageConfig):
-    """The rules and report options of an evaluation (what a study's `evaluation.thresholds` sets)."""
-
-    r2_min: float = 0.2  # selection: R²pred above this ...
-    fdr_max: float = 0.001  # ... and BH-FDR below this (validation split)
-    alpha: float = 0.05  # test split: Bonferroni-adjusted P below this validates a gene
-    fdr_report: float = 0.05  # counts "significant at FDR < 0.05" like Fig. 1
-    r2_report: tuple[float, ...] = (0.2, 0.3, 0.4)
-    external_cohorts: tuple[str, ...] = ()  # in addition to obs["external"]
-    cohorts: tuple[str, ...] = ()  # evaluate only these cohorts (default all in the split)
-    subtype_column: str | None = None
-    top: int = Field(25, ge=1)
-    figures: bool = True
-
-
-class EvaluateConfig(EvaluateThresholds):
-    """One evaluation: the thresholds plus what this run compares against (all recorded in summary.json)."""
-
-    test: bool | None = None  # None: a split named test* is a test split
-    selected: Path | None = None  # gene list from the validation run (test splits)
-    null_predictions: tuple[Path, ...] = ()  # EMO-average of each permuted-label head (one per permutation)
-    validation_genes: Path | None = None  # genes.csv of the validation run, for ρ concordance
-
-    @field_validator("null_predictions", mode="before")
-    @classmethod
-    def _one_or_more(cls, value: Any) -> Any:
-        """One path (the single-permutation form) or none is accepted as a tuple of them."""
-        return () if value is None else (value,) if isinstance(value, (str, Path)) else value
 
 
 def read_gene_list(path: Path) -> list[str]:

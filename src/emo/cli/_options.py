@@ -9,9 +9,11 @@ from pydantic import BaseModel
 
 
 def config_option(config: type[BaseModel], field: str, *flags: str, default: Any = ..., help: str | None = None,
-                  **kwargs: Any) -> Any:
+                  required: bool = False, **kwargs: Any) -> Any:
     """`typer.Option` for `config.field`: its default (unless `default` is given, e.g. None for "the
-    config's") and its description as help (`help` is added after it)."""
+    config's") and its description as help (`help` is added after it, e.g. "repeatable"); `required`
+    for an option the command cannot do without although the config has a default."""
     info = config.model_fields[field]
-    text = " ".join(t for t in (info.description, help) if t)
-    return typer.Option(info.default if default is ... else default, *flags, help=text, **kwargs)
+    text = "; ".join(t for t in (info.description, help) if t)
+    value = ... if required else info.default if default is ... else default
+    return typer.Option(value, *flags, help=text, **kwargs)

@@ -3,26 +3,48 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from emo.cli._apps import expression_app
+from emo.cli._options import config_option
+from emo.expression.config import PAPER_FRACTIONS, PrepareConfig
+
+
+def prepare_config(p: dict[str, Any]) -> PrepareConfig:
+    """The `PrepareConfig` that `emo expression prepare`'s parsed options mean (a study's `expression:`
+    gives the same); `--fractions` are percentages, scaled to shares (rounded, so 12.3 % is the 0.123 a study writes)."""
+    from emo.errors import EmoError
+
+    try:
+        parts = [float(f) for f in p["fractions"].split(",")]
+    except ValueError:
+        raise EmoError(f"--fractions {p['fractions']!r}: give four numbers, e.g. 56.3,14.0,12.3,17.4") from None
+    total = sum(parts)
+    return PrepareConfig.build(
+        what="emo expression prepare", reference_cohort=p["reference_cohort"], external_cohorts=tuple(p["external_cohort"]),
+        min_variance=p["min_variance"], seed=p["seed"], stratify=p["stratify"], orientation=p["orientation"],
+        on_duplicate=p["on_duplicate"], fractions=tuple(round(x / total, 12) for x in parts) if total > 0 else tuple(parts),
+    )
 
 
 @expression_app.command()
 def prepare(
+    ctx: typer.Context,
     matrix: list[Path] = typer.Option([], "--matrix", help="Log-scale normalised matrix (TSV/CSV[.gz], Parquet, .h5ad); repeatable."),
     counts_matrix: list[Path] = typer.Option([], "--counts-matrix", help="Raw-count matrix: library-size normalised to CPM, then log2(x + 1); repeatable."),
     samples: Path = typer.Option(..., "--samples", help="Sample sheet CSV: sample_id, patient_id, cohort [, slide_id, split, clinical columns]."),
-    reference_cohort: str = typer.Option(..., "--reference-cohort", help="Cohort whose medians the others are shifted to (paper: TCGA-BC)."),
+    reference_cohort: str = config_option(PrepareConfig, "reference_cohort", "--reference-cohort", required=True, help="paper: TCGA-BC"),
     out: Path = typer.Option(..., "--out", help="Output targets .h5ad; summary .md/.json and mismatch CSV are written beside it."),
-    min_variance: float = typer.Option(0.01, "--min-variance", help="Genes with training-split variance <= this are not kept as targets."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the patient-level split."),
-    stratify: str | None = typer.Option(None, "--stratify", help="Sheet column to stratify the split by (e.g. ER status, subtype)."),
-    external_cohort: list[str] = typer.Option([], "--external-cohort", help="Cohort used for testing only; repeatable."),
-    orientation: str = typer.Option("auto", "--orientation", help="auto (match labels to the sheet's sample ids), genes-by-samples or samples-by-genes."),
-    fractions: str = typer.Option("56.3,14.0,12.3,17.4", "--fractions", help="Train,tune,validation,test percentages of patients (paper default)."),
-    on_duplicate: str = typer.Option("error", "--on-duplicate", help="Patient with several samples or slide with several samples: error, first (keep first sheet row) or all."),
+    min_variance: float = config_option(PrepareConfig, "min_variance", "--min-variance"),
+    seed: int = config_option(PrepareConfig, "seed", "--seed"),
+    stratify: str | None = config_option(PrepareConfig, "stratify", "--stratify", help="e.g. ER status, subtype"),
+    external_cohort: list[str] = config_option(PrepareConfig, "external_cohorts", "--external-cohort", default=[], help="repeatable"),
+    orientation: str = config_option(PrepareConfig, "orientation", "--orientation"),
+    fractions: str = config_option(PrepareConfig, "fractions", "--fractions", help="percentages, e.g. 56.3,14.0,12.3,17.4",
+                                   default=",".join(f"{100 * f:.3g}" for f in PAPER_FRACTIONS)),
+    on_duplicate: str = config_option(PrepareConfig, "on_duplicate", "--on-duplicate"),
     slides: Path | None = typer.Option(None, "--slides", help="Folder of slide files to check the sheet's slide_id against (report only)."),
 ) -> None:
     """Build training targets: clean genes, split patients, align cohorts by median offsets, filter by variance.
@@ -32,21 +54,11 @@ def prepare(
     highest mean is kept. Only genes present in every matrix are used (the others are listed in the
     summary). Offsets use train+tune+validation samples only; test samples get the same offsets.
     """
-    from emo.errors import EmoError
     from emo.expression import prepare_targets
-    from emo.expression.prepare import PrepareConfig, summary_paths
+    from emo.expression.prepare import summary_paths
     from emo.run.lock import hold_folder
 
-    try:
-        parts = [float(f) for f in fractions.split(",")]
-    except ValueError:
-        raise EmoError(f"--fractions {fractions!r}: give four numbers, e.g. 56.3,14.0,12.3,17.4") from None
-    total = sum(parts)
-    config = PrepareConfig.build(
-        what="emo expression prepare", reference_cohort=reference_cohort, external_cohorts=tuple(external_cohort),
-        min_variance=min_variance, seed=seed, stratify=stratify, orientation=orientation, on_duplicate=on_duplicate,
-        fractions=tuple(p / total for p in parts) if total > 0 else tuple(parts),
-    )
+    config = prepare_config(ctx.params)
     hold_folder(out.parent, "emo expression prepare")
     adata = prepare_targets(matrix, samples, config.reference_cohort, out, counts_matrices=counts_matrix, slides=slides,
                             **config.options())

@@ -4,34 +4,49 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from emo.cli._apps import app
+from emo.cli._options import config_option
 from emo.expression.her2st import DESCRIPTION as LAYOUT
 from emo.models.spot import SpotModelConfig
-
-DEFAULT = SpotModelConfig()
 
 spatial_app = typer.Typer(help="Spot-level training and prediction on spatial-transcriptomics sections.",
                           no_args_is_help=True)
 app.add_typer(spatial_app, name="spatial")
 
 
+def spot_model_config(p: dict[str, Any]) -> SpotModelConfig:
+    """The `SpotModelConfig` that `emo spatial train`'s parsed options mean (a study's `spots:` gives the same)."""
+    from emo.errors import EmoError
+
+    try:
+        sizes = tuple(float(v) for v in p["tile_sizes_um"].split(",") if v.strip())
+    except ValueError:
+        raise EmoError(f"--tile-sizes-um {p['tile_sizes_um']!r}: give sizes in µm, e.g. 224,100,448") from None
+    options = {k: p[k] for k in SpotModelConfig.model_fields if k not in {"tile_sizes_um", "n_components"}}
+    return SpotModelConfig.build(what="emo spatial train", **options, tile_sizes_um=sizes, n_components=p["components"])
+
+
 @spatial_app.command("train")
 def train(
+    ctx: typer.Context,
     data: Path = typer.Option(..., help=f"folder in the {LAYOUT}"),
     sections: str = typer.Option(..., help="comma-separated training sections (they need images and counts)"),
     genes: str = typer.Option(..., help="gene list file (one per line), panel name or comma-separated genes"),
     out: Path = typer.Option(..., help="model folder to write (manifest.json + weights.safetensors)"),
     hold_out: str = typer.Option("", help="sections whose counts must not shape the target components (the sections "
                                  "you will predict; `emo spatial predict` refuses sections that shaped them)"),
-    tile_sizes_um: str = typer.Option(",".join(f"{v:g}" for v in DEFAULT.tile_sizes_um),
-                                      help="tile sizes around each spot in µm"),
-    backbone: str = typer.Option(DEFAULT.backbone, help="frozen feature backbone (see `emo features --help`)"),
-    alpha: float = typer.Option(DEFAULT.alpha, help="ridge penalty per feature"),
-    components: int = typer.Option(DEFAULT.n_components or 0, help="target principal components learned from all count sections (0 = off)"),
-    context_radius: float = typer.Option(DEFAULT.context_radius, help="neighbour radius in spot pitches for spot context (0 = off)"),
+    tile_sizes_um: str = config_option(SpotModelConfig, "tile_sizes_um", "--tile-sizes-um", help="comma-separated",
+                                       default=",".join(f"{v:g}" for v in SpotModelConfig.model_fields["tile_sizes_um"].default)),
+    tile_px: int = config_option(SpotModelConfig, "tile_px", "--tile-px"),
+    backbone: str = config_option(SpotModelConfig, "backbone", "--backbone"),
+    alpha: float = config_option(SpotModelConfig, "alpha", "--alpha"),
+    components: int = config_option(SpotModelConfig, "n_components", "--components"),
+    section_standardize: bool = config_option(SpotModelConfig, "section_standardize", "--section-standardize/--no-section-standardize"),
+    context_radius: float = config_option(SpotModelConfig, "context_radius", "--context-radius"),
     cache: Path | None = typer.Option(None, help="spot feature cache folder (default: $EMO_CACHE_DIR or ~/.cache/emo)"),
     finetune: bool = typer.Option(False, "--finetune", help="fine-tune one network for all genes end to end on 224 µm spot tiles instead"),
     finetune_config: Path | None = typer.Option(None, help="with --finetune: JSON of FinetuneConfig fields (epochs, steps, input_size, hed_jitter, ...)"),
@@ -41,7 +56,7 @@ def train(
     Sections, genes and the output folder are checked first; spot features are cached (`--cache`,
     default `$EMO_CACHE_DIR` or ~/.cache/emo), so a re-run or `emo run` on the same sections reuses them."""
     from emo.panels import resolve_genes
-    from emo.spot_models import SpotModelConfig, train_spot_model
+    from emo.spot_models import train_spot_model
     from emo.spot_models.sections import check_out_dir
 
     check_out_dir(out)
@@ -56,8 +71,7 @@ def train(
         typer.echo(f"model: {train_spot_finetune(data, train_sections, resolve_genes(genes), out, config, cache=cache)}")
         return
 
-    config = SpotModelConfig.build(tile_sizes_um=tuple(float(v) for v in tile_sizes_um.split(",")), backbone=backbone,
-                                   alpha=alpha, n_components=components, context_radius=context_radius)
+    config = spot_model_config(ctx.params)
     summary = []
     model = train_spot_model(data, train_sections, resolve_genes(genes), config,
                              exclude_from_basis=[s for s in hold_out.split(",") if s], cache=cache,

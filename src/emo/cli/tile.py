@@ -34,7 +34,7 @@ def tile(
     workers: int = typer.Option(1, "--workers", min=1, help="Slides processed in parallel worker processes (--executor local)."),
     executor: str = typer.Option("local", "--executor", help="Where slides run: local (process pool), ray (a Ray cluster; RAY_ADDRESS or a local one), slurm (a job array; job files in OUT/tiles/.slurm)."),
     roi: Path | None = config_option(TilingConfig, "roi", "--roi"),
-    roi_classes: str | None = config_option(TilingConfig, "roi_classes", "--roi-classes", help="Comma-separated."),
+    roi_classes: str | None = config_option(TilingConfig, "roi_classes", "--roi-classes", help="comma-separated"),
     min_roi: float | None = config_option(TilingConfig, "min_roi", "--min-roi"),
     normalize: bool = config_option(TilingConfig, "normalize", "--normalize/--no-normalize"),
     stain_reference: Path | None = config_option(TilingConfig, "stain_reference", "--stain-reference"),

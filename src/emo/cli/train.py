@@ -48,7 +48,7 @@ def train(
     level: str = config_option(TrainConfig, "level", "--level"),
     seed: int = config_option(TrainConfig, "seed", "--seed"),
     allow_missing_features: bool = config_option(TrainConfig, "allow_missing_features", "--allow-missing-features"),
-    permute_labels: bool = config_option(TrainConfig, "permute_labels", "--permute-labels", help="(seeded by --seed)"),
+    permute_labels: bool = config_option(TrainConfig, "permute_labels", "--permute-labels", help="seeded by --seed"),
     max_epochs: Optional[int] = _cnn_option("max_epochs", "--max-epochs"),
     steps_per_epoch: Optional[int] = _cnn_option("steps_per_epoch", "--steps-per-epoch"),
     tuning_batches: Optional[int] = _cnn_option("tuning_batches", "--tuning-batches"),

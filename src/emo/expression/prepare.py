@@ -11,52 +11,18 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, field_validator
 
-from emo.config import StageConfig
 from emo.errors import EmoError
 from emo.expression.batch import apply_offsets, cohort_offsets
 from emo.expression.genes import normalize_genes
 from emo.expression.matching import match_sheet, read_sheet
-from emo.expression.readers import OrientationOption, counts_to_log_cpm, read_matrix
-from emo.expression.splits import PAPER_FRACTIONS, SPLITS, assign_splits
+from emo.expression.readers import counts_to_log_cpm, read_matrix
+from emo.expression.config import PAPER_FRACTIONS, SPLITS
+from emo.expression.splits import assign_splits
 from emo.io import atomic_path, provenance, save_figure, write_json_atomic, write_table_atomic, write_text_atomic
-
-
-class PrepareConfig(StageConfig):
-    """How `emo expression prepare` turns matrices + sheet into targets (a study's `expression:` adds the files).
-    `prepare_targets(matrices, samples, config.reference_cohort, out, **config.options())`."""
-
-    reference_cohort: str | None = Field(None, description="cohort the others' batch offsets are removed against")
-    external_cohorts: tuple[str, ...] = Field((), description="test-only cohorts (external validation)")
-    min_variance: float = Field(0.01, ge=0, description="genes with training variance <= this are not kept")
-    seed: int = Field(0, description="seed of the patient-level split")
-    stratify: str | None = Field(None, description="sheet column the split is balanced on")
-    fractions: tuple[float, float, float, float] = Field(
-        PAPER_FRACTIONS, description="train, tune, validation, test shares of patients (null: the paper's)")
-    orientation: OrientationOption = "auto"
-    on_duplicate: Literal["error", "first", "all"] = "error"
-
-    @field_validator("fractions", mode="before")
-    @classmethod
-    def _paper_when_null(cls, v: Any) -> Any:
-        return PAPER_FRACTIONS if v is None else v
-
-    @field_validator("fractions")
-    @classmethod
-    def _sum_to_one(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if min(v) < 0 or abs(sum(v) - 1) > 1e-6:
-            raise ValueError("must be 4 non-negative shares (train, tune, validation, test) summing to 1")
-        return v
-
-    def options(self) -> dict[str, Any]:
-        """The keyword options of `prepare_targets`."""
-        return self.model_dump(include={"external_cohorts", "min_variance", "seed", "stratify", "fractions",
-                                        "orientation", "on_duplicate"})
 
 
 def _load_matrices(matrices: Sequence[Path], counts_matrices: Sequence[Path], orientation: str,

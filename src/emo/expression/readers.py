@@ -11,26 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BeforeValidator
 
 from emo.errors import EmoError
+from emo.expression.config import ORIENTATION_ALIASES, ORIENTATIONS, Orientation
 from emo.io import dense
 
-Orientation = Literal["auto", "genes-by-samples", "samples-by-genes"]
-ORIENTATIONS = ("auto", "genes-by-samples", "samples-by-genes")
-#: what `emo analyze --orient` used to take
-ORIENTATION_ALIASES = {"genes": "genes-by-samples", "samples": "samples-by-genes"}
 #: first-column headers that say what the rows are (for `auto` without a sample sheet)
 GENE_HEADERS = {"gene", "genes", "symbol", "gene_symbol", "hgnc_symbol", "gene_name", "gene_id"}
 SAMPLE_HEADERS = {"sample_id", "slide_id", "sample", "patient_id", "barcode", "title", ""}
-
-
-#: a config field in the one vocabulary that also takes the old `genes`/`samples`
-OrientationOption = Annotated[Orientation, BeforeValidator(lambda v: ORIENTATION_ALIASES.get(v, v))]
 
 
 def orientation_name(value: str) -> str:

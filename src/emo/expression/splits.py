@@ -12,10 +12,7 @@ import numpy as np
 import pandas as pd
 
 from emo.errors import EmoError
-
-SPLITS = ("train", "tune", "validation", "test")
-#: The paper's fractions of patients (Wang, Kartasalo et al. 2021): 56.3 / 14.0 / 12.3 / 17.4 %.
-PAPER_FRACTIONS = (0.563, 0.140, 0.123, 0.174)
+from emo.expression.config import PAPER_FRACTIONS, SPLITS
 
 
 def split_sequence(n: int, fractions: tuple[float, ...] = PAPER_FRACTIONS) -> np.ndarray:

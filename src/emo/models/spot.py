@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from emo.config import StageConfig
+from emo.config import Components, StageConfig
 from emo.errors import EmoError
 from emo.models.backbone_specs import BackboneName
 from emo.io import atomic_path, provenance
@@ -27,15 +27,15 @@ from emo.models.registry import Embedder, EmoModel
 class SpotModelConfig(StageConfig):
     """The spot model's options (`emo spatial train` flags and the study's `spatial:` keys)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     tile_sizes_um: tuple[float, ...] = Field((224.0, 100.0, 448.0), min_length=1,
                                              description="spot-centred tile sizes in µm, features concatenated")
     tile_px: int = Field(224, ge=16, description="pixels a side of every spot tile")
     backbone: BackboneName = Field("efficientnet_lite0_ms", description="frozen feature backbone (emo.models.list_backbones())")
     alpha: float = Field(3.0, gt=0, description="ridge penalty per feature (λ = alpha × n_features)")
-    n_components: int | None = Field(10, ge=0, description="target principal components (0 or null: every gene directly)")
-    section_standardize: bool = True
+    n_components: Components = Field(10, description="target principal components learned from all count sections "
+                                                     "(0 or null: every gene directly)")
+    section_standardize: bool = Field(True, description="standardise features within each section (removes "
+                                                        "staining/scan offsets between sections)")
     context_radius: float = Field(1.5, ge=0, description="neighbour radius in spot pitches (0: off)")
 
     @field_validator("tile_sizes_um")
@@ -44,11 +44,6 @@ class SpotModelConfig(StageConfig):
         if min(v) <= 0:
             raise ValueError(f"{list(v)}: give one or more positive tile sizes in µm")
         return v
-
-    @field_validator("n_components")
-    @classmethod
-    def _off(cls, v: int | None) -> int | None:
-        return v or None
 
 
 def section_design(features: np.ndarray, xy: np.ndarray, config: SpotModelConfig,

@@ -1,6 +1,8 @@
 """Predictions: EMO-spatial (per tile) and EMO-average (per slide) from a trained model."""
 
-from emo.prediction.average import read_average
-from emo.prediction.slides import predict
+import lazy_loader
 
-__all__ = ["predict", "read_average"]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={"average": ["read_average"], "config": ["PredictionConfig"], "slides": ["predict"]},
+)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import h5py
 import numpy as np
@@ -22,7 +22,8 @@ from emo.io import atomic_path, plain_attr
 from emo.log import warn
 from emo.features.store import FeatureStore, feature_identity, open_feature_stores
 from emo.prediction.average import write_average
-from emo.prediction.render import CLASS_SCOPES, heatmap_png, model_unit, qupath_geojson, tertile_cuts
+from emo.prediction.config import PredictionConfig
+from emo.prediction.render import heatmap_png, model_unit, qupath_geojson, tertile_cuts
 from emo.slides.spatial_uns import image_spatial_uns
 
 
@@ -237,17 +238,15 @@ def predict(
     model_dir: Path,
     feature_dir: Path | None,
     out_dir: Path,
-    genes=None,
-    panel: str | None = None,
+    config: PredictionConfig | None = None,
     *,
     tiles: Path | None = None,
-    chunk_tiles: int = 2048,
-    geojson_top: int = 5,
-    classes: Literal["slide", "cohort"] = "slide",
+    **options: Any,
 ) -> Path:
-    """Predict every gene for every tile of every slide; `genes`/`panel` choose heatmaps and GeoJSON
-    measurements (none chosen: the `geojson_top` best by tuning ρ are measured); `classes` says whether
-    the GeoJSON's thirds are cut per slide or on the whole cohort.
+    """Predict every gene for every tile of every slide; the config's `genes`/`panel` choose heatmaps
+    and GeoJSON measurements (none chosen: the `geojson_top` best by tuning ρ are measured), `classes`
+    whether the GeoJSON's thirds are cut per slide or on the whole cohort. Keyword options override
+    `PredictionConfig` fields.
 
     Any model `emo.models.load` reads: models on cached features read `feature_dir` (or, given only
     `tiles`, embed the tiles with their backbone); models that read pixels (paper-protocol CNNs,
@@ -255,6 +254,8 @@ def predict(
     """
     from emo import __version__
     from emo.models import load
+
+    cfg = PredictionConfig.build(config, what="predict", **options)
     out_dir = Path(out_dir)
     model = load(model_dir)
     manifest = model.manifest
@@ -266,9 +267,7 @@ def predict(
         sources = _tile_sources(model, tiles)
     else:
         sources = _feature_sources(model, feature_dir, tiles)
-    chosen = _chosen_genes(model.genes, genes, panel)
-    if classes not in CLASS_SCOPES:
-        raise EmoError(f"classes {classes!r}: choose slide or cohort")
+    chosen = _chosen_genes(model.genes, cfg.genes, cfg.panel)
     model_id = model.model_id
     unit = model_unit(manifest)
     from emo.progress import track
@@ -297,7 +296,7 @@ def predict(
         spatial = image_spatial_uns(slide_id, tile_attrs.get("slide_path"), tile_attrs.get("slide_width"), size,
                                     {"mpp": uns["mpp"]}, fallback=thumb)
         with atomic_path(dest) as part:  # renamed onto dest last: the slide's completion marker
-            picked = _write_spatial(part, model.genes, src, obs, src.coords_px + size / 2.0, uns, chunk_tiles, chosen,
+            picked = _write_spatial(part, model.genes, src, obs, src.coords_px + size / 2.0, uns, cfg.chunk_tiles, chosen,
                                     spatial)
             for j, gene in enumerate(chosen):
                 heatmap_png(out_dir / "heatmaps" / slide_id / f"{gene}.png", gene, picked[:, j], src.coords_px + size / 2.0,
@@ -305,7 +304,7 @@ def predict(
     note = tile_size_note(model_dir, manifest, store_sizes)
     if note:
         warn(note)
-    write_geojson(out_dir, sorted(sources), geojson_genes(model, chosen, geojson_top), classes)
+    write_geojson(out_dir, sorted(sources), geojson_genes(model, chosen, cfg.geojson_top), cfg.classes)
     return write_average(out_dir, model.genes, sorted(sources))
 
 

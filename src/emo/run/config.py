@@ -17,16 +17,14 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 
-from emo.analysis.clustering import ClustersConfig
-from emo.analysis.de import DEConfig
-from emo.analysis.enrichment import EnrichConfig
-from emo.analysis.evaluate import EvaluateThresholds
+from emo.analysis.config import ClustersConfig, DEConfig, EnrichConfig, EvaluateThresholds
 from emo.config import StageConfig, validation_message
 from emo.errors import EmoError
 from emo.expression.her2st import DESCRIPTION as HER2ST_LAYOUT
 from emo.expression.her2st import Her2stLayout
-from emo.expression.prepare import PrepareConfig
+from emo.expression.config import PrepareConfig
 from emo.features.config import ExtractionConfig
+from emo.prediction.config import PredictionConfig
 from emo.slides.config import TilingConfig
 from emo.models.spot import SpotModelConfig
 from emo.training.config import TrainConfig
@@ -59,27 +57,14 @@ class ExpressionConfig(PrepareConfig):
     samples: str | None = Field(None, description="sample sheet: sample_id, patient_id, cohort, slide_id, …")
     targets: str | None = Field(None, description="a ready targets.h5ad instead of preparing one")
 
-
-
-
-class PredictionConfig(StageConfig):
-    genes: str | list[str] | None = Field(None, description="genes/panels (or a gene file) for heatmaps and GeoJSON")
-    panel: str | None = Field(None, description="a shipped gene panel for heatmaps and GeoJSON")
-
-    @field_validator("panel")
-    @classmethod
-    def _known_panel(cls, v: str | None) -> str | None:
-        from emo.panels import panel_info
-
-        if v is not None:
-            try:
-                panel_info(v)
-            except EmoError as exc:
-                raise ValueError(str(exc)) from None
-        return v
+    def prepare(self) -> PrepareConfig:
+        """The `PrepareConfig` part, as `emo expression prepare` builds it."""
+        return PrepareConfig(**self.model_dump(include=set(PrepareConfig.model_fields)))
 
 
 class EvaluationConfig(StageConfig):
+    """Which splits are evaluated, with `emo evaluate`'s rules, and the permuted-label null."""
+
     splits: list[str] = Field(default_factory=lambda: ["validation", "test"], min_length=1,
                               description="each evaluated into evaluate/<split>/ (a test split after validation adds ρ concordance)")
     thresholds: EvaluateThresholds = Field(default_factory=EvaluateThresholds,

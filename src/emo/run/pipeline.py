@@ -93,7 +93,7 @@ def run_expression(ctx: StudyContext) -> None:
     e = _cfg(ctx).expression
     prepare_targets(
         _paths(ctx, e.matrices), _cfg(ctx).path(e.samples), e.reference_cohort, targets_path(ctx),
-        counts_matrices=_paths(ctx, e.counts_matrices), **e.options(),
+        counts_matrices=_paths(ctx, e.counts_matrices), **e.prepare().options(),
     )
 
 
@@ -137,8 +137,8 @@ def run_predict(ctx: StudyContext) -> None:
     from emo.prediction import predict
 
     p, pixels = _cfg(ctx).prediction, _cfg(ctx).training.reads_tiles
-    predict(model_dir(ctx), None if pixels else model_input(ctx), ctx.out_dir / "predictions", genes=_genes(ctx, p.genes),
-            panel=p.panel, tiles=model_input(ctx) if pixels else None)
+    predict(model_dir(ctx), None if pixels else model_input(ctx), ctx.out_dir / "predictions", p,
+            genes=_genes(ctx, p.genes), tiles=model_input(ctx) if pixels else None)
 
 
 def predictions_path(ctx: StudyContext) -> Path:

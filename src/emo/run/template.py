@@ -82,6 +82,10 @@ prediction:
   genes: null                   # genes drawn as heatmaps and written to GeoJSON (every gene is always
                                 #   predicted into predictions/spatial/ and average.h5ad); null: none
   panel: null                   # a panel drawn the same way, e.g. pam50
+  chunk_tiles: 2048             # tiles predicted per chunk (bounds memory)
+  geojson_top: 5                # with no genes or panel: GeoJSON measures the model's 5 best genes by tuning ρ
+  classes: slide                # GeoJSON classes by thirds of the first gene: slide (each slide's own
+                                #   cut-offs) or cohort (cut-offs over all slides)
 
 evaluation:
   splits: [validation, test]    # each evaluated into evaluate/<split>/ (test also gets ρ concordance

